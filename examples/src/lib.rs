@@ -1,0 +1,3 @@
+//! Examples of the outbox toolkit, split into a library so tests can drive them.
+
+pub mod quickstart;

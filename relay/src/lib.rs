@@ -1,0 +1,1 @@
+//! Publishes the transactional outbox to RabbitMQ. Work in progress.

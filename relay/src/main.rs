@@ -1,0 +1,3 @@
+//! The `outbox-relay` sidecar. Work in progress.
+
+fn main() {}

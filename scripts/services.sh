@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL answers on 127.0.0.1:5432 and RabbitMQ on 127.0.0.1:5672.
+#
+# Returns at once when both are up. Starts them when installed but stopped.
+# Installs the Debian packages when missing (trust auth for 127.0.0.1). Waits
+# until both accept connections, or fails saying which one did not. Quiet when
+# all is well; safe to run any number of times.
+set -euo pipefail
+
+PG_PORT=5432
+AMQP_PORT=5672
+WAIT_SECONDS=${SERVICES_WAIT_SECONDS:-90}
+
+say() { printf 'services: %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+postgres_ready() {
+    if command -v pg_isready >/dev/null; then
+        pg_isready -q -h 127.0.0.1 -p "$PG_PORT"
+    else
+        port_open "$PG_PORT"
+    fi
+}
+
+rabbitmq_ready() { port_open "$AMQP_PORT"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=false
+apt_install() {
+    if [ "$apt_updated" = false ]; then
+        say "updating the Debian package lists"
+        as_root apt-get update -qq
+        apt_updated=true
+    fi
+    say "installing $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+postgres_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+
+trust_local_connections() {
+    local hba
+    hba="/etc/postgresql/$(postgres_version)/main/pg_hba.conf"
+    if [ -f "$hba" ] && ! grep -qE '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba"; then
+        say "allowing trust auth for 127.0.0.1 in $hba"
+        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    fi
+}
+
+start_postgres() {
+    if ! command -v pg_ctlcluster >/dev/null || [ -z "$(postgres_version)" ]; then
+        apt_install postgresql
+    fi
+    trust_local_connections
+    say "starting PostgreSQL $(postgres_version)"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(postgres_version)" main start || true
+}
+
+start_rabbitmq() {
+    if ! command -v rabbitmq-server >/dev/null; then
+        apt_install rabbitmq-server
+    fi
+    say "starting RabbitMQ"
+    as_root rabbitmq-server -detached || true
+}
+
+wait_for() {
+    local name=$1 check=$2 waited=0
+    until "$check"; do
+        if [ "$waited" -ge "$WAIT_SECONDS" ]; then
+            say "$name did not accept connections on 127.0.0.1 within ${WAIT_SECONDS}s"
+            return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+postgres_ready || start_postgres
+rabbitmq_ready || start_rabbitmq
+wait_for PostgreSQL postgres_ready
+wait_for RabbitMQ rabbitmq_ready

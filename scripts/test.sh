@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every check the project has, exactly as CI does (.ci/run calls this).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
