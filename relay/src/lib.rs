@@ -1,1 +1,51 @@
-//! Publishes the transactional outbox to RabbitMQ. Work in progress.
+//! Publishes the transactional outbox to RabbitMQ.
+//!
+//! Every committed `outbox` row reaches RabbitMQ, confirmed by the broker, in write
+//! order per ordering key; a row is marked sent (deleted, or kept for a retention
+//! period) only after its own confirm came back as an ack. Broker, network, database
+//! and relay failures cause at most duplicates, which carry the same `message_id`.
+//!
+//! Run it as the `outbox-relay` sidecar, or inside your service:
+//!
+//! ```rust,no_run
+//! use outbox_relay::{Relay, RelayConfig};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
+//! outbox::migrate(&pool).await?;
+//! let mut config = RelayConfig::default();
+//! config.exchange = "events".into();
+//! let relay = Relay::new(pool, std::env::var("AMQP_URL")?, config).spawn();
+//! // ... on shutdown:
+//! relay.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! How it works, and what it guarantees, is in README.md ("The relay").
+
+mod admin;
+mod broker;
+mod config;
+mod envelope;
+mod error;
+mod http;
+mod lease;
+mod metrics;
+mod publish;
+mod redact;
+mod relay;
+mod retry;
+mod session;
+mod store;
+mod wake;
+
+pub use admin::{
+    DeadRow, InstanceStatus, backlog, cleanup, dead_rows, instances, retry_all_dead, retry_dead,
+};
+pub use config::{RelayConfig, default_instance_id};
+pub use error::{Error, Result};
+pub use http::serve as serve_http;
+pub use metrics::{Backlog, Metrics};
+pub use redact::redact_url;
+pub use relay::{Relay, RelayHandle};

@@ -1,3 +1,150 @@
-//! The `outbox-relay` sidecar. Work in progress.
+//! `outbox-relay`: publishes a service's outbox to RabbitMQ. Run it as a sidecar.
+//!
+//! Parses the configuration (exit code 2 when it is bad), installs logging and the
+//! shutdown signals, and hands over to the `outbox_relay` library.
 
-fn main() {}
+mod cli;
+mod commands;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command, LogFormat};
+use outbox_relay::redact_url;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// Exit code for bad configuration, as clap uses for bad flags.
+const BAD_CONFIG: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.log_format);
+    match start(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => {
+            eprintln!("outbox-relay: configuration error: {message}");
+            ExitCode::from(BAD_CONFIG)
+        }
+        Err(Failure::Run(error)) => {
+            eprintln!("outbox-relay: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(String),
+    Run(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Run(error)
+    }
+}
+
+async fn start(cli: Cli) -> Result<(), Failure> {
+    let database = secret("DATABASE_URL", cli.global.database_url_file.as_deref())?;
+    let not_postgres = || {
+        Failure::Config(format!(
+            "DATABASE_URL is not a PostgreSQL URL: {}",
+            redact_url(&database)
+        ))
+    };
+    // sqlx reads any URL it can; only these schemes mean PostgreSQL.
+    if !(database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+        return Err(not_postgres());
+    }
+    let options: PgConnectOptions = database.parse().map_err(|_| not_postgres())?;
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_lazy_with(options);
+
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(args) => {
+            let amqp = secret("AMQP_URL", cli.global.amqp_url_file.as_deref())?;
+            if let Err(problem) = amqp.parse::<lapin::uri::AMQPUri>() {
+                let url = redact_url(&amqp);
+                return Err(Failure::Config(format!(
+                    "AMQP_URL is not an AMQP URL ({problem}): {url}"
+                )));
+            }
+            check_timing(&args)?;
+            let listener = tokio::net::TcpListener::bind(args.http_addr)
+                .await
+                .map_err(|e| {
+                    Failure::Config(format!(
+                        "cannot listen on --http-addr {}: {e}",
+                        args.http_addr
+                    ))
+                })?;
+            commands::run(pool, amqp, args, listener).await?
+        }
+        Command::Migrate => commands::migrate(pool).await?,
+        Command::Status(output) => commands::status(pool, output.json).await?,
+        Command::Inspect { saga_id, output } => {
+            commands::inspect(pool, &saga_id, output.json).await?
+        }
+        Command::Dead { command } => commands::dead(pool, command).await?,
+        Command::Cleanup {
+            retention,
+            batch_size,
+        } => commands::cleanup(pool, retention, batch_size).await?,
+    }
+    Ok(())
+}
+
+/// A secret from `NAME`, or from the file `NAME_FILE` / `--name-file` points at.
+fn secret(name: &str, file: Option<&Path>) -> Result<String, Failure> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::Config(format!("cannot read {name} from {}: {e}", path.display()))
+        })?;
+        return Ok(text.trim().to_owned());
+    }
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+        _ => Err(Failure::Config(format!(
+            "{name} is not set; put the URL in the environment variable {name} or in a file named by {name}_FILE"
+        ))),
+    }
+}
+
+/// Lease timing that cannot work is a configuration error, not a slow surprise.
+fn check_timing(args: &cli::RunArgs) -> Result<(), Failure> {
+    if args.heartbeat_interval.is_zero() || args.heartbeat_interval * 2 > args.lease_ttl {
+        return Err(Failure::Config(
+            "--heartbeat-interval must be at most half of --lease-ttl".into(),
+        ));
+    }
+    if args.confirm_timeout.is_zero() || args.poll_interval.is_zero() || args.retry_base.is_zero() {
+        return Err(Failure::Config(
+            "timeouts and intervals must be longer than zero".into(),
+        ));
+    }
+    if args.retry_base > args.retry_max {
+        return Err(Failure::Config(
+            "--retry-base must not exceed --retry-max".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // lapin logs each returned message whole, payload included; the relay logs
+        // its own line per refusal, without the payload.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,lapin::returned_messages=off")
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

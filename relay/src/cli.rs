@@ -1,0 +1,208 @@
+//! Flags and environment variables of `outbox-relay`.
+//!
+//! Secrets never come from the command line: `DATABASE_URL` and `AMQP_URL` are read
+//! from the environment, or from the files named by `--database-url-file` and
+//! `--amqp-url-file`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Publishes the transactional outbox to RabbitMQ with publisher confirms, in order per key.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Secrets come from the environment or a file, never from flags:\n  \
+                  DATABASE_URL   PostgreSQL URL (or --database-url-file / DATABASE_URL_FILE)\n  \
+                  AMQP_URL       RabbitMQ URL, amqp:// or amqps:// (or --amqp-url-file / AMQP_URL_FILE)\n\
+                  Exit codes: 0 done, 1 failed while running, 2 bad configuration."
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    /// `run` is the default command; its flags work without naming it.
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct GlobalArgs {
+    /// Read the PostgreSQL URL from this file instead of DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE", global = true)]
+    pub(crate) database_url_file: Option<PathBuf>,
+    /// Read the RabbitMQ URL from this file instead of AMQP_URL.
+    #[arg(long, env = "AMQP_URL_FILE", global = true)]
+    pub(crate) amqp_url_file: Option<PathBuf>,
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Publish the outbox until SIGTERM or Ctrl-C (the default).
+    Run(RunArgs),
+    /// Create or update the outbox tables.
+    Migrate,
+    /// Backlog, oldest pending age, dead rows, and which instance holds what.
+    Status(OutputArgs),
+    /// Every message of one business transaction: state, attempts, last error, times.
+    Inspect {
+        /// The saga id (correlation id) to look up.
+        saga_id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Rows parked after their last attempt.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// Delete sent rows older than the retention, in bounded batches.
+    Cleanup {
+        /// Keep sent rows this long (e.g. 7d, 12h, 30m).
+        #[arg(long, env = "OUTBOX_RETENTION", value_parser = parse_duration)]
+        retention: Duration,
+        /// Rows deleted per statement.
+        #[arg(long, env = "OUTBOX_CLEANUP_BATCH_SIZE", default_value_t = 1000,
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_size: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DeadCommand {
+    /// List dead rows, oldest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Give dead rows a fresh set of attempts.
+    Retry {
+        /// The message id of the row to retry.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<uuid::Uuid>,
+        /// Retry every dead row.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct OutputArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct RunArgs {
+    /// Exchange for rows whose `exchange` is NULL ("" is the default exchange).
+    #[arg(long, env = "OUTBOX_EXCHANGE", default_value = "")]
+    pub(crate) exchange: String,
+    /// Rows claimed and published together.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) batch_size: u32,
+    /// Batches published but not yet confirmed, at most.
+    #[arg(long, env = "OUTBOX_MAX_IN_FLIGHT_BATCHES", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) max_in_flight_batches: u16,
+    /// Attempts before a nacked or unroutable row is parked as dead.
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) max_attempts: u32,
+    /// First retry delay (doubles per attempt, with jitter).
+    #[arg(long, env = "OUTBOX_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "OUTBOX_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) retry_max: Duration,
+    /// An idle relay looks for work at least this often.
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) poll_interval: Duration,
+    /// Partition lease lifetime; a dead instance is replaced within about this time.
+    #[arg(long, env = "OUTBOX_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub(crate) lease_ttl: Duration,
+    /// How often leases are renewed and rebalanced.
+    #[arg(long, env = "OUTBOX_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    pub(crate) heartbeat_interval: Duration,
+    /// Give up on a batch's confirms after this long (its rows are published again).
+    #[arg(long, env = "OUTBOX_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) confirm_timeout: Duration,
+    /// Keep sent rows this long instead of deleting them (e.g. 7d). Off by default.
+    #[arg(long, env = "OUTBOX_RETENTION", value_parser = parse_duration)]
+    pub(crate) retention: Option<Duration>,
+    /// On SIGTERM, wait this long for outstanding confirms.
+    #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) shutdown_timeout: Duration,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "OUTBOX_HTTP_ADDR", default_value = "127.0.0.1:9187")]
+    pub(crate) http_addr: SocketAddr,
+    /// Name of this instance in the lease table (default: host-pid-random).
+    #[arg(long, env = "OUTBOX_INSTANCE_ID")]
+    pub(crate) instance_id: Option<String>,
+    /// Apply the migrations before starting.
+    #[arg(long, env = "OUTBOX_MIGRATE")]
+    pub(crate) migrate: bool,
+}
+
+/// `500ms`, `15s`, `5m`, `2h`, `7d`; a bare number is seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 500ms, 15s, 5m, 2h or 7d"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}' (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(value.saturating_mul(millis)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,52 @@
+use thiserror::Error;
+
+/// What stops a relay or an admin command.
+///
+/// Inside [`Relay::run`](crate::Relay::run) broker and database errors are not
+/// fatal: the relay reconnects and goes on. They reach the caller from the admin
+/// functions, and from `run` only while starting up.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// PostgreSQL failed or refused a query.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// The AMQP connection or channel failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+
+    /// The broker did not confirm a batch within the confirm timeout.
+    #[error("the broker did not confirm a batch within {0:?}")]
+    ConfirmTimeout(std::time::Duration),
+
+    /// Applying the migrations failed.
+    #[error(transparent)]
+    Outbox(#[from] outbox::Error),
+
+    /// No outbox row matched (an unknown id for `dead retry`, say).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl Error {
+    /// True when trying again later can help: a connection failed or timed out,
+    /// rather than a query being wrong (say, the tables were never migrated).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(error) => matches!(
+                error,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+            ),
+            Error::Broker(_) | Error::ConfirmTimeout(_) => true,
+            Error::Outbox(error) => error.is_transient(),
+            Error::NotFound(_) => false,
+        }
+    }
+}
+
+/// Result of relay operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,172 @@
+//! Spreading ordering keys over relay instances.
+//!
+//! Keys hash into 64 partitions (`outbox.partition`). An instance publishes only the
+//! partitions it holds an unexpired lease on, so each key has one publisher at a
+//! time and its order holds across instances. Every heartbeat an instance renews its
+//! leases, counts the live instances, and takes or gives back partitions towards a
+//! fair share. A partition given back stays unowned for a grace period (the confirm
+//! timeout), so the giver's last batches settle before another instance starts on
+//! it; a dead instance's partitions are free once its leases expire.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::types::PgInterval;
+
+use crate::error::Result;
+
+/// Partitions in the schema (`outbox_partition_of`).
+pub(crate) const PARTITIONS: i64 = 64;
+
+/// What one heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeaseReport {
+    pub(crate) held: usize,
+    pub(crate) live_instances: i64,
+}
+
+pub(crate) struct Leases {
+    pool: PgPool,
+    instance_id: String,
+    hostname: String,
+    ttl: PgInterval,
+    grace: PgInterval,
+}
+
+impl Leases {
+    pub(crate) fn new(
+        pool: PgPool,
+        instance_id: String,
+        hostname: String,
+        ttl: Duration,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            instance_id,
+            hostname,
+            ttl: interval(ttl),
+            grace: interval(grace),
+        }
+    }
+
+    /// Renews this instance's presence and leases, then moves towards a fair share.
+    pub(crate) async fn heartbeat(&self) -> Result<LeaseReport> {
+        sqlx::query(
+            "INSERT INTO outbox_relay_instance (instance_id, hostname) VALUES ($1, $2)
+             ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(&self.instance_id)
+        .bind(&self.hostname)
+        .execute(&self.pool)
+        .await?;
+
+        let renewed: Vec<i16> = sqlx::query_scalar(
+            "UPDATE outbox_relay_lease SET expires_at = now() + $2
+             WHERE owner = $1 AND expires_at > now() RETURNING partition",
+        )
+        .bind(&self.instance_id)
+        .bind(self.ttl)
+        .fetch_all(&self.pool)
+        .await?;
+        let live_instances: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox_relay_instance WHERE heartbeat_at > now() - $1",
+        )
+        .bind(self.ttl)
+        .fetch_one(&self.pool)
+        .await?;
+
+        let fair_share = fair_share(live_instances.max(1));
+        let held = renewed.len() as i64;
+        let held = if held < fair_share {
+            held + self.acquire(fair_share - held).await?
+        } else if held > fair_share {
+            held - self.release(held - fair_share, self.grace).await?
+        } else {
+            held
+        };
+        Ok(LeaseReport {
+            held: held as usize,
+            live_instances,
+        })
+    }
+
+    async fn acquire(&self, wanted: i64) -> Result<i64> {
+        let taken = sqlx::query(
+            "UPDATE outbox_relay_lease SET owner = $1, expires_at = now() + $2
+             WHERE partition IN (SELECT partition FROM outbox_relay_lease
+                                 WHERE expires_at < now()
+                                 ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(&self.instance_id)
+        .bind(self.ttl)
+        .bind(wanted)
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() as i64)
+    }
+
+    async fn release(&self, count: i64, grace: PgInterval) -> Result<i64> {
+        let released = sqlx::query(
+            "UPDATE outbox_relay_lease SET owner = NULL, expires_at = now() + $3
+             WHERE partition IN (SELECT partition FROM outbox_relay_lease WHERE owner = $1
+                                 ORDER BY partition DESC LIMIT $2 FOR UPDATE)",
+        )
+        .bind(&self.instance_id)
+        .bind(count)
+        .bind(grace)
+        .execute(&self.pool)
+        .await?;
+        Ok(released.rows_affected() as i64)
+    }
+
+    /// Gives back every lease at once and leaves the instance table: called after a
+    /// clean drain, so others may start on the partitions immediately.
+    pub(crate) async fn leave(&self) -> Result<()> {
+        self.release(PARTITIONS, interval(Duration::ZERO)).await?;
+        sqlx::query("DELETE FROM outbox_relay_instance WHERE instance_id = $1")
+            .bind(&self.instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks this instance as idle and listening (writers then ring the doorbell), or not.
+    pub(crate) async fn set_listening(&self, listening: bool) -> Result<()> {
+        sqlx::query("UPDATE outbox_relay_instance SET listening = $2 WHERE instance_id = $1")
+            .bind(&self.instance_id)
+            .bind(listening)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Partitions per instance, rounded up so that together they cover all 64.
+pub(crate) fn fair_share(live_instances: i64) -> i64 {
+    (PARTITIONS + live_instances - 1) / live_instances
+}
+
+fn interval(duration: Duration) -> PgInterval {
+    PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: duration.as_micros() as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_share;
+
+    #[test]
+    fn shares_cover_every_partition() {
+        for live in 1..=70 {
+            assert!(fair_share(live) * live >= 64, "{live}");
+            assert!(
+                (fair_share(live) - 1) * live < 64,
+                "{live}: not the smallest share"
+            );
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Counters and histograms for `/metrics`, in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Why a publish did not count as sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureReason {
+    /// The broker nacked the message.
+    Nack,
+    /// No queue was bound for it (a mandatory publish came back).
+    Unroutable,
+    /// The connection or channel failed with the message unconfirmed.
+    Connection,
+    /// The confirm did not come in time.
+    ConfirmTimeout,
+    /// PostgreSQL failed while claiming or recording.
+    Database,
+}
+
+const REASONS: [FailureReason; 5] = [
+    FailureReason::Nack,
+    FailureReason::Unroutable,
+    FailureReason::Connection,
+    FailureReason::ConfirmTimeout,
+    FailureReason::Database,
+];
+
+impl FailureReason {
+    fn label(self) -> &'static str {
+        match self {
+            FailureReason::Nack => "nack",
+            FailureReason::Unroutable => "unroutable",
+            FailureReason::Connection => "connection",
+            FailureReason::ConfirmTimeout => "confirm_timeout",
+            FailureReason::Database => "database",
+        }
+    }
+}
+
+struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, value: f64, times: u64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(times, Relaxed);
+        }
+        self.sum_micros
+            .fetch_add((value * 1e6) as u64 * times, Relaxed);
+        self.count.fetch_add(times, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BOUNDS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+
+/// The relay's live figures. Cheap to update from the hot path (relaxed atomics).
+pub struct Metrics {
+    published: AtomicU64,
+    dead: AtomicU64,
+    failures: [AtomicU64; REASONS.len()],
+    publish_latency: Histogram,
+    batch_size: Histogram,
+    partitions_held: AtomicU64,
+    broker_connected: AtomicBool,
+    database_ok: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            published: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            publish_latency: Histogram::new(LATENCY_BOUNDS),
+            batch_size: Histogram::new(BATCH_BOUNDS),
+            partitions_held: AtomicU64::new(0),
+            broker_connected: AtomicBool::new(false),
+            database_ok: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Outbox figures read from the database when `/metrics` is scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backlog {
+    /// Rows not yet sent (pending or waiting for a retry).
+    pub unsent: i64,
+    /// Rows parked as dead.
+    pub dead: i64,
+    /// Age of the oldest unsent row, in seconds.
+    pub oldest_unsent_age_seconds: f64,
+}
+
+impl Metrics {
+    /// Messages confirmed by the broker since start.
+    pub fn published_total(&self) -> u64 {
+        self.published.load(Relaxed)
+    }
+
+    /// Whether the relay currently has a broker channel and a working database.
+    pub fn ready(&self) -> bool {
+        self.broker_connected.load(Relaxed) && self.database_ok.load(Relaxed)
+    }
+
+    pub(crate) fn batch_settled(&self, size: usize, sent: usize, confirm_latency: Duration) {
+        self.published.fetch_add(sent as u64, Relaxed);
+        self.batch_size.observe(size as f64, 1);
+        self.publish_latency
+            .observe(confirm_latency.as_secs_f64(), size as u64);
+    }
+
+    pub(crate) fn failed(&self, reason: FailureReason, count: u64) {
+        let i = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        self.failures[i].fetch_add(count, Relaxed);
+    }
+
+    pub(crate) fn parked_dead(&self, count: u64) {
+        self.dead.fetch_add(count, Relaxed);
+    }
+
+    pub(crate) fn set_partitions_held(&self, held: usize) {
+        self.partitions_held.store(held as u64, Relaxed);
+    }
+
+    pub(crate) fn set_broker_connected(&self, connected: bool) {
+        self.broker_connected.store(connected, Relaxed);
+    }
+
+    pub(crate) fn set_database_ok(&self, ok: bool) {
+        self.database_ok.store(ok, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every figure, with `backlog` if it could be read.
+    pub fn render(&self, backlog: Option<Backlog>) -> String {
+        let mut out = String::with_capacity(4096);
+        counter(
+            &mut out,
+            "outbox_relay_published_total",
+            "Messages confirmed by the broker.",
+            self.published_total(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP outbox_relay_failures_total Publishes that did not count as sent, by reason.\n\
+             # TYPE outbox_relay_failures_total counter"
+        );
+        for (reason, count) in REASONS.iter().zip(&self.failures) {
+            let _ = writeln!(
+                out,
+                "outbox_relay_failures_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                count.load(Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "outbox_relay_dead_total",
+            "Rows this instance parked as dead.",
+            self.dead.load(Relaxed),
+        );
+        self.publish_latency.render(
+            &mut out,
+            "outbox_relay_publish_latency_seconds",
+            "From publishing a batch to its last confirm, per message.",
+        );
+        self.batch_size.render(
+            &mut out,
+            "outbox_relay_batch_size",
+            "Rows per published batch.",
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_partitions_held",
+            "Partitions this instance leases.",
+            self.partitions_held.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_ready",
+            "1 when connected to both PostgreSQL and RabbitMQ.",
+            f64::from(u8::from(self.ready())),
+        );
+        if let Some(backlog) = backlog {
+            gauge(
+                &mut out,
+                "outbox_relay_backlog",
+                "Outbox rows not yet sent.",
+                backlog.unsent as f64,
+            );
+            gauge(
+                &mut out,
+                "outbox_relay_dead_rows",
+                "Outbox rows parked as dead.",
+                backlog.dead as f64,
+            );
+            gauge(
+                &mut out,
+                "outbox_relay_oldest_unsent_age_seconds",
+                "Age of the oldest unsent outbox row.",
+                backlog.oldest_unsent_age_seconds,
+            );
+        }
+        out
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let metrics = Metrics::default();
+        metrics.batch_settled(3, 2, Duration::from_millis(3));
+        metrics.failed(FailureReason::Unroutable, 1);
+        let text = metrics.render(Some(Backlog {
+            unsent: 5,
+            dead: 1,
+            oldest_unsent_age_seconds: 2.5,
+        }));
+        assert!(text.contains("outbox_relay_published_total 2\n"));
+        assert!(text.contains("outbox_relay_failures_total{reason=\"unroutable\"} 1\n"));
+        assert!(text.contains("outbox_relay_publish_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("outbox_relay_publish_latency_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("outbox_relay_publish_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("outbox_relay_backlog 5\n"));
+        assert!(text.contains("outbox_relay_ready 0\n"));
+    }
+}

@@ -1,0 +1,261 @@
+//! A relay instance: sessions over reconnects, plus its lease and cleanup tasks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::broker;
+use crate::config::{RelayConfig, hostname};
+use crate::error::{Error, Result};
+use crate::lease::{LeaseReport, Leases};
+use crate::metrics::{FailureReason, Metrics};
+use crate::redact::redact_url;
+use crate::session::Session;
+use crate::wake::Doorbell;
+
+/// A session that lasted this long was healthy: the reconnect backoff starts over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// How long a closing connection may wait for the broker's reply.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the relay's tasks share.
+pub(crate) struct Shared {
+    pub(crate) pool: PgPool,
+    pub(crate) config: RelayConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) leases: Leases,
+}
+
+/// Publishes the outbox of one database to RabbitMQ.
+///
+/// ```rust,no_run
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), outbox_relay::Error> {
+/// use outbox_relay::{Relay, RelayConfig};
+///
+/// let mut config = RelayConfig::default();
+/// config.exchange = "orders".into();
+/// let relay = Relay::new(pool, "amqp://guest:guest@127.0.0.1:5672/%2f", config).spawn();
+/// // ... serve requests; messages committed to the outbox are published ...
+/// relay.shutdown().await?; // stop claiming, wait for confirms, give the leases back
+/// # Ok(())
+/// # }
+/// ```
+pub struct Relay {
+    shared: Arc<Shared>,
+    amqp_url: String,
+}
+
+impl Relay {
+    /// A relay publishing the outbox in `pool`'s database to the broker at `amqp_url`.
+    pub fn new(pool: PgPool, amqp_url: impl Into<String>, config: RelayConfig) -> Self {
+        let grace = config.confirm_timeout + config.heartbeat_interval;
+        let leases = Leases::new(
+            pool.clone(),
+            config.instance_id.clone(),
+            hostname(),
+            config.lease_ttl,
+            grace,
+        );
+        let shared = Shared {
+            pool,
+            config,
+            metrics: Arc::new(Metrics::default()),
+            leases,
+        };
+        Self {
+            shared: Arc::new(shared),
+            amqp_url: amqp_url.into(),
+        }
+    }
+
+    /// The relay's counters, for `/metrics` or your own exporter.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Runs the relay on a task of its own.
+    pub fn spawn(self) -> RelayHandle {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(self.run(shutdown.clone()));
+        RelayHandle { shutdown, task }
+    }
+
+    /// Publishes until `shutdown` is cancelled, reconnecting to the broker and the
+    /// database as often as needed. Then waits (bounded) for outstanding confirms,
+    /// records them, and gives its partitions back.
+    ///
+    /// Fails only at start, when the database cannot register the instance (not
+    /// reachable, or not migrated).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let shared = &self.shared;
+        let Some(report) = self.register(&shutdown).await? else {
+            return Ok(());
+        };
+        shared.metrics.set_database_ok(true);
+        shared.metrics.set_partitions_held(report.held);
+        tracing::info!(instance = %shared.config.instance_id, partitions = report.held,
+            live_instances = report.live_instances, "relay started");
+
+        let background = shutdown.child_token();
+        let lease_task = tokio::spawn(lease_loop(Arc::clone(shared), background.clone()));
+        let cleanup_task = shared.config.retention.map(|retention| {
+            tokio::spawn(cleanup_loop(
+                Arc::clone(shared),
+                retention,
+                background.clone(),
+            ))
+        });
+
+        self.publish_until(&shutdown).await;
+
+        background.cancel();
+        let _ = lease_task.await;
+        if let Some(task) = cleanup_task {
+            let _ = task.await;
+        }
+        if let Err(error) = shared.leases.leave().await {
+            tracing::warn!(%error, "could not give the leases back; they expire on their own");
+        }
+        tracing::info!(
+            published = shared.metrics.published_total(),
+            "relay stopped"
+        );
+        Ok(())
+    }
+
+    /// The first heartbeat, retried while the database is unreachable; `None` if
+    /// shutdown came first. A database that answers but refuses (not migrated) is an error.
+    async fn register(&self, shutdown: &CancellationToken) -> Result<Option<LeaseReport>> {
+        let mut backoff = reconnect_backoff();
+        loop {
+            match self.shared.leases.heartbeat().await {
+                Ok(report) => return Ok(Some(report)),
+                Err(error) if error.is_transient() => {
+                    let pause = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "database unreachable at start");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => return Ok(None),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn publish_until(&self, shutdown: &CancellationToken) {
+        let shared = &self.shared;
+        let mut doorbell = Doorbell::new(shared.pool.clone());
+        let mut backoff = reconnect_backoff();
+        let amqp = redact_url(&self.amqp_url);
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let result = async {
+                // A black-holed network never answers: bound the handshake and the goodbye.
+                let connecting = broker::connect(&self.amqp_url, &shared.config.instance_id);
+                let (connection, channel) =
+                    tokio::time::timeout(shared.config.confirm_timeout, connecting)
+                        .await
+                        .map_err(|_| Error::ConfirmTimeout(shared.config.confirm_timeout))??;
+                tracing::info!(%amqp, "connected to the broker");
+                shared.metrics.set_broker_connected(true);
+                let result = Session::new(shared, channel)
+                    .run(&mut doorbell, shutdown)
+                    .await;
+                shared.metrics.set_broker_connected(false);
+                let goodbye = connection.close(200, "outbox-relay session ended".into());
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+                result
+            }
+            .await;
+            let Err(error) = result else { break };
+            if matches!(error, Error::Database(_)) {
+                shared.metrics.failed(FailureReason::Database, 1);
+                shared.metrics.set_database_ok(false);
+            }
+            if started.elapsed() >= HEALTHY_SESSION {
+                backoff = reconnect_backoff();
+            }
+            let pause = backoff.next().unwrap_or(Duration::from_secs(10));
+            tracing::warn!(%error, %amqp, retry_in_ms = pause.as_millis() as u64, "relay session ended; reconnecting");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Renews leases and rebalances partitions every heartbeat.
+async fn lease_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(shared.config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match shared.leases.heartbeat().await {
+            Ok(report) => {
+                shared.metrics.set_database_ok(true);
+                shared.metrics.set_partitions_held(report.held);
+            }
+            Err(error) => {
+                shared.metrics.set_database_ok(false);
+                tracing::warn!(%error, "lease heartbeat failed; leases expire unless the next one succeeds");
+            }
+        }
+    }
+}
+
+/// Deletes sent rows past the retention, in bounded batches, one instance at a time.
+async fn cleanup_loop(shared: Arc<Shared>, retention: Duration, stop: CancellationToken) {
+    let period = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = stop.cancelled() => return,
+        }
+        match admin::cleanup(&shared.pool, retention, shared.config.cleanup_batch_size).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "removed sent rows past their retention"),
+            Err(error) => tracing::warn!(%error, "retention cleanup failed; will try again"),
+        }
+    }
+}
+
+/// A relay running on its own task.
+pub struct RelayHandle {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl RelayHandle {
+    /// Stops claiming, waits (bounded) for outstanding confirms, records them, and
+    /// waits for the relay to finish.
+    pub async fn shutdown(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    /// Stops the relay at once, like a crash: nothing is drained or given back. Its
+    /// leases expire and another instance publishes what it left unconfirmed.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}

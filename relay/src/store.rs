@@ -1,0 +1,115 @@
+//! The relay's queries on the hot path: claim ready rows, record what the broker said.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// A row ready to publish, as the relay reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    pub(crate) id: Uuid,
+    pub(crate) seq: i64,
+    pub(crate) saga_id: String,
+    pub(crate) step: String,
+    pub(crate) routing_key: String,
+    /// The payload as JSON text: published as is, never parsed here.
+    pub(crate) payload: String,
+    pub(crate) exchange: Option<String>,
+    pub(crate) headers: Json<serde_json::Map<String, serde_json::Value>>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) attempts: i32,
+}
+
+/// Ready rows after `$2` in write order, for the partitions this instance (`$1`)
+/// holds an unexpired lease on right now: the lease check is in the query, so an
+/// instance that lost its lease while stalled cannot claim rows.
+///
+/// A row waits behind an earlier row of its ordering key that is dead, waiting out
+/// a retry delay, or already behind the cursor (`b.seq <= $2`, so it will be retried
+/// by a later scan): order first.
+const FETCH_READY: &str = "
+    SELECT o.id, o.seq, o.saga_id, o.step, o.routing_key, o.payload::text AS payload,
+           o.exchange, o.headers, o.created_at, o.attempts
+    FROM outbox o
+    WHERE o.state IN ('pending', 'retry')
+      AND o.seq > $2
+      AND o.available_at <= now()
+      AND o.partition IN (SELECT partition FROM outbox_relay_lease
+                          WHERE owner = $1 AND expires_at > now())
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox b
+          WHERE b.state IN ('retry', 'dead')
+            AND b.ordering_key = o.ordering_key
+            AND b.seq < o.seq
+            AND (b.state = 'dead' OR b.available_at > now() OR b.seq <= $2))
+    ORDER BY o.seq
+    LIMIT $3";
+
+pub(crate) async fn fetch_ready(
+    pool: &PgPool,
+    instance_id: &str,
+    after_seq: i64,
+    limit: u32,
+) -> Result<Vec<OutboxRow>> {
+    let rows = sqlx::query_as(FETCH_READY)
+        .bind(instance_id)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows)
+}
+
+/// Records rows the broker confirmed: deleted, or kept as `sent` for the retention.
+pub(crate) async fn mark_sent(pool: &PgPool, ids: &[Uuid], keep: bool) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = if keep {
+        "UPDATE outbox SET state = 'sent', sent_at = now() WHERE id = ANY($1)"
+    } else {
+        "DELETE FROM outbox WHERE id = ANY($1)"
+    };
+    sqlx::query(sql).bind(ids).execute(pool).await?;
+    Ok(())
+}
+
+/// A refused publish, and what to do about it.
+pub(crate) struct Failure {
+    pub(crate) id: Uuid,
+    pub(crate) attempts: i32,
+    pub(crate) error: String,
+    /// `None` parks the row as dead; `Some` retries it after that many milliseconds.
+    pub(crate) retry_after_ms: Option<i64>,
+}
+
+/// Records refused publishes in one statement: a retry time, or dead.
+pub(crate) async fn record_failures(pool: &PgPool, failures: &[Failure]) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
+    let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
+    let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+    let delays: Vec<Option<i64>> = failures.iter().map(|f| f.retry_after_ms).collect();
+    sqlx::query(
+        "UPDATE outbox o
+         SET attempts = f.attempts,
+             last_error = f.error,
+             state = CASE WHEN f.delay_ms IS NULL THEN 'dead' ELSE 'retry' END,
+             available_at = CASE WHEN f.delay_ms IS NULL THEN o.available_at
+                                 ELSE now() + f.delay_ms * interval '1 millisecond' END
+         FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::int8[]) AS f(id, attempts, error, delay_ms)
+         WHERE o.id = f.id",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&errors)
+    .bind(&delays)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Every guarantee under a real failure: killed relays, cut and stalled broker
+//! connections, dropped database connections, refusals, and shutdown under load.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use outbox::Message;
+use outbox_relay::Relay;
+use rand::{Rng, SeedableRng};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::support::*;
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn order_per_key_holds_with_three_relays_and_one_killed_at_random(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let mut ids = fill(&pool, 30, 100, "three").await?;
+    let url = database_url(&pool);
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        relays.push(spawn_relay(
+            &url,
+            &amqp_url(),
+            &sandbox.exchange,
+            &["--batch-size", "100"],
+        )?);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id().into());
+    sandbox
+        .wait_for_count(rng.random_range(200..1500), Duration::from_secs(30))
+        .await?;
+    let victim = rng.random_range(0..relays.len());
+    relays[victim].start_kill()?; // SIGKILL: no drain, no goodbye
+    relays[victim].wait().await?;
+
+    // Writers go on while the survivors take over the dead one's partitions.
+    ids.extend(
+        fill(&pool, 30, 20, "three")
+            .await?
+            .into_iter()
+            .map(|id| id.to_string()),
+    );
+    sandbox.wait_for_all(&ids, Duration::from_secs(60)).await?;
+    wait_until_drained(&pool, Duration::from_secs(10)).await?;
+    assert_order_per_key(&sandbox.received());
+    for relay in &mut relays {
+        let _ = relay.start_kill();
+    }
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn a_relay_killed_mid_batch_loses_nothing(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let ids = fill(&pool, 50, 200, "killed").await?;
+    let url = database_url(&pool);
+    let mut first = spawn_relay(&url, &amqp_url(), &sandbox.exchange, &[])?;
+    sandbox
+        .wait_for_count(1000, Duration::from_secs(30))
+        .await?;
+    first.start_kill()?;
+    first.wait().await?;
+    let left = unsent(&pool).await?;
+    assert!(
+        left > 0,
+        "the relay was killed before it finished (left {left})"
+    );
+
+    let mut second = spawn_relay(&url, &amqp_url(), &sandbox.exchange, &[])?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(60)).await?;
+    wait_until_drained(&pool, Duration::from_secs(10)).await?;
+    assert_order_per_key(&sandbox.received());
+    second.start_kill()?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn broker_connections_cut_under_load_lose_nothing(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let proxy = FaultyProxy::start("127.0.0.1:5672".parse()?).await?;
+    let ids = fill(&pool, 50, 200, "cut").await?;
+    let relay = Relay::new(
+        pool.clone(),
+        proxy.amqp_url(),
+        fast_config(&sandbox.exchange),
+    );
+    let metrics = relay.metrics();
+    let relay = relay.spawn();
+    for at in [1000, 4000, 7000] {
+        sandbox.wait_for_count(at, Duration::from_secs(30)).await?;
+        proxy.cut_all();
+    }
+    sandbox.wait_for_all(&ids, Duration::from_secs(60)).await?;
+    wait_until_drained(&pool, Duration::from_secs(10)).await?;
+    relay.shutdown().await?;
+    assert!(
+        metrics
+            .render(None)
+            .contains("outbox_relay_failures_total{reason=\"connection\"}")
+    );
+    assert_order_per_key(&sandbox.received());
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn confirms_that_never_come_are_given_up_and_published_again(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let proxy = FaultyProxy::start("127.0.0.1:5672".parse()?).await?;
+    let relay = Relay::new(
+        pool.clone(),
+        proxy.amqp_url(),
+        fast_config(&sandbox.exchange),
+    )
+    .spawn();
+    let warmup = fill(&pool, 1, 1, "warmup").await?;
+    sandbox
+        .wait_for_all(&warmup, Duration::from_secs(10))
+        .await?;
+
+    proxy.stall(true); // a black hole: nothing moves, nothing closes
+    let ids = fill(&pool, 10, 20, "stalled").await?;
+    tokio::time::sleep(Duration::from_secs(4)).await; // past the 2 s confirm timeout
+    assert!(
+        unsent(&pool).await? > 0,
+        "nothing can be confirmed through a black hole"
+    );
+    proxy.stall(false);
+
+    sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
+    wait_until_drained(&pool, Duration::from_secs(10)).await?;
+    relay.shutdown().await?;
+    assert_order_per_key(&sandbox.received());
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn database_connections_dropped_under_load_lose_nothing(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let ids = fill(&pool, 50, 200, "dbdrop").await?;
+    let options: PgConnectOptions = database_url(&pool)
+        .parse::<PgConnectOptions>()?
+        .application_name("relay-under-test");
+    let relay_pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(options)
+        .await?;
+    let relay = Relay::new(relay_pool, amqp_url(), fast_config(&sandbox.exchange)).spawn();
+    for at in [1000, 5000] {
+        sandbox.wait_for_count(at, Duration::from_secs(30)).await?;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-under-test'",
+        )
+        .fetch_all(&pool)
+        .await?;
+        assert!(
+            !killed.is_empty(),
+            "the relay's connections were found and dropped"
+        );
+    }
+    sandbox.wait_for_all(&ids, Duration::from_secs(60)).await?;
+    wait_until_drained(&pool, Duration::from_secs(10)).await?;
+    relay.shutdown().await?;
+    assert_order_per_key(&sandbox.received());
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new("good.#").await?;
+    let mut config = fast_config(&sandbox.exchange);
+    config.max_attempts = 3;
+    let relay = Relay::new(pool.clone(), amqp_url(), config).spawn();
+
+    let bad = Message::builder("saga-blocked", "Unroutable", "bad.nowhere")
+        .payload(&serde_json::json!({"n": 0}))?;
+    let bad_id = outbox::enqueue(&pool, &bad).await?;
+    let dead_deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while outbox_relay::dead_rows(&pool, 10).await?.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < dead_deadline,
+            "the unroutable row never went dead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = outbox_relay::dead_rows(&pool, 10).await?;
+    assert_eq!(dead[0].id, bad_id);
+    assert_eq!(dead[0].attempts, 3);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("unroutable"),
+        "{:?}",
+        dead[0].last_error
+    );
+
+    // The dead row's key is held back (order first); other keys flow.
+    let behind = Message::builder("saga-blocked", "Behind", "good.behind")
+        .payload(&serde_json::json!({"n": 1}))?;
+    let behind_id = outbox::enqueue(&pool, &behind).await?;
+    let others = fill(&pool, 10, 10, "good.other").await?;
+    sandbox
+        .wait_for_all(&others, Duration::from_secs(20))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !sandbox.distinct_ids().contains(&behind_id.to_string()),
+        "a later row overtook the dead one"
+    );
+
+    // An operator fixes the routing and retries: both go, in order.
+    sandbox.bind("bad.#").await?;
+    outbox_relay::retry_dead(&pool, bad_id).await?;
+    let both: HashSet<String> = [bad_id.to_string(), behind_id.to_string()]
+        .into_iter()
+        .collect();
+    sandbox.wait_for_all(&both, Duration::from_secs(20)).await?;
+    let order: Vec<String> = sandbox
+        .received()
+        .into_iter()
+        .filter(|r| both.contains(&r.message_id))
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!(order, [bad_id.to_string(), behind_id.to_string()]);
+    relay.shutdown().await?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn sigterm_under_load_drains_records_and_exits_zero(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let ids = fill(&pool, 50, 400, "term").await?;
+    let mut relay = spawn_relay(&database_url(&pool), &amqp_url(), &sandbox.exchange, &[])?;
+    sandbox
+        .wait_for_count(2000, Duration::from_secs(30))
+        .await?;
+    terminate(&relay)?;
+    let status = tokio::time::timeout(Duration::from_secs(15), relay.wait()).await??;
+    assert_eq!(status.code(), Some(0), "a clean stop exits 0");
+
+    // Let the consumer catch up with what the broker already holds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let remaining: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM outbox")
+        .fetch_all(&pool)
+        .await?
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    let received = sandbox.distinct_ids();
+    assert!(!remaining.is_empty(), "stopped before the end");
+    let deleted: HashSet<&String> = ids.difference(&remaining).collect();
+    let deleted_but_never_delivered = deleted.iter().filter(|id| !received.contains(**id)).count();
+    assert_eq!(
+        deleted_but_never_delivered, 0,
+        "a row was marked sent without reaching the broker"
+    );
+    let instances = outbox_relay::instances(&pool).await?;
+    assert!(
+        instances.is_empty(),
+        "a clean stop leaves the instance table and gives the leases back"
+    );
+    sandbox.remove().await
+}

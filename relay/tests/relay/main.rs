@@ -1,0 +1,8 @@
+//! The relay against a real PostgreSQL (a fresh database per test) and a real
+//! RabbitMQ (an exchange and queue of each test's own). Failures are injected for
+//! real: killed processes, cut and stalled connections.
+
+mod failures;
+mod operating;
+mod publishing;
+mod support;

@@ -1,0 +1,198 @@
+//! The operator's side: the command line, its exit codes, and the HTTP endpoints.
+
+use std::process::Output;
+use std::time::Duration;
+
+use outbox::Message;
+use outbox_relay::Relay;
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+async fn relay_cli(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Ok(tokio::time::timeout(Duration::from_secs(30), command.output()).await??)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Arguments, environment, and what the error must say.
+type BadConfig<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
+#[tokio::test]
+async fn bad_configuration_is_a_clear_message_and_exit_code_2() -> TestResult {
+    let db = (
+        "DATABASE_URL",
+        "postgres://app:hunter2@127.0.0.1:5432/postgres",
+    );
+    let cases: Vec<BadConfig> = vec![
+        (vec!["run"], vec![], "DATABASE_URL is not set"),
+        (vec!["run"], vec![db], "AMQP_URL is not set"),
+        (
+            vec!["run"],
+            vec![db, ("AMQP_URL", "http://guest:hunter2@mq")],
+            "AMQP_URL is not an AMQP URL",
+        ),
+        (
+            vec!["status"],
+            vec![("DATABASE_URL", "mysql://root:hunter2@db/x")],
+            "not a PostgreSQL URL",
+        ),
+        (vec!["run", "--batch-size", "0"], vec![db], "batch-size"),
+        (
+            vec!["run", "--lease-ttl", "2s", "--heartbeat-interval", "5s"],
+            vec![db, ("AMQP_URL", "amqp://mq")],
+            "heartbeat",
+        ),
+        (
+            vec!["run", "--retry-base", "soon"],
+            vec![db],
+            "not a duration",
+        ),
+        (
+            vec!["status", "--database-url-file", "/nonexistent/url"],
+            vec![],
+            "cannot read DATABASE_URL",
+        ),
+        (vec!["frobnicate"], vec![db], "unrecognized"),
+    ];
+    for (args, env, expected) in cases {
+        let output = relay_cli(&args, &env).await?;
+        let said = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {said}");
+        assert!(
+            said.contains(expected),
+            "{args:?}: expected {expected:?} in {said}"
+        );
+        assert!(
+            !said.contains("hunter2"),
+            "{args:?} leaked a password: {said}"
+        );
+    }
+    Ok(())
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn status_inspect_and_dead_retry_from_the_command_line(pool: PgPool) -> TestResult {
+    let url = database_url(&pool);
+    let env = [("DATABASE_URL", url.as_str())];
+    let stuck = Message::builder("saga-2am", "PaymentCharged", "payments.charged")
+        .payload(&serde_json::json!({}))?;
+    let stuck_id = outbox::enqueue(&pool, &stuck).await?;
+    let waiting = Message::builder("saga-2am", "ShipmentCreated", "shipping.created")
+        .payload(&serde_json::json!({}))?;
+    outbox::enqueue(&pool, &waiting).await?;
+    sqlx::query("UPDATE outbox SET state = 'dead', attempts = 10, last_error = 'unroutable: 312 NO_ROUTE' WHERE id = $1")
+        .bind(stuck_id)
+        .execute(&pool)
+        .await?;
+
+    let migrate = relay_cli(&["migrate"], &env).await?;
+    assert!(migrate.status.success(), "{}", text(&migrate));
+
+    let status = relay_cli(&["status"], &env).await?;
+    let said = text(&status);
+    assert!(status.status.success(), "{said}");
+    assert!(
+        said.contains("backlog:             1 unsent") && said.contains("dead:                1"),
+        "{said}"
+    );
+
+    let inspect = relay_cli(&["inspect", "saga-2am"], &env).await?;
+    let said = text(&inspect);
+    assert!(
+        said.contains("PaymentCharged") && said.contains("dead") && said.contains("NO_ROUTE"),
+        "{said}"
+    );
+    assert!(
+        said.find("PaymentCharged") < said.find("ShipmentCreated"),
+        "write order: {said}"
+    );
+
+    let json = relay_cli(&["inspect", "saga-2am", "--json"], &env).await?;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    assert_eq!(value["messages"][0]["state"], "dead");
+    assert_eq!(value["messages"][1]["state"], "pending");
+
+    let listed = relay_cli(&["dead", "list"], &env).await?;
+    assert!(text(&listed).contains(&stuck_id.to_string()));
+
+    let unknown = relay_cli(&["dead", "retry", &uuid::Uuid::now_v7().to_string()], &env).await?;
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+
+    let retried = relay_cli(&["dead", "retry", &stuck_id.to_string()], &env).await?;
+    assert!(retried.status.success(), "{}", text(&retried));
+    let state: String = sqlx::query_scalar("SELECT state FROM outbox WHERE id = $1")
+        .bind(stuck_id)
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(state, "pending");
+    let all = relay_cli(&["dead", "retry", "--all"], &env).await?;
+    assert!(text(&all).contains("0 dead row(s)"), "{}", text(&all));
+    Ok(())
+}
+
+async fn get(port: u16, path: &str) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn health_readiness_and_metrics_over_http(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let relay = Relay::new(pool.clone(), amqp_url(), fast_config(&sandbox.exchange));
+    let metrics = relay.metrics();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let stop = CancellationToken::new();
+    tokio::spawn(outbox_relay::serve_http(
+        listener,
+        metrics.clone(),
+        pool.clone(),
+        stop.clone(),
+    ));
+
+    assert!(get(port, "/healthz").await?.starts_with("HTTP/1.1 200"));
+    assert!(
+        get(port, "/readyz").await?.starts_with("HTTP/1.1 503"),
+        "not ready before connecting"
+    );
+    let relay = relay.spawn();
+    let ids = fill(&pool, 3, 10, "metrics").await?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(20)).await?;
+    assert!(get(port, "/readyz").await?.starts_with("HTTP/1.1 200"));
+    let scrape = get(port, "/metrics").await?;
+    assert!(
+        scrape.contains("outbox_relay_published_total 30"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("outbox_relay_publish_latency_seconds_count"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("outbox_relay_backlog "), "{scrape}");
+    assert!(get(port, "/nope").await?.starts_with("HTTP/1.1 404"));
+    relay.shutdown().await?;
+    stop.cancel();
+    sandbox.remove().await
+}
