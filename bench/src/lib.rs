@@ -1,4 +1,6 @@
-//! Shared pieces of the benchmarks: a fresh database per run, and medians.
+//! Shared pieces of the benchmarks: a fresh database per run, a drained queue, medians.
+
+pub mod broker;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

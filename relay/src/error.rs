@@ -20,6 +20,10 @@ pub enum Error {
     #[error("the broker did not confirm a batch within {0:?}")]
     ConfirmTimeout(std::time::Duration),
 
+    /// The channel answered a publish without a confirm (confirm mode was lost).
+    #[error("the broker answered a publish without confirming it")]
+    Unconfirmed,
+
     /// Applying the migrations failed.
     #[error(transparent)]
     Outbox(#[from] outbox::Error),
@@ -41,7 +45,7 @@ impl Error {
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::Tls(_)
             ),
-            Error::Broker(_) | Error::ConfirmTimeout(_) => true,
+            Error::Broker(_) | Error::ConfirmTimeout(_) | Error::Unconfirmed => true,
             Error::Outbox(error) => error.is_transient(),
             Error::NotFound(_) => false,
         }

@@ -8,10 +8,12 @@
 //! timeout), so the giver's last batches settle before another instance starts on
 //! it; a dead instance's partitions are free once its leases expire.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
+use tokio::sync::watch;
 
 use crate::error::Result;
 
@@ -27,6 +29,8 @@ pub(crate) struct LeaseReport {
 
 pub(crate) struct Leases {
     pool: PgPool,
+    /// Partitions held after the last heartbeat, for the publishing session.
+    owned: watch::Sender<Arc<[i16]>>,
     instance_id: String,
     hostname: String,
     ttl: PgInterval,
@@ -41,13 +45,20 @@ impl Leases {
         ttl: Duration,
         grace: Duration,
     ) -> Self {
+        let owned = watch::Sender::new(Arc::from(Vec::new()));
         Self {
             pool,
+            owned,
             instance_id,
             hostname,
             ttl: interval(ttl),
             grace: interval(grace),
         }
+    }
+
+    /// The partitions held as of the last heartbeat, in ascending order.
+    pub(crate) fn owned(&self) -> Arc<[i16]> {
+        Arc::clone(&self.owned.borrow())
     }
 
     /// Renews this instance's presence and leases, then moves towards a fair share.
@@ -85,6 +96,20 @@ impl Leases {
         } else {
             held
         };
+        let owned: Vec<i16> = sqlx::query_scalar(
+            "SELECT partition FROM outbox_relay_lease
+             WHERE owner = $1 AND expires_at > now() ORDER BY partition",
+        )
+        .bind(&self.instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        self.owned.send_if_modified(|current| {
+            let changed = **current != *owned;
+            if changed {
+                *current = Arc::from(owned);
+            }
+            changed
+        });
         Ok(LeaseReport {
             held: held as usize,
             live_instances,
@@ -123,6 +148,7 @@ impl Leases {
     /// Gives back every lease at once and leaves the instance table: called after a
     /// clean drain, so others may start on the partitions immediately.
     pub(crate) async fn leave(&self) -> Result<()> {
+        self.owned.send_replace(Arc::from(Vec::new()));
         self.release(PARTITIONS, interval(Duration::ZERO)).await?;
         sqlx::query("DELETE FROM outbox_relay_instance WHERE instance_id = $1")
             .bind(&self.instance_id)

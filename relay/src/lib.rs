@@ -37,6 +37,7 @@ mod redact;
 mod relay;
 mod retry;
 mod session;
+mod settle;
 mod store;
 mod wake;
 

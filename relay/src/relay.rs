@@ -165,7 +165,7 @@ impl Relay {
                         .map_err(|_| Error::ConfirmTimeout(shared.config.confirm_timeout))??;
                 tracing::info!(%amqp, "connected to the broker");
                 shared.metrics.set_broker_connected(true);
-                let result = Session::new(shared, channel)
+                let result = Session::new(Arc::clone(shared), channel)
                     .run(&mut doorbell, shutdown)
                     .await;
                 shared.metrics.set_broker_connected(false);

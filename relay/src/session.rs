@@ -1,20 +1,20 @@
 //! One broker connection's worth of publishing: claim, publish, settle, repeat.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use lapin::{Channel, Confirmation};
+use lapin::Channel;
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
-use crate::metrics::FailureReason;
 use crate::publish::publish_batch;
 use crate::relay::Shared;
-use crate::retry::retry_delay;
-use crate::store::{self, Failure, OutboxRow};
+use crate::settle::settle;
+use crate::store::{self, OutboxRow};
 use crate::wake::Doorbell;
 
 /// Quick looks for new rows before an idle relay arms the doorbell, so under steady
@@ -26,33 +26,78 @@ const LINGER: [Duration; 4] = [
     Duration::from_millis(8),
 ];
 
-/// A published batch, resolved once every confirm is in (or the timeout passed).
-struct Settled {
-    rows: Vec<OutboxRow>,
-    confirms: Result<Vec<lapin::Result<Confirmation>>, tokio::time::error::Elapsed>,
-    published_at: Instant,
-    span: tracing::Span,
+/// Published batches whose confirms are being awaited and recorded, each on a task
+/// of its own so that database writes overlap the next claim and publish. They
+/// complete in publish order. Dropping the set aborts what is left: those rows stay
+/// unsent and the next session publishes them again.
+#[derive(Default)]
+struct InFlight {
+    batches: FuturesOrdered<JoinHandle<Result<()>>>,
+    aborts: VecDeque<AbortHandle>,
 }
 
-type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = Settled> + Send>>>;
+impl InFlight {
+    fn push(&mut self, task: JoinHandle<Result<()>>) {
+        self.aborts.push_back(task.abort_handle());
+        self.batches.push_back(task);
+    }
 
-pub(crate) struct Session<'a> {
-    shared: &'a Shared,
+    fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The oldest batch's outcome, once it is settled.
+    async fn next(&mut self) -> Option<Result<()>> {
+        let outcome = self.batches.next().await?;
+        self.aborts.pop_front();
+        Some(outcome.unwrap_or_else(|e: JoinError| {
+            Err(Error::NotFound(format!("settling task failed: {e}")))
+        }))
+    }
+
+    /// Outcomes of batches already settled, without waiting.
+    fn ready(&mut self) -> Result<()> {
+        while let Some(Some(outcome)) = futures_util::FutureExt::now_or_never(self.next()) {
+            outcome?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for abort in &self.aborts {
+            abort.abort();
+        }
+    }
+}
+
+pub(crate) struct Session {
+    shared: Arc<Shared>,
     channel: Channel,
     /// Highest seq claimed since the last scan from the start. Only a speed-up: the
     /// scan restarts from the start whenever the pipeline drains and at least every
     /// rescan interval, so rows that committed late, behind it, are still found.
     cursor: i64,
     last_rescan: Instant,
+    /// The partitions of the current scan. The cursor means something only for a
+    /// fixed set held without a gap: when the leases change, the scan starts over.
+    partitions: Arc<[i16]>,
 }
 
-impl<'a> Session<'a> {
-    pub(crate) fn new(shared: &'a Shared, channel: Channel) -> Self {
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, channel: Channel) -> Self {
+        let partitions = shared.leases.owned();
         Self {
             shared,
             channel,
             cursor: 0,
             last_rescan: Instant::now(),
+            partitions,
         }
     }
 
@@ -64,22 +109,21 @@ impl<'a> Session<'a> {
         doorbell: &mut Doorbell,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let config = &self.shared.config;
-        let mut in_flight = InFlight::new();
+        let mut in_flight = InFlight::default();
         loop {
-            while let Some(Some(settled)) = futures_util::FutureExt::now_or_never(in_flight.next())
-            {
-                self.settle(settled).await?;
-            }
+            in_flight.ready()?;
             if shutdown.is_cancelled() {
                 return self.drain(in_flight).await;
             }
-            let rescan_due =
-                self.cursor > 0 && self.last_rescan.elapsed() >= config.rescan_interval;
+            let shared = Arc::clone(&self.shared);
+            let config = &shared.config;
+            let leases_changed = *self.partitions != *shared.leases.owned();
+            let rescan_due = leases_changed
+                || (self.cursor > 0 && self.last_rescan.elapsed() >= config.rescan_interval);
             if in_flight.len() >= config.max_in_flight_batches
                 || (rescan_due && !in_flight.is_empty())
             {
-                self.settle_next(&mut in_flight, shutdown).await?;
+                settle_next(&mut in_flight, shutdown).await?;
                 continue;
             }
             if rescan_due {
@@ -89,11 +133,11 @@ impl<'a> Session<'a> {
             let rows = self.fetch(self.cursor, config.batch_size).await?;
             if let Some(last) = rows.last() {
                 self.cursor = last.seq;
-                in_flight.push_back(self.publish(rows).await?);
+                in_flight.push(self.publish(rows).await?);
                 continue;
             }
             if !in_flight.is_empty() {
-                self.settle_next(&mut in_flight, shutdown).await?;
+                settle_next(&mut in_flight, shutdown).await?;
             } else if self.cursor > 0 {
                 self.restart_scan();
             } else {
@@ -102,15 +146,19 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Starts a new scan from the start over the partitions held now. Only called
+    /// with nothing in flight, so no row is claimed twice.
     fn restart_scan(&mut self) {
         self.cursor = 0;
         self.last_rescan = Instant::now();
+        self.partitions = self.shared.leases.owned();
     }
 
     async fn fetch(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>> {
         let result = store::fetch_ready(
             &self.shared.pool,
             &self.shared.config.instance_id,
+            &self.partitions,
             after_seq,
             limit,
         )
@@ -119,141 +167,23 @@ impl<'a> Session<'a> {
         result
     }
 
-    async fn publish(
-        &self,
-        rows: Vec<OutboxRow>,
-    ) -> Result<Pin<Box<dyn Future<Output = Settled> + Send>>> {
+    /// Publishes a batch in write order and hands its confirms to a settling task.
+    async fn publish(&self, rows: Vec<OutboxRow>) -> Result<JoinHandle<Result<()>>> {
         let span = tracing::info_span!("batch", size = rows.len(), first_seq = rows[0].seq);
-        let published_at = Instant::now();
         let confirms = publish_batch(&self.channel, &self.shared.config.exchange, &rows)
             .instrument(span.clone())
             .await?;
-        let timeout = self.shared.config.confirm_timeout;
-        Ok(Box::pin(async move {
-            let confirms =
-                tokio::time::timeout(timeout, futures_util::future::join_all(confirms)).await;
-            Settled {
-                rows,
-                confirms,
-                published_at,
-                span,
-            }
-        }))
-    }
-
-    async fn settle_next(
-        &self,
-        in_flight: &mut InFlight,
-        shutdown: &CancellationToken,
-    ) -> Result<()> {
-        tokio::select! {
-            Some(settled) = in_flight.next() => self.settle(settled).await,
-            () = shutdown.cancelled() => Ok(()),
-        }
-    }
-
-    /// Records what the broker said about a batch: acked rows are sent; nacked and
-    /// returned rows are retried later or parked dead; a lost confirm ends the session.
-    async fn settle(&self, settled: Settled) -> Result<()> {
-        let Settled {
-            rows,
-            confirms,
-            published_at,
-            span,
-        } = settled;
-        let _entered = span.enter();
-        let config = &self.shared.config;
-        let metrics = &self.shared.metrics;
-        let Ok(confirms) = confirms else {
-            metrics.failed(FailureReason::ConfirmTimeout, rows.len() as u64);
-            return Err(Error::ConfirmTimeout(config.confirm_timeout));
-        };
-        let latency = published_at.elapsed();
-
-        let mut sent = Vec::with_capacity(rows.len());
-        let mut failures = Vec::new();
-        let mut lost = None;
-        for (row, confirm) in rows.iter().zip(confirms) {
-            let refusal = match confirm {
-                Ok(Confirmation::Ack(None)) => {
-                    sent.push(row.id);
-                    continue;
-                }
-                Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => (
-                    FailureReason::Unroutable,
-                    format!(
-                        "unroutable: {} {}",
-                        returned.reply_code,
-                        returned.reply_text.as_str()
-                    ),
-                ),
-                Ok(Confirmation::Nack(None)) => {
-                    (FailureReason::Nack, "nacked by the broker".to_owned())
-                }
-                Ok(Confirmation::NotRequested) => {
-                    lost.get_or_insert_with(|| {
-                        Error::NotFound("a publish was not confirmed".into())
-                    });
-                    continue;
-                }
-                Err(error) => {
-                    lost.get_or_insert(Error::Broker(error));
-                    continue;
-                }
-            };
-            failures.push(self.failure(row, refusal));
-        }
-
-        let keep = config.retention.is_some();
-        let recorded = store::mark_sent(&self.shared.pool, &sent, keep).await;
-        self.shared.metrics.set_database_ok(recorded.is_ok());
-        recorded?;
-        store::record_failures(&self.shared.pool, &failures).await?;
-        metrics.batch_settled(rows.len(), sent.len(), latency);
-        metrics.parked_dead(
-            failures
-                .iter()
-                .filter(|f| f.retry_after_ms.is_none())
-                .count() as u64,
-        );
-        if let Some(error) = lost {
-            metrics.failed(
-                FailureReason::Connection,
-                (rows.len() - sent.len() - failures.len()) as u64,
-            );
-            return Err(error);
-        }
-        Ok(())
-    }
-
-    fn failure(&self, row: &OutboxRow, (reason, error): (FailureReason, String)) -> Failure {
-        let config = &self.shared.config;
-        self.shared.metrics.failed(reason, 1);
-        let attempts = row.attempts + 1;
-        let dead = attempts as u32 >= config.max_attempts;
-        let retry_after_ms = (!dead).then(|| {
-            retry_delay(attempts as u32, config.retry_base, config.retry_max).as_millis() as i64
-        });
-        if dead {
-            tracing::error!(saga_id = %row.saga_id, message_id = %row.id, step = %row.step, attempts, %error,
-                "parked as dead; later messages of its ordering key wait for `outbox-relay dead retry`");
-        } else {
-            tracing::warn!(saga_id = %row.saga_id, message_id = %row.id, step = %row.step, attempts, %error,
-                retry_after_ms, "publish refused; will retry");
-        }
-        Failure {
-            id: row.id,
-            attempts,
-            error,
-            retry_after_ms,
-        }
+        let shared = Arc::clone(&self.shared);
+        Ok(tokio::spawn(
+            async move { settle(&shared, rows, confirms).await }.instrument(span),
+        ))
     }
 
     async fn drain(&self, mut in_flight: InFlight) -> Result<()> {
         let outstanding = in_flight.len();
         let drained = tokio::time::timeout(self.shared.config.shutdown_timeout, async {
-            while let Some(settled) = in_flight.next().await {
-                self.settle(settled).await?;
+            while let Some(outcome) = in_flight.next().await {
+                outcome?;
             }
             Ok::<_, Error>(())
         })
@@ -295,5 +225,12 @@ impl<'a> Session<'a> {
                 .await;
         }
         leases.set_listening(false).await
+    }
+}
+
+async fn settle_next(in_flight: &mut InFlight, shutdown: &CancellationToken) -> Result<()> {
+    tokio::select! {
+        Some(outcome) = in_flight.next() => outcome,
+        () = shutdown.cancelled() => Ok(()),
     }
 }

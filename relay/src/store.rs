@@ -23,41 +23,23 @@ pub(crate) struct OutboxRow {
     pub(crate) attempts: i32,
 }
 
-/// Ready rows after `$2` in write order, for the partitions this instance (`$1`)
-/// holds an unexpired lease on right now: the lease check is in the query, so an
-/// instance that lost its lease while stalled cannot claim rows.
-///
-/// A row waits behind an earlier row of its ordering key that is dead, waiting out
-/// a retry delay, or already behind the cursor (`b.seq <= $2`, so it will be retried
-/// by a later scan): order first.
-const FETCH_READY: &str = "
-    SELECT o.id, o.seq, o.saga_id, o.step, o.routing_key, o.payload::text AS payload,
-           o.exchange, o.headers, o.created_at, o.attempts
-    FROM outbox o
-    WHERE o.state IN ('pending', 'retry')
-      AND o.seq > $2
-      AND o.available_at <= now()
-      AND o.partition IN (SELECT partition FROM outbox_relay_lease
-                          WHERE owner = $1 AND expires_at > now())
-      AND NOT EXISTS (
-          SELECT 1 FROM outbox b
-          WHERE b.state IN ('retry', 'dead')
-            AND b.ordering_key = o.ordering_key
-            AND b.seq < o.seq
-            AND (b.state = 'dead' OR b.available_at > now() OR b.seq <= $2))
-    ORDER BY o.seq
-    LIMIT $3";
+/// Ready rows after `after_seq` in write order, from `partitions`, while this
+/// instance holds all of them, with rows of blocked keys held back: the migration's
+/// `outbox_ready_batch` explains the rules, and why they live in a function.
+const FETCH_READY: &str = "SELECT * FROM outbox_ready_batch($1, $2, $3, $4)";
 
 pub(crate) async fn fetch_ready(
     pool: &PgPool,
     instance_id: &str,
+    partitions: &[i16],
     after_seq: i64,
     limit: u32,
 ) -> Result<Vec<OutboxRow>> {
     let rows = sqlx::query_as(FETCH_READY)
         .bind(instance_id)
+        .bind(partitions)
         .bind(after_seq)
-        .bind(i64::from(limit))
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
         .fetch_all(pool)
         .await?;
     Ok(rows)

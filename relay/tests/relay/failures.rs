@@ -267,3 +267,25 @@ async fn sigterm_under_load_drains_records_and_exits_zero(pool: PgPool) -> TestR
     );
     sandbox.remove().await
 }
+
+#[sqlx::test(migrator = "outbox::MIGRATOR")]
+async fn leases_that_lapse_mid_scan_do_not_reorder_a_key(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let ids = fill(&pool, 40, 250, "lapse").await?;
+    let mut config = fast_config(&sandbox.exchange);
+    config.batch_size = 100;
+    let relay = Relay::new(pool.clone(), amqp_url(), config).spawn();
+    // As if some renewals had come too late: half the leases lapse while the relay
+    // goes on with the others, and takes them back at its next heartbeat.
+    for at in [500, 2000, 4000, 6000, 8000] {
+        sandbox.wait_for_count(at, Duration::from_secs(30)).await?;
+        sqlx::query("UPDATE outbox_relay_lease SET expires_at = now() - interval '1 second' WHERE partition % 2 = 0")
+            .execute(&pool)
+            .await?;
+    }
+    sandbox.wait_for_all(&ids, Duration::from_secs(60)).await?;
+    wait_until_drained(&pool, Duration::from_secs(10)).await?;
+    relay.shutdown().await?;
+    assert_order_per_key(&sandbox.received());
+    sandbox.remove().await
+}
