@@ -1,0 +1,46 @@
+//! An idempotent inbox: at-least-once delivery in, exactly-once effects out.
+//!
+//! A consumer runs its handler in one transaction together with recording the
+//! message's key, `saga_id:step`, in the `inbox` table; the broker is acked only
+//! after the commit. A message that arrives again (broker redelivery, a relay that
+//! republished after a crash, a producer that retried) finds its key and takes no
+//! effect.
+//!
+//! ```rust,no_run
+//! use idempotency::{Inbox, InboxKey, Outcome};
+//! use sqlx::PgConnection;
+//!
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let inbox = Inbox::new("payment-service");
+//! let key = InboxKey { saga_id: "order-42", step: "ChargePayment", message_id: None };
+//! let outcome = inbox
+//!     .process(&pool, key, async |conn: &mut PgConnection| {
+//!         let charge_id: i64 = sqlx::query_scalar("INSERT INTO charges (order_id) VALUES (42) RETURNING id")
+//!             .fetch_one(&mut *conn)
+//!             .await?;
+//!         let reply = outbox::Message::builder("order-42", "PaymentCharged", "payments.charged")
+//!             .payload(&serde_json::json!({ "charge_id": charge_id }))?;
+//!         outbox::enqueue(&mut *conn, &reply).await?;
+//!         Ok::<_, outbox::Error>(charge_id)
+//!     })
+//!     .await?;
+//! match outcome {
+//!     Outcome::Processed(charge_id) => println!("charged: {charge_id}"),
+//!     Outcome::Duplicate { result } => println!("already charged: {result:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The consumer runtime on RabbitMQ (decoding the relay's envelope, acking after
+//! commit, delayed retries and dead-lettering) is not built yet; this crate is the
+//! part that needs no broker.
+
+mod error;
+mod inbox;
+mod retention;
+
+pub use error::Error;
+pub use inbox::{Inbox, InboxKey, Outcome};
+pub use outbox::{MIGRATOR, migrate};
+pub use retention::{DEFAULT_RETENTION, cleanup};
