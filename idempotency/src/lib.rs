@@ -32,15 +32,22 @@
 //! # }
 //! ```
 //!
-//! The consumer runtime on RabbitMQ (decoding the relay's envelope, acking after
-//! commit, delayed retries and dead-lettering) is not built yet; this crate is the
-//! part that needs no broker.
+//! [`Consumer`] runs this on RabbitMQ: it decodes the relay's envelope, runs the
+//! handler registered for the message's step through the inbox, and acks only after
+//! the commit. A failing handler's message is retried later through a TTL queue, then
+//! dead-lettered with its reason; a malformed one is dead-lettered at once.
 
+mod consumer;
+mod envelope;
 mod error;
 mod inbox;
 mod retention;
+mod topology;
 
+pub use consumer::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, HandlerFuture};
+pub use envelope::Envelope;
 pub use error::Error;
 pub use inbox::{Inbox, InboxKey, Outcome};
 pub use outbox::{MIGRATOR, migrate};
 pub use retention::{DEFAULT_RETENTION, cleanup};
+pub use topology::DEAD_REASON_HEADER;

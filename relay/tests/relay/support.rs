@@ -2,9 +2,8 @@
 //! processes, and a TCP proxy that injects network faults.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,9 +16,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use outbox::Message;
 use sqlx::PgPool;
-use tokio::net::{TcpListener, TcpStream};
+
 use tokio::process::{Child, Command};
-use tokio::sync::broadcast;
 
 pub(crate) type TestResult = anyhow::Result<()>;
 
@@ -375,75 +373,4 @@ pub(crate) fn terminate(child: &Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A TCP proxy in front of RabbitMQ that the test controls: it can cut every
-/// connection through it, or stall them (a black hole: nothing moves, nothing closes).
-pub(crate) struct FaultyProxy {
-    pub(crate) port: u16,
-    cut: broadcast::Sender<()>,
-    stalled: Arc<AtomicBool>,
-}
-
-impl FaultyProxy {
-    pub(crate) async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let (cut, _) = broadcast::channel(4);
-        let stalled = Arc::new(AtomicBool::new(false));
-        let (cut_tx, stalled_flag) = (cut.clone(), Arc::clone(&stalled));
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let mut cut_rx = cut_tx.subscribe();
-                let stalled = Arc::clone(&stalled_flag);
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::select! {
-                        _ = pump(client_read, server_write, Arc::clone(&stalled)) => {}
-                        _ = pump(server_read, client_write, stalled) => {}
-                        _ = cut_rx.recv() => {}
-                    }
-                });
-            }
-        });
-        Ok(Self { port, cut, stalled })
-    }
-
-    pub(crate) fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// Drops every connection through the proxy, as a network failure would.
-    pub(crate) fn cut_all(&self) {
-        let _ = self.cut.send(());
-    }
-
-    /// While stalled, no byte moves in either direction and no socket closes.
-    pub(crate) fn stall(&self, on: bool) {
-        self.stalled.store(on, Ordering::SeqCst);
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    stalled: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        to.write_all(&buf[..n]).await?;
-    }
-}
+pub(crate) use testkit::FaultyProxy;
