@@ -97,15 +97,18 @@ impl Inbox {
 
         let value = handler(&mut tx).await.map_err(Error::Handler)?;
         let stored = serde_json::to_value(&value).map_err(Error::Result)?;
-        sqlx::query(
-            "UPDATE inbox SET result = $4 WHERE consumer = $1 AND saga_id = $2 AND step = $3",
-        )
-        .bind(&self.consumer)
-        .bind(key.saga_id)
-        .bind(key.step)
-        .bind(stored)
-        .execute(&mut *tx)
-        .await?;
+        // A null result needs no second statement: the column is NULL already.
+        if !stored.is_null() {
+            sqlx::query(
+                "UPDATE inbox SET result = $4 WHERE consumer = $1 AND saga_id = $2 AND step = $3",
+            )
+            .bind(&self.consumer)
+            .bind(key.saga_id)
+            .bind(key.step)
+            .bind(stored)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(Outcome::Processed(value))
     }
