@@ -69,6 +69,12 @@ impl ConsumerConfig {
             retry_max: Duration::from_secs(60),
         }
     }
+
+    /// Binds the queue to `exchange` with a routing `pattern` (declared at start).
+    pub fn bind(mut self, exchange: impl Into<String>, pattern: impl Into<String>) -> Self {
+        self.bindings.push((exchange.into(), pattern.into()));
+        self
+    }
 }
 
 /// Consumes a queue and runs each message's handler through the inbox.

@@ -81,15 +81,17 @@ impl Inbox {
         .rows_affected()
             == 1;
         if !claimed {
-            tx.rollback().await?;
+            // Count the duplicate on the key itself, so support can see it came back.
             let result: Option<Option<serde_json::Value>> = sqlx::query_scalar(
-                "SELECT result FROM inbox WHERE consumer = $1 AND saga_id = $2 AND step = $3",
+                "UPDATE inbox SET duplicates = duplicates + 1, last_duplicate_at = now()
+                 WHERE consumer = $1 AND saga_id = $2 AND step = $3 RETURNING result",
             )
             .bind(&self.consumer)
             .bind(key.saga_id)
             .bind(key.step)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?;
+            tx.commit().await?;
             return Ok(Outcome::Duplicate {
                 result: result.flatten(),
             });

@@ -63,6 +63,10 @@ async fn a_redelivered_message_takes_no_second_effect(pool: PgPool) -> TestResul
         .fetch_one(&pool)
         .await?;
     assert_eq!(message_id.as_deref(), Some("m-1"));
+    let duplicates: i32 = sqlx::query_scalar("SELECT duplicates FROM inbox")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(duplicates, 1, "the duplicate is counted on its key");
     Ok(())
 }
 
