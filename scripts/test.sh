@@ -11,3 +11,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# The exactly-once demo, short: every kind of fault at least once, verified from the
+# databases; a broken invariant fails the run.
+cargo build -p outbox-relay -p examples --bins
+target/debug/exactly-once-demo --short --seed 7

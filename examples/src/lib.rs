@@ -1,3 +1,4 @@
 //! Examples of the outbox toolkit, split into a library so tests can drive them.
 
+pub mod demo;
 pub mod quickstart;

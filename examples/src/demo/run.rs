@@ -1,0 +1,127 @@
+//! A whole run: set up the databases and the broker, start the processes, drive the
+//! faults, stop everything, verify, report, clean up.
+
+use std::time::Duration;
+
+use super::broker::DemoBroker;
+use super::chaos::{self, Ending};
+use super::cli::DemoArgs;
+use super::databases::DemoDatabases;
+use super::plan::FaultPlan;
+use super::report::Report;
+use super::saga::Service;
+use super::stage::{self, Stage};
+use super::verify::{self, Sources};
+
+/// How a run ended, as an exit code: 0 every invariant held, 1 one failed, 2 the
+/// run could not be set up, 130 interrupted.
+pub async fn run(args: DemoArgs) -> u8 {
+    match run_checked(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("exactly-once-demo: {error:#}");
+            2
+        }
+    }
+}
+
+async fn run_checked(args: DemoArgs) -> anyhow::Result<u8> {
+    let database_url = std::env::var("DATABASE_URL").map_err(|_| {
+        anyhow::anyhow!("set DATABASE_URL to a PostgreSQL server the demo may create databases on")
+    })?;
+    let amqp_url =
+        std::env::var("AMQP_URL").map_err(|_| anyhow::anyhow!("set AMQP_URL to RabbitMQ"))?;
+    let relay_program = stage::relay_program()?;
+    let prefix = format!("eod_{}", std::process::id());
+    println!(
+        "exactly-once-demo: {} orders at {}/s, {:.0}% of payments fail, {} faults/s, seed {}",
+        args.orders(),
+        args.order_rate(),
+        args.payment_failure_rate * 100.0,
+        args.fault_rate(),
+        args.seed
+    );
+
+    let databases = DemoDatabases::create(&database_url, &prefix).await?;
+    let broker = match DemoBroker::set_up(&amqp_url, &prefix).await {
+        Ok(broker) => broker,
+        Err(error) => {
+            databases.drop_all().await?;
+            return Err(error);
+        }
+    };
+    println!(
+        "databases {}; RabbitMQ vhost {}",
+        databases.names().collect::<Vec<_>>().join(", "),
+        broker.vhost.as_deref().unwrap_or("(the URL's own)")
+    );
+    let outcome = run_staged(&args, &prefix, &databases, &broker, &relay_program).await;
+
+    let cleaned = broker.tear_down().await;
+    if args.keep_databases {
+        println!(
+            "kept the databases: {}",
+            databases.names().collect::<Vec<_>>().join(", ")
+        );
+    } else {
+        databases.drop_all().await?;
+    }
+    cleaned?;
+    outcome
+}
+
+async fn run_staged(
+    args: &DemoArgs,
+    prefix: &str,
+    databases: &DemoDatabases,
+    broker: &DemoBroker,
+    relay_program: &std::path::Path,
+) -> anyhow::Result<u8> {
+    let mut stage = Stage::start(args, prefix, databases, broker, relay_program).await?;
+    println!(
+        "processes: 4 services and 4 relays, logs in {}",
+        stage.logs.display()
+    );
+    let plan = FaultPlan::new(args.seed, args.fault_rate());
+    let chaos = chaos::drive(
+        &mut stage,
+        databases,
+        broker,
+        plan,
+        args.orders(),
+        Duration::from_secs(args.timeout_secs),
+    )
+    .await;
+    stage.unstall_all();
+    stage.fleet.stop_all(Duration::from_secs(10)).await;
+    let chaos = chaos?;
+    if chaos.ending == Ending::Interrupted {
+        println!("interrupted: every process stopped; cleaning up");
+        return Ok(130);
+    }
+
+    let findings = verify::verify(
+        Sources {
+            order: databases.pool(Service::Order),
+            inventory: databases.pool(Service::Inventory),
+            payment: databases.pool(Service::Payment),
+            shipping: databases.pool(Service::Shipping),
+        },
+        args.orders(),
+    )
+    .await?;
+    let report = Report {
+        findings: &findings,
+        faults: &chaos.faults,
+        dead_letters: broker.dead_letters().await?,
+        unexpected_exits: chaos.unexpected_exits,
+        elapsed: chaos.elapsed,
+    };
+    report.print();
+    println!("logs of every process: {}", stage.logs.display());
+    Ok(if report.passed() && chaos.ending == Ending::Complete {
+        0
+    } else {
+        1
+    })
+}

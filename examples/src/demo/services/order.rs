@@ -1,0 +1,108 @@
+//! The order service: places orders (each with its `OrderCreated`, in one
+//! transaction) and finishes them when the saga reports back.
+
+use std::time::Duration;
+
+use idempotency::{Envelope, HandlerFuture};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use super::common::{record_handled, reply};
+use crate::demo::saga::{Event, order_id};
+
+/// Places orders 1 to `orders`, `rate` per second. A restarted service goes on from
+/// the last order it placed: the order and its event commit together, so none is
+/// placed twice or announced without being placed.
+pub(crate) async fn place_orders(
+    pool: PgPool,
+    orders: u32,
+    rate: f64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let placed: i32 = sqlx::query_scalar("SELECT coalesce(max(number), 0) FROM orders")
+        .fetch_one(&pool)
+        .await?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    for number in (placed as u32 + 1)..=orders {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        while let Err(error) = place(&pool, number).await {
+            tracing::warn!(%error, number, "placing an order failed; trying again");
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+    tracing::info!(orders, "every order placed");
+    Ok(())
+}
+
+async fn place(pool: &PgPool, number: u32) -> anyhow::Result<()> {
+    let id = order_id(number);
+    let quantity = 1 + i64::from(number % 3);
+    let amount_cents = 1_000 + i64::from(number % 7) * 250;
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, number, quantity, amount_cents) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(number as i32)
+    .bind(quantity as i32)
+    .bind(amount_cents)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        let payload = serde_json::json!({ "quantity": quantity, "amount_cents": amount_cents });
+        reply(&mut tx, &id, Event::OrderCreated, &payload)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `ShipmentCreated`: the order is shipped.
+pub(crate) fn shipment_created<'a>(
+    message: &'a Envelope,
+    conn: &'a mut PgConnection,
+) -> HandlerFuture<'a> {
+    Box::pin(async move {
+        record_handled(conn, message).await?;
+        finish(conn, &message.saga_id, "shipped").await
+    })
+}
+
+/// `InventoryReleased`: the compensation is complete; the order is cancelled.
+pub(crate) fn inventory_released<'a>(
+    message: &'a Envelope,
+    conn: &'a mut PgConnection,
+) -> HandlerFuture<'a> {
+    Box::pin(async move {
+        record_handled(conn, message).await?;
+        finish(conn, &message.saga_id, "cancelled").await
+    })
+}
+
+async fn finish(
+    conn: &mut PgConnection,
+    id: &str,
+    status: &str,
+) -> Result<serde_json::Value, idempotency::BoxError> {
+    let changed = sqlx::query(
+        "UPDATE orders SET status = $2, finished_at = now() WHERE id = $1 AND status = 'placed'",
+    )
+    .bind(id)
+    .bind(status)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        tracing::warn!(saga_id = id, status, "order was not waiting to be finished");
+    }
+    Ok(serde_json::Value::Null)
+}

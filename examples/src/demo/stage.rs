@@ -1,0 +1,163 @@
+//! The stage of a run: the four services and their relays, each behind a TCP proxy
+//! of its own to RabbitMQ, so a fault can hit one process's connections.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use testkit::FaultyProxy;
+use url::Url;
+
+use super::broker::DemoBroker;
+use super::cli::DemoArgs;
+use super::databases::DemoDatabases;
+use super::fleet::{Fleet, ProcessSpec};
+use super::plan::Target;
+use super::saga::Service;
+
+/// The processes of a run and the proxies in front of them.
+pub struct Stage {
+    /// The processes, by the name of their target.
+    pub fleet: Fleet,
+    /// One proxy per process.
+    pub proxies: BTreeMap<String, Arc<FaultyProxy>>,
+    /// Where each process logs.
+    pub logs: PathBuf,
+}
+
+/// Relay settings for a lively demo: a dead relay's leases lapse in 5 s, a lost
+/// confirm is given up on in 3 s (below the lease), and sent rows are kept for the
+/// verifier to count.
+const RELAY_ENV: &[(&str, &str)] = &[
+    ("OUTBOX_HTTP_ADDR", "127.0.0.1:0"),
+    ("OUTBOX_LEASE_TTL", "5s"),
+    ("OUTBOX_HEARTBEAT_INTERVAL", "1s"),
+    ("OUTBOX_CONFIRM_TIMEOUT", "3s"),
+    ("OUTBOX_SHUTDOWN_TIMEOUT", "5s"),
+    ("OUTBOX_RETRY_BASE", "500ms"),
+    ("OUTBOX_RETENTION", "1d"),
+];
+
+impl Stage {
+    /// Starts every service and relay of the run.
+    pub async fn start(
+        args: &DemoArgs,
+        prefix: &str,
+        databases: &DemoDatabases,
+        broker: &DemoBroker,
+        relay_program: &Path,
+    ) -> anyhow::Result<Self> {
+        let logs = std::env::temp_dir().join(format!("exactly-once-demo-{prefix}"));
+        std::fs::create_dir_all(&logs)?;
+        let upstream = broker_address(&broker.url).await?;
+        let mut stage = Self {
+            fleet: Fleet::default(),
+            proxies: BTreeMap::new(),
+            logs,
+        };
+        let own_program = std::env::current_exe()?;
+        for service in Service::ALL {
+            for relay in [false, true] {
+                let name = Target { service, relay }.to_string();
+                let proxy = Arc::new(FaultyProxy::start(upstream).await?);
+                let mut amqp = broker.url.clone();
+                amqp.set_host(Some("127.0.0.1"))?;
+                amqp.set_port(Some(proxy.port))
+                    .map_err(|()| anyhow::anyhow!("cannot set a port on {}", redacted(&amqp)))?;
+                let mut env = vec![
+                    (
+                        "DATABASE_URL".to_owned(),
+                        databases.url(service).to_string(),
+                    ),
+                    ("AMQP_URL".to_owned(), amqp.to_string()),
+                    ("NO_COLOR".to_owned(), "1".to_owned()),
+                ];
+                let spec = if relay {
+                    env.extend(
+                        RELAY_ENV
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                    );
+                    env.push(("OUTBOX_EXCHANGE".to_owned(), prefix.to_owned()));
+                    env.push(("OUTBOX_INSTANCE_ID".to_owned(), name.clone()));
+                    ProcessSpec {
+                        program: relay_program.to_owned(),
+                        args: vec!["run".to_owned()],
+                        env,
+                        log: stage.logs.join(format!("{name}.log")),
+                    }
+                } else {
+                    ProcessSpec {
+                        program: own_program.clone(),
+                        args: service_args(args, prefix, service),
+                        env,
+                        log: stage.logs.join(format!("{name}.log")),
+                    }
+                };
+                stage.fleet.start(&name, spec)?;
+                stage.proxies.insert(name, proxy);
+            }
+        }
+        Ok(stage)
+    }
+
+    /// Lets traffic through every proxy again.
+    pub fn unstall_all(&self) {
+        for proxy in self.proxies.values() {
+            proxy.stall(false);
+        }
+    }
+}
+
+fn service_args(args: &DemoArgs, prefix: &str, service: Service) -> Vec<String> {
+    vec![
+        "service".to_owned(),
+        "--service".to_owned(),
+        service.name().to_owned(),
+        "--prefix".to_owned(),
+        prefix.to_owned(),
+        "--orders".to_owned(),
+        args.orders().to_string(),
+        "--order-rate".to_owned(),
+        args.order_rate().to_string(),
+        "--seed".to_owned(),
+        args.seed.to_string(),
+        "--payment-failure-rate".to_owned(),
+        args.payment_failure_rate.to_string(),
+    ]
+}
+
+async fn broker_address(url: &Url) -> anyhow::Result<SocketAddr> {
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let port = url.port().unwrap_or(5672);
+    tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host}:{port} does not resolve"))
+}
+
+/// A URL without its password, for messages.
+pub fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// The `outbox-relay` binary: `OUTBOX_RELAY_BIN`, or the one built next to this
+/// program (`cargo build -p outbox-relay`).
+pub fn relay_program() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("OUTBOX_RELAY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let beside = std::env::current_exe()?.with_file_name("outbox-relay");
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        anyhow::bail!(
+            "no outbox-relay binary at {}; build it first (cargo build -p outbox-relay, with the \
+             same --release as this demo) or set OUTBOX_RELAY_BIN",
+            beside.display()
+        )
+    }
+}
