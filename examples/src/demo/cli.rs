@@ -52,9 +52,10 @@ pub struct DemoArgs {
     /// A short run for CI: 100 orders at 10/s, a fault a second, every kind at least once.
     #[arg(long)]
     pub short: bool,
-    /// Give up waiting for the saga to finish after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    pub timeout_secs: u64,
+    /// Give up waiting for the saga to finish after this many seconds [default: 300; 90
+    /// with --short].
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
     /// Leave the databases in place afterwards, to inspect them.
     #[arg(long)]
     pub keep_databases: bool,
@@ -76,6 +77,14 @@ impl DemoArgs {
     pub fn fault_rate(&self) -> f64 {
         self.fault_rate
             .unwrap_or(if self.short { 1.0 } else { 0.5 })
+    }
+
+    /// How long the saga may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        let seconds = self
+            .timeout_secs
+            .unwrap_or(if self.short { 90 } else { 300 });
+        std::time::Duration::from_secs(seconds)
     }
 }
 

@@ -89,7 +89,7 @@ async fn run_staged(
         broker,
         plan,
         args.orders(),
-        Duration::from_secs(args.timeout_secs),
+        args.timeout(),
     )
     .await;
     stage.unstall_all();
