@@ -99,20 +99,26 @@ impl DemoBroker {
         Ok(())
     }
 
-    /// Asks the broker to close every connection in the run's vhost. False when the
-    /// run has no vhost of its own (closing all of the broker's would hit others).
-    pub async fn close_every_connection(&self) -> anyhow::Result<bool> {
-        let Some(vhost) = &self.vhost else {
-            return Ok(false);
+    /// Asks the broker, on a task of its own (`rabbitmqctl` takes a second or more),
+    /// to close every connection in the run's vhost. False when the run has no vhost
+    /// of its own: closing all of the broker's connections would hit others.
+    pub fn close_every_connection(&self) -> bool {
+        let Some(vhost) = self.vhost.clone() else {
+            return false;
         };
-        rabbitmqctl(&[
-            "close_all_connections",
-            "--vhost",
-            vhost,
-            "exactly-once-demo: a fault injected from the broker's side",
-        ])
-        .await?;
-        Ok(true)
+        tokio::spawn(async move {
+            let closed = rabbitmqctl(&[
+                "close_all_connections",
+                "--vhost",
+                &vhost,
+                "exactly-once-demo: a fault injected from the broker's side",
+            ])
+            .await;
+            if let Err(error) = closed {
+                println!("note: the broker-side close failed: {error:#}");
+            }
+        });
+        true
     }
 
     /// Messages waiting in the services' dead-letter queues.
@@ -177,6 +183,9 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("rabbitmqctl")
         .arg("--quiet")
         .args(args)
+        // Its own process group: a Ctrl-C at the terminal must not cut the demo's
+        // clean-up short.
+        .process_group(0)
         .output()
         .await
         .map_err(|e| anyhow::anyhow!("rabbitmqctl: {e}"))?;

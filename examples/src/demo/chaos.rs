@@ -55,6 +55,10 @@ pub async fn drive(
     let mut restarts: Vec<(Instant, String)> = Vec::new();
     let mut unstalls: Vec<(Instant, String)> = Vec::new();
     let mut next = plan.next_fault();
+    // Once the saga is complete and every kind of fault was tried, no new faults:
+    // killed processes come back, black holes end, and the run ends when the saga is
+    // still complete after that.
+    let mut winding_down = false;
     let mut last_shown = start;
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -67,7 +71,7 @@ pub async fn drive(
             _ = ticker.tick() => {}
         }
         let now = Instant::now();
-        while let Some(fault) = next.filter(|f| start + f.at <= now) {
+        while let Some(fault) = next.filter(|f| !winding_down && start + f.at <= now) {
             let said = inject(&fault, stage, broker, now, &mut restarts, &mut unstalls).await?;
             match said {
                 Some(said) => {
@@ -99,10 +103,18 @@ pub async fn drive(
             let progress = Progress::read(databases).await?;
             show(&stamp(now), &progress, orders, &chaos.faults);
             let every_kind = next.is_none() || tried.len() == FaultKind::ALL.len();
-            if progress.complete(orders) && every_kind && restarts.is_empty() && unstalls.is_empty()
-            {
-                chaos.ending = Ending::Complete;
-                break;
+            if progress.complete(orders) && every_kind {
+                if winding_down && restarts.is_empty() && unstalls.is_empty() {
+                    chaos.ending = Ending::Complete;
+                    break;
+                }
+                if !winding_down {
+                    winding_down = true;
+                    println!(
+                        "{} saga complete; no more faults, waiting for every process to be back",
+                        stamp(now)
+                    );
+                }
             }
         }
         if now.duration_since(start) > timeout {
@@ -135,7 +147,7 @@ async fn inject(
             format!("the proxy black-holes {target}'s RabbitMQ traffic for {lasts}")
         }
         FaultKind::BrokerClose => {
-            if !broker.close_every_connection().await? {
+            if !broker.close_every_connection() {
                 return Ok(None);
             }
             "RabbitMQ closed every connection of the demo from its side".to_owned()
