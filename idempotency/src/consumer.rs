@@ -70,6 +70,13 @@ impl ConsumerConfig {
         }
     }
 
+    /// Declares the queue, `{queue}.dead` and the bindings, as the consumer does when
+    /// it starts. Call it ahead of time so that nothing published before the first
+    /// consumer connects is unroutable.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        topology::declare(channel, &self.queue, &self.bindings).await
+    }
+
     /// Binds the queue to `exchange` with a routing `pattern` (declared at start).
     pub fn bind(mut self, exchange: impl Into<String>, pattern: impl Into<String>) -> Self {
         self.bindings.push((exchange.into(), pattern.into()));
@@ -162,7 +169,7 @@ impl Consumer {
         let connection =
             Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, &self.config.queue, &self.config.bindings).await?;
+        self.config.declare(&channel).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await?;

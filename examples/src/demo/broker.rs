@@ -3,15 +3,14 @@
 //! it removes every queue the run made), its exchange, and each service's queues.
 
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use tokio::process::Command;
 use url::Url;
 
-use super::saga::{Service, queue_name};
+use super::saga::{Service, consumer_config, queue_name};
 
 /// The run's broker objects, and how to reach them.
 #[derive(Debug)]
@@ -61,10 +60,6 @@ impl DemoBroker {
     async fn declare(&self) -> anyhow::Result<()> {
         let connection = self.connect().await?;
         let channel = connection.create_channel().await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
         channel
             .exchange_declare(
                 self.prefix.as_str().into(),
@@ -77,23 +72,9 @@ impl DemoBroker {
             )
             .await?;
         for service in Service::ALL {
-            let queue = queue_name(&self.prefix, service);
-            for name in [queue.clone(), format!("{queue}.dead")] {
-                channel
-                    .queue_declare(name.as_str().into(), durable, FieldTable::default())
-                    .await?;
-            }
-            for event in service.subscriptions() {
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        self.prefix.as_str().into(),
-                        event.routing_key().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
+            consumer_config(&self.prefix, service)
+                .declare(&channel)
+                .await?;
         }
         connection.close(200, "declared".into()).await?;
         Ok(())

@@ -101,6 +101,18 @@ pub fn queue_name(prefix: &str, service: Service) -> String {
     format!("{prefix}.{service}")
 }
 
+/// How a service consumes in a demo run: its queue, bound to the run's exchange for
+/// each event it listens to, with quick retries.
+pub fn consumer_config(prefix: &str, service: Service) -> idempotency::ConsumerConfig {
+    let mut config = idempotency::ConsumerConfig::new(queue_name(prefix, service));
+    for event in service.subscriptions() {
+        config = config.bind(prefix, event.routing_key());
+    }
+    config.retry_base = std::time::Duration::from_millis(500);
+    config.retry_max = std::time::Duration::from_secs(5);
+    config
+}
+
 /// The saga id of the `n`th order.
 pub fn order_id(n: u32) -> String {
     format!("order-{n:06}")

@@ -64,7 +64,7 @@ impl Stage {
                 let mut amqp = broker.url.clone();
                 amqp.set_host(Some("127.0.0.1"))?;
                 amqp.set_port(Some(proxy.port))
-                    .map_err(|()| anyhow::anyhow!("cannot set a port on {}", redacted(&amqp)))?;
+                    .map_err(|()| anyhow::anyhow!("AMQP_URL cannot take a port"))?;
                 let mut env = vec![
                     (
                         "DATABASE_URL".to_owned(),
@@ -135,13 +135,6 @@ async fn broker_address(url: &Url) -> anyhow::Result<SocketAddr> {
         .await?
         .next()
         .ok_or_else(|| anyhow::anyhow!("{host}:{port} does not resolve"))
-}
-
-/// A URL without its password, for messages.
-pub fn redacted(url: &Url) -> String {
-    let mut url = url.clone();
-    let _ = url.set_password(None);
-    url.to_string()
 }
 
 /// The `outbox-relay` binary: `OUTBOX_RELAY_BIN`, or the one built next to this

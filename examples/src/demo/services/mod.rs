@@ -9,15 +9,13 @@ mod order;
 mod payment;
 mod shipping;
 
-use std::time::Duration;
-
-use idempotency::{Consumer, ConsumerConfig};
+use idempotency::Consumer;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::cli::ServiceArgs;
 use super::policy::PaymentPolicy;
-use super::saga::{Event, Service, queue_name};
+use super::saga::{Event, Service, consumer_config};
 
 /// Runs one service until SIGTERM or Ctrl-C.
 pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
@@ -29,12 +27,7 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
         .connect(&database_url)
         .await?;
 
-    let mut config = ConsumerConfig::new(queue_name(&args.prefix, args.service));
-    for event in args.service.subscriptions() {
-        config = config.bind(&args.prefix, event.routing_key());
-    }
-    config.retry_base = Duration::from_millis(500);
-    config.retry_max = Duration::from_secs(5);
+    let config = consumer_config(&args.prefix, args.service);
     let consumer = handlers(
         Consumer::new(pool.clone(), amqp_url, args.service.name(), config),
         &args,
