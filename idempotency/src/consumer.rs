@@ -1,13 +1,15 @@
 //! The consumer runtime: RabbitMQ deliveries in, handler effects through the inbox,
 //! acks only after the commit.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -16,7 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -190,11 +192,7 @@ impl Consumer {
         let result = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                Some(done) = handling.join_next() => {
-                    if let Ok(Err(error)) = done {
-                        tracing::warn!(%error, "a delivery was left unacked; the broker will redeliver it");
-                    }
-                }
+                Some(done) = handling.join_next() => report(done),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
@@ -211,7 +209,9 @@ impl Consumer {
         };
         // Finish what is in hand (bounded), so its acks go out before the connection does.
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while handling.join_next().await.is_some() {}
+            while let Some(done) = handling.join_next().await {
+                report(done);
+            }
         })
         .await;
         let _ = tokio::time::timeout(
@@ -298,7 +298,18 @@ impl Consumer {
         let outcome = self
             .inbox
             .process(&self.pool, key, async |conn: &mut PgConnection| {
-                handler(&envelope, conn).await
+                // A panic is the handler failing: its transaction rolls back and the
+                // message takes the retry path to the dead queue. Left to unwind, it
+                // would kill the task with the delivery unacked, holding a prefetch
+                // slot, and panic again after every restart. Unwind safety holds: what
+                // the handler may leave half-changed is the transaction, rolled back.
+                // The call is inside the block, so a panic before the future is caught too.
+                let run = AssertUnwindSafe(async { handler(&envelope, conn).await });
+                run.catch_unwind().await.unwrap_or_else(|payload| {
+                    let message = panic_message(&*payload);
+                    tracing::error!(saga_id = %envelope.saga_id, step = %envelope.step, panic = message, "handler panicked");
+                    Err(format!("handler panicked: {message}").into())
+                })
             })
             .instrument(span)
             .await;
@@ -334,6 +345,31 @@ impl Consumer {
             .retry_base
             .saturating_mul(1 << exponent)
             .min(self.config.retry_max)
+    }
+}
+
+/// What a panic carries, as `panic!` leaves it: a `&str` or a `String`.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    match payload.downcast_ref::<&str>() {
+        Some(message) => message,
+        None => payload
+            .downcast_ref::<String>()
+            .map_or("a non-string panic payload", String::as_str),
+    }
+}
+
+/// Logs a delivery task that ended without settling its delivery. A handler's panic
+/// is caught in [`Consumer::dispose`], so a panic here is a bug in the consumer itself.
+fn report(done: Result<lapin::Result<()>, JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "a delivery was left unacked; the broker will redeliver it")
+        }
+        Err(error) if error.is_panic() => {
+            tracing::error!(%error, "a delivery task panicked; its delivery stays unacked until the channel closes")
+        }
+        Err(_) => {} // cancelled: the runtime is going away
     }
 }
 

@@ -179,6 +179,17 @@ fn failing<'a>(_: &'a Envelope, _: &'a mut PgConnection) -> HandlerFuture<'a> {
     Box::pin(async { Err("card declined".into()) })
 }
 
+/// Records, then panics if the payload says so: the row must roll back with the panic.
+fn panics_on_flag<'a>(envelope: &'a Envelope, conn: &'a mut PgConnection) -> HandlerFuture<'a> {
+    Box::pin(async move {
+        let result = record(envelope, conn).await;
+        if envelope.payload["panic"] == true {
+            panic!("stock ledger out of sync for {}", envelope.saga_id);
+        }
+        result
+    })
+}
+
 /// The handler under test: one effect row per processed message.
 fn record<'a>(envelope: &'a Envelope, conn: &'a mut PgConnection) -> HandlerFuture<'a> {
     Box::pin(async move {
@@ -341,6 +352,68 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgP
         .fetch_one(&pool)
         .await?;
     assert_eq!((keys, effects(&pool).await?), (0, 0));
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
+    pool: PgPool,
+) -> TestResult {
+    with_effects(&pool).await?;
+    let sandbox = Sandbox::new().await?;
+    let bad_attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&bad_attempts);
+    let consumer = Consumer::new(
+        pool.clone(),
+        amqp_url(),
+        "inventory",
+        config(&sandbox.queue),
+    )
+    .on("ReserveStock", move |envelope, conn| {
+        if envelope.saga_id == "order-bad" {
+            seen.lock().unwrap().push(envelope.attempt);
+        }
+        panics_on_flag(envelope, conn)
+    })
+    .spawn();
+    for n in 0..20 {
+        if n == 10 {
+            sandbox
+                .publish(Some("order-bad"), "ReserveStock", br#"{"panic": true}"#)
+                .await?;
+        }
+        sandbox
+            .publish(Some(&format!("order-{n}")), "ReserveStock", b"{}")
+            .await?;
+    }
+    let dead = format!("{}.dead", sandbox.queue);
+    wait_until(
+        "the good ones take effect and the bad one is dead",
+        async || Ok(effects(&pool).await? == 20 && sandbox.waiting(&dead).await? == 1),
+    )
+    .await?;
+    // Unacked deliveries go back to the queue when the consumer's channel closes.
+    consumer.shutdown().await;
+    assert_eq!(
+        sandbox.waiting(&sandbox.queue).await?,
+        0,
+        "nothing is left unacked"
+    );
+    assert_eq!(*bad_attempts.lock().unwrap(), [1, 2, 3]);
+    let reasons = sandbox.dead_reasons().await?;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("failed 3 times")
+            && reasons[0].contains("handler panicked: stock ledger out of sync for order-bad"),
+        "{reasons:?}"
+    );
+    let bad_rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM effects WHERE saga_id = 'order-bad')
+              + (SELECT count(*) FROM inbox WHERE saga_id = 'order-bad')",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(bad_rows, 0, "each panic rolled back its effect and its key");
     sandbox.remove().await
 }
 

@@ -53,7 +53,7 @@ pub(crate) enum LogFormat {
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Publish the outbox until SIGTERM or Ctrl-C (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create or update the outbox tables.
     Migrate,
     /// Backlog, oldest pending age, dead rows, and which instance holds what.
@@ -119,6 +119,10 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) batch_size: u32,
+    /// Bytes of payload and headers claimed and published together (e.g. 4MiB,
+    /// 512KiB); a single larger row is published alone.
+    #[arg(long, env = "OUTBOX_BATCH_MAX_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub(crate) batch_max_bytes: u64,
     /// Batches published but not yet confirmed, at most.
     #[arg(long, env = "OUTBOX_MAX_IN_FLIGHT_BATCHES", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -187,6 +191,34 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(value.saturating_mul(millis)))
 }
 
+/// `1048576`, `512KiB`, `4MiB`, `1GiB` (binary units; `k`, `M`, `G` also accepted).
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 512KiB or 4MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    match value.checked_mul(scale) {
+        Some(0) => Err("a batch must be allowed at least 1 byte".to_owned()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{text}' is too large")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +230,16 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("4MB").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
     }
 
     #[test]

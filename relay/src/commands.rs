@@ -38,6 +38,7 @@ fn relay_config(args: RunArgs) -> RelayConfig {
     let mut config = RelayConfig::default();
     config.exchange = args.exchange;
     config.batch_size = args.batch_size;
+    config.batch_max_bytes = args.batch_max_bytes;
     config.max_in_flight_batches = usize::from(args.max_in_flight_batches);
     config.max_attempts = args.max_attempts;
     config.retry_base = args.retry_base;

@@ -12,6 +12,11 @@ pub struct RelayConfig {
     pub exchange: String,
     /// Rows claimed and published together.
     pub batch_size: u32,
+    /// Bytes (payload and headers) claimed and published together: a batch stops
+    /// before the row that would take it past this, so memory stays near
+    /// `max_in_flight_batches × batch_max_bytes` whatever the rows weigh. A single
+    /// row larger than this is still published, alone.
+    pub batch_max_bytes: u64,
     /// Batches published but not yet confirmed, at most. More overlaps database
     /// and broker round trips; each costs memory for its rows.
     pub max_in_flight_batches: usize,
@@ -49,6 +54,7 @@ impl Default for RelayConfig {
         Self {
             exchange: String::new(),
             batch_size: 500,
+            batch_max_bytes: 4 * 1024 * 1024,
             max_in_flight_batches: 4,
             max_attempts: 10,
             retry_base: Duration::from_secs(1),

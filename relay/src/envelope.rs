@@ -63,6 +63,7 @@ mod tests {
             headers: sqlx::types::Json(headers.as_object().cloned().unwrap()),
             created_at: chrono::Utc::now(),
             attempts: 0,
+            ordering_key: "saga-1".into(),
         }
     }
 

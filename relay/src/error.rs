@@ -20,6 +20,10 @@ pub enum Error {
     #[error("the broker did not confirm a batch within {0:?}")]
     ConfirmTimeout(std::time::Duration),
 
+    /// The broker did not complete the connection handshake in time.
+    #[error("the broker did not accept the connection within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+
     /// The channel answered a publish without a confirm (confirm mode was lost).
     #[error("the broker answered a publish without confirming it")]
     Unconfirmed,
@@ -45,7 +49,10 @@ impl Error {
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::Tls(_)
             ),
-            Error::Broker(_) | Error::ConfirmTimeout(_) | Error::Unconfirmed => true,
+            Error::Broker(_)
+            | Error::ConfirmTimeout(_)
+            | Error::ConnectTimeout(_)
+            | Error::Unconfirmed => true,
             Error::Outbox(error) => error.is_transient(),
             Error::NotFound(_) => false,
         }

@@ -30,15 +30,18 @@ mod config;
 mod envelope;
 mod error;
 mod http;
+mod isolate;
 mod lease;
 mod metrics;
 mod publish;
 mod redact;
+mod refusal;
 mod relay;
 mod retry;
 mod session;
 mod settle;
 mod store;
+mod validate;
 mod wake;
 
 pub use admin::{

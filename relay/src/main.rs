@@ -63,7 +63,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_lazy_with(options);
 
-    match cli.command.unwrap_or(Command::Run(cli.run)) {
+    match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::Run(args) => {
             let amqp = secret("AMQP_URL", cli.global.amqp_url_file.as_deref())?;
             if let Err(problem) = amqp.parse::<lapin::uri::AMQPUri>() {
@@ -81,7 +81,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
                         args.http_addr
                     ))
                 })?;
-            commands::run(pool, amqp, args, listener).await?
+            commands::run(pool, amqp, *args, listener).await?
         }
         Command::Migrate => commands::migrate(pool).await?,
         Command::Status(output) => commands::status(pool, output.json).await?,

@@ -11,6 +11,18 @@ pub(crate) enum FailureReason {
     Nack,
     /// No queue was bound for it (a mandatory publish came back).
     Unroutable,
+    /// The broker closed the channel on it: its exchange does not exist (404).
+    NotFound,
+    /// The broker closed the channel on it: the relay's user may not write to its
+    /// exchange (403).
+    AccessRefused,
+    /// The broker closed the channel on it for a broken precondition, in practice a
+    /// message over `max_message_size` (406).
+    PreconditionFailed,
+    /// The broker closed the channel on it with another channel-level error.
+    Refused,
+    /// The row cannot be put on the wire at all (checked before publishing).
+    InvalidRow,
     /// The connection or channel failed with the message unconfirmed.
     Connection,
     /// The confirm did not come in time.
@@ -19,9 +31,14 @@ pub(crate) enum FailureReason {
     Database,
 }
 
-const REASONS: [FailureReason; 5] = [
+const REASONS: [FailureReason; 10] = [
     FailureReason::Nack,
     FailureReason::Unroutable,
+    FailureReason::NotFound,
+    FailureReason::AccessRefused,
+    FailureReason::PreconditionFailed,
+    FailureReason::Refused,
+    FailureReason::InvalidRow,
     FailureReason::Connection,
     FailureReason::ConfirmTimeout,
     FailureReason::Database,
@@ -32,6 +49,11 @@ impl FailureReason {
         match self {
             FailureReason::Nack => "nack",
             FailureReason::Unroutable => "unroutable",
+            FailureReason::NotFound => "not_found",
+            FailureReason::AccessRefused => "access_refused",
+            FailureReason::PreconditionFailed => "precondition_failed",
+            FailureReason::Refused => "refused",
+            FailureReason::InvalidRow => "invalid_row",
             FailureReason::Connection => "connection",
             FailureReason::ConfirmTimeout => "confirm_timeout",
             FailureReason::Database => "database",

@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use lapin::options::BasicPublishOptions;
-use lapin::{Channel, PublisherConfirm};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
 
-use crate::envelope::properties;
 use crate::store::OutboxRow;
 
-/// Publishes `rows` in order on `channel` and returns one confirm per row.
+/// Publishes `rows`, with their `properties`, in order on `channel`, and returns
+/// each one's confirm, or why it could not be published (the channel closed under it).
 ///
 /// The publishes are issued together, not one awaited after the other: a publish
 /// takes its delivery tag and queues its frames on its first poll, so polling them in
@@ -19,21 +19,23 @@ pub(crate) async fn publish_batch(
     channel: &Channel,
     default_exchange: &str,
     rows: &[OutboxRow],
-) -> lapin::Result<Vec<PublisherConfirm>> {
+    properties: Vec<BasicProperties>,
+) -> Vec<lapin::Result<PublisherConfirm>> {
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
     };
     let publishes = rows
         .iter()
-        .map(|row| {
+        .zip(properties)
+        .map(|(row, properties)| {
             let exchange = row.exchange.as_deref().unwrap_or(default_exchange);
             Box::pin(channel.basic_publish(
                 exchange.into(),
                 row.routing_key.as_str().into(),
                 options,
                 row.payload.as_bytes(),
-                properties(row),
+                properties,
             ))
         })
         .collect();
@@ -64,8 +66,8 @@ impl<F: Future> InOrder<F> {
 // moves nothing that is pinned.
 impl<F: Future> Unpin for InOrder<F> {}
 
-impl<T, E, F: Future<Output = Result<T, E>>> Future for InOrder<F> {
-    type Output = Result<Vec<T>, E>;
+impl<F: Future> Future for InOrder<F> {
+    type Output = Vec<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -105,11 +107,11 @@ mod tests {
                 Box::pin(async move {
                     log.lock().unwrap().push(i);
                     tokio::time::sleep(std::time::Duration::from_micros(100 - i)).await;
-                    Ok::<_, ()>(i * 2)
+                    i * 2
                 })
             })
             .collect();
-        let outputs = InOrder::new(futures).await.unwrap();
+        let outputs = InOrder::new(futures).await;
         assert_eq!(*log.lock().unwrap(), (0..100).collect::<Vec<_>>());
         assert_eq!(outputs, (0..100).map(|i| i * 2).collect::<Vec<_>>());
     }

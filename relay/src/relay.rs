@@ -158,16 +158,21 @@ impl Relay {
             let started = Instant::now();
             let result = async {
                 // A black-holed network never answers: bound the handshake and the goodbye.
+                let timeout = shared.config.confirm_timeout;
                 let connecting = broker::connect(&self.amqp_url, &shared.config.instance_id);
-                let (connection, channel) =
-                    tokio::time::timeout(shared.config.confirm_timeout, connecting)
+                let connection = tokio::time::timeout(timeout, connecting)
+                    .await
+                    .map_err(|_| Error::ConnectTimeout(timeout))??;
+                let result = async {
+                    let opening = Session::open(Arc::clone(shared), &connection);
+                    let session = tokio::time::timeout(timeout, opening)
                         .await
-                        .map_err(|_| Error::ConfirmTimeout(shared.config.confirm_timeout))??;
-                tracing::info!(%amqp, "connected to the broker");
-                shared.metrics.set_broker_connected(true);
-                let result = Session::new(Arc::clone(shared), channel)
-                    .run(&mut doorbell, shutdown)
-                    .await;
+                        .map_err(|_| Error::ConnectTimeout(timeout))??;
+                    tracing::info!(%amqp, "connected to the broker");
+                    shared.metrics.set_broker_connected(true);
+                    session.run(&mut doorbell, shutdown).await
+                }
+                .await;
                 shared.metrics.set_broker_connected(false);
                 let goodbye = connection.close(200, "outbox-relay session ended".into());
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;

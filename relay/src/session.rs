@@ -5,16 +5,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use lapin::Channel;
+use lapin::{Channel, Connection};
 use tokio::task::{AbortHandle, JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::broker;
 use crate::error::{Error, Result};
+use crate::isolate::isolate;
 use crate::publish::publish_batch;
 use crate::relay::Shared;
-use crate::settle::settle;
-use crate::store::{self, OutboxRow};
+use crate::settle::{self, Settled, settle};
+use crate::store::{self, BatchBound, OutboxRow};
+use crate::validate::prepare;
 use crate::wake::Doorbell;
 
 /// Quick looks for new rows before an idle relay arms the doorbell, so under steady
@@ -32,12 +35,12 @@ const LINGER: [Duration; 4] = [
 /// unsent and the next session publishes them again.
 #[derive(Default)]
 struct InFlight {
-    batches: FuturesOrdered<JoinHandle<Result<()>>>,
+    batches: FuturesOrdered<JoinHandle<Result<Settled>>>,
     aborts: VecDeque<AbortHandle>,
 }
 
 impl InFlight {
-    fn push(&mut self, task: JoinHandle<Result<()>>) {
+    fn push(&mut self, task: JoinHandle<Result<Settled>>) {
         self.aborts.push_back(task.abort_handle());
         self.batches.push_back(task);
     }
@@ -51,7 +54,7 @@ impl InFlight {
     }
 
     /// The oldest batch's outcome, once it is settled.
-    async fn next(&mut self) -> Option<Result<()>> {
+    async fn next(&mut self) -> Option<Result<Settled>> {
         let outcome = self.batches.next().await?;
         self.aborts.pop_front();
         Some(outcome.unwrap_or_else(|e: JoinError| {
@@ -59,12 +62,16 @@ impl InFlight {
         }))
     }
 
-    /// Outcomes of batches already settled, without waiting.
-    fn ready(&mut self) -> Result<()> {
+    /// Outcomes of batches already settled, without waiting, up to the first one
+    /// that lost rows to a closed channel.
+    fn ready(&mut self) -> Result<Option<Settled>> {
         while let Some(Some(outcome)) = futures_util::FutureExt::now_or_never(self.next()) {
-            outcome?;
+            let settled = outcome?;
+            if !settled.suspects.is_empty() {
+                return Ok(Some(settled));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -76,9 +83,11 @@ impl Drop for InFlight {
     }
 }
 
-pub(crate) struct Session {
+pub(crate) struct Session<'c> {
     shared: Arc<Shared>,
+    connection: &'c Connection,
     channel: Channel,
+    frame_max: u32,
     /// Highest seq claimed since the last scan from the start. Only a speed-up: the
     /// scan restarts from the start whenever the pipeline drains and at least every
     /// rescan interval, so rows that committed late, behind it, are still found.
@@ -89,21 +98,25 @@ pub(crate) struct Session {
     partitions: Arc<[i16]>,
 }
 
-impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, channel: Channel) -> Self {
+impl<'c> Session<'c> {
+    pub(crate) async fn open(shared: Arc<Shared>, connection: &'c Connection) -> Result<Self> {
+        let channel = broker::confirm_channel(connection).await?;
         let partitions = shared.leases.owned();
-        Self {
+        Ok(Self {
             shared,
+            connection,
             channel,
+            frame_max: connection.configuration().frame_max(),
             cursor: 0,
             last_rescan: Instant::now(),
             partitions,
-        }
+        })
     }
 
     /// Publishes until `shutdown`, then waits (bounded) for outstanding confirms and
-    /// records them. Any broker or database error ends the session; unconfirmed rows
-    /// stay unsent and the next session publishes them again.
+    /// records them. A message the broker refuses is that message's failed attempt
+    /// (see `isolate`); any other broker or database error ends the session, and
+    /// unconfirmed rows stay unsent for the next session to publish again.
     pub(crate) async fn run(
         mut self,
         doorbell: &mut Doorbell,
@@ -111,7 +124,11 @@ impl Session {
     ) -> Result<()> {
         let mut in_flight = InFlight::default();
         loop {
-            in_flight.ready()?;
+            if let Some(refused) = in_flight.ready()? {
+                self.isolate(&mut in_flight, Some(refused), Vec::new())
+                    .await?;
+                continue;
+            }
             if shutdown.is_cancelled() {
                 return self.drain(in_flight).await;
             }
@@ -123,21 +140,38 @@ impl Session {
             if in_flight.len() >= config.max_in_flight_batches
                 || (rescan_due && !in_flight.is_empty())
             {
-                settle_next(&mut in_flight, shutdown).await?;
+                self.settle_next(&mut in_flight, shutdown).await?;
                 continue;
             }
             if rescan_due {
                 self.restart_scan();
             }
 
-            let rows = self.fetch(self.cursor, config.batch_size).await?;
+            let bound = BatchBound {
+                rows: config.batch_size,
+                bytes: config.batch_max_bytes,
+            };
+            let mut rows = self.fetch(self.cursor, bound).await?;
+            if rows.first().is_some_and(|row| row.attempts > 0) {
+                // Refused before: published apart, so a row that is refused again
+                // closes no channel but its own.
+                let suspects = rows.partition_point(|row| row.attempts > 0);
+                rows.truncate(suspects);
+                self.cursor = rows[rows.len() - 1].seq;
+                self.isolate(&mut in_flight, None, rows).await?;
+                continue;
+            }
+            let fresh = rows.partition_point(|row| row.attempts == 0);
+            rows.truncate(fresh);
             if let Some(last) = rows.last() {
                 self.cursor = last.seq;
-                in_flight.push(self.publish(rows).await?);
+                if let Some(task) = self.publish(rows).await? {
+                    in_flight.push(task);
+                }
                 continue;
             }
             if !in_flight.is_empty() {
-                settle_next(&mut in_flight, shutdown).await?;
+                self.settle_next(&mut in_flight, shutdown).await?;
             } else if self.cursor > 0 {
                 self.restart_scan();
             } else {
@@ -154,13 +188,13 @@ impl Session {
         self.partitions = self.shared.leases.owned();
     }
 
-    async fn fetch(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>> {
+    async fn fetch(&self, after_seq: i64, bound: BatchBound) -> Result<Vec<OutboxRow>> {
         let result = store::fetch_ready(
             &self.shared.pool,
             &self.shared.config.instance_id,
             &self.partitions,
             after_seq,
-            limit,
+            bound,
         )
         .await;
         self.shared.metrics.set_database_ok(result.is_ok());
@@ -168,22 +202,81 @@ impl Session {
     }
 
     /// Publishes a batch in write order and hands its confirms to a settling task.
-    async fn publish(&self, rows: Vec<OutboxRow>) -> Result<JoinHandle<Result<()>>> {
-        let span = tracing::info_span!("batch", size = rows.len(), first_seq = rows[0].seq);
-        let confirms = publish_batch(&self.channel, &self.shared.config.exchange, &rows)
+    /// Rows that cannot be published at all are parked as dead first (with the rest
+    /// of their keys held back); `None` if no row was left to publish.
+    async fn publish(&self, rows: Vec<OutboxRow>) -> Result<Option<JoinHandle<Result<Settled>>>> {
+        let prepared = prepare(rows, self.frame_max);
+        if !prepared.invalid.is_empty() {
+            let shared = &self.shared;
+            let parked: Vec<_> = prepared
+                .invalid
+                .iter()
+                .map(|(row, refusal)| settle::park(shared, row, refusal.clone()))
+                .collect();
+            settle::record(shared, &parked).await?;
+        }
+        let rows = prepared.rows;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let span = tracing::info_span!("batch", size = rows.len(), first_seq = first.seq);
+        let exchange = &self.shared.config.exchange;
+        let publishes = publish_batch(&self.channel, exchange, &rows, prepared.properties)
             .instrument(span.clone())
-            .await?;
+            .await;
         let shared = Arc::clone(&self.shared);
-        Ok(tokio::spawn(
-            async move { settle(&shared, rows, confirms).await }.instrument(span),
-        ))
+        Ok(Some(tokio::spawn(
+            async move { settle(&shared, rows, publishes).await }.instrument(span),
+        )))
     }
 
-    async fn drain(&self, mut in_flight: InFlight) -> Result<()> {
+    /// The pipeline lost rows to a refused channel (`refused`), or rows refused
+    /// before are to be published (`apart`): settles every batch in flight, replaces
+    /// the main channel if the broker closed it, and publishes the lost rows, then
+    /// `apart`, under isolation.
+    async fn isolate(
+        &mut self,
+        in_flight: &mut InFlight,
+        refused: Option<Settled>,
+        apart: Vec<OutboxRow>,
+    ) -> Result<()> {
+        let mut lost = Vec::new();
+        let mut refusal = None;
+        let mut gone = None;
+        let mut refused = refused;
+        loop {
+            let settled = match refused.take() {
+                Some(settled) => settled,
+                None => match in_flight.next().await {
+                    Some(outcome) => outcome?,
+                    None => break,
+                },
+            };
+            refusal = refusal.or(settled.refusal);
+            gone = gone.or(settled.gone);
+            lost.extend(settled.suspects);
+        }
+        if !lost.is_empty() {
+            let Some(refusal) = refusal else {
+                return Err(gone.map_or(Error::Unconfirmed, Error::Broker));
+            };
+            tracing::warn!(error = %refusal.text, unconfirmed = lost.len(),
+                "the broker refused a message and closed the channel; finding it");
+            self.channel = broker::confirm_channel(self.connection).await?;
+        }
+        lost.extend(apart);
+        isolate(&self.shared, self.connection, lost).await
+    }
+
+    async fn drain(&mut self, mut in_flight: InFlight) -> Result<()> {
         let outstanding = in_flight.len();
         let drained = tokio::time::timeout(self.shared.config.shutdown_timeout, async {
             while let Some(outcome) = in_flight.next().await {
-                outcome?;
+                let settled = outcome?;
+                if !settled.suspects.is_empty() {
+                    self.isolate(&mut in_flight, Some(settled), Vec::new())
+                        .await?;
+                }
             }
             Ok::<_, Error>(())
         })
@@ -212,25 +305,38 @@ impl Session {
                 () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => return Ok(()),
             }
-            if !self.fetch(0, 1).await?.is_empty() {
+            if !self.fetch(0, PEEK).await?.is_empty() {
                 return Ok(());
             }
         }
         let leases = &self.shared.leases;
         leases.set_listening(true).await?;
         // A row committed between the last look and arming rang no bell: look once more.
-        if self.fetch(0, 1).await?.is_empty() {
+        if self.fetch(0, PEEK).await?.is_empty() {
             doorbell
                 .wait(self.shared.config.poll_interval, shutdown)
                 .await;
         }
         leases.set_listening(false).await
     }
-}
 
-async fn settle_next(in_flight: &mut InFlight, shutdown: &CancellationToken) -> Result<()> {
-    tokio::select! {
-        Some(outcome) = in_flight.next() => outcome,
-        () = shutdown.cancelled() => Ok(()),
+    /// Waits for the oldest batch in flight (or shutdown), and isolates the rows it
+    /// lost to a refusal.
+    async fn settle_next(
+        &mut self,
+        in_flight: &mut InFlight,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let settled = tokio::select! {
+            Some(outcome) = in_flight.next() => outcome?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        if settled.suspects.is_empty() {
+            return Ok(());
+        }
+        self.isolate(in_flight, Some(settled), Vec::new()).await
     }
 }
+
+/// Is there anything to publish? One row, whatever its size.
+const PEEK: BatchBound = BatchBound { rows: 1, bytes: 0 };

@@ -6,24 +6,47 @@ use lapin::{Confirmation, PublisherConfirm};
 
 use crate::error::{Error, Result};
 use crate::metrics::FailureReason;
+use crate::refusal::{Refusal, is_channel_gone};
 use crate::relay::Shared;
 use crate::retry::retry_delay;
 use crate::store::{self, Failure, OutboxRow};
 
+/// What became of a batch once its confirms were recorded.
+#[derive(Default)]
+pub(crate) struct Settled {
+    /// Rows left unconfirmed because the broker closed the channel: one of them was
+    /// refused (or the close came from an earlier batch). Not charged an attempt;
+    /// they are published again under isolation.
+    pub(crate) suspects: Vec<OutboxRow>,
+    /// Why the broker closed the channel, when it said so in this batch.
+    pub(crate) refusal: Option<Refusal>,
+    /// Why a publish failed when the channel was already gone and nothing here was
+    /// refused: the broker's reason, if any, came with another batch.
+    pub(crate) gone: Option<lapin::Error>,
+    /// Ordering keys of rows charged an attempt (nacked, returned): the rest of such
+    /// a key must not be published after them.
+    pub(crate) charged_keys: Vec<String>,
+}
+
 /// Waits for a batch's confirms (at most the confirm timeout), then records them:
 /// acked rows are sent; nacked and returned rows get a retry time or are parked as
-/// dead. A confirm that failed or never came ends the session with an error; its row
-/// stays unsent and is published again by the next session.
+/// dead; rows whose channel the broker closed come back as suspects. A confirm that
+/// failed with the connection, or never came, ends the session with an error; its
+/// row stays unsent and is published again by the next session, with no attempt charged.
 pub(crate) async fn settle(
     shared: &Shared,
     rows: Vec<OutboxRow>,
-    confirms: Vec<PublisherConfirm>,
-) -> Result<()> {
+    publishes: Vec<lapin::Result<PublisherConfirm>>,
+) -> Result<Settled> {
     let published_at = Instant::now();
     let timeout = shared.config.confirm_timeout;
-    let Ok(confirms) =
-        tokio::time::timeout(timeout, futures_util::future::join_all(confirms)).await
-    else {
+    let confirms = futures_util::future::join_all(publishes.into_iter().map(|publish| async {
+        match publish {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        }
+    }));
+    let Ok(confirms) = tokio::time::timeout(timeout, confirms).await else {
         shared
             .metrics
             .failed(FailureReason::ConfirmTimeout, rows.len() as u64);
@@ -31,74 +54,91 @@ pub(crate) async fn settle(
     };
     let latency = published_at.elapsed();
 
+    let mut settled = Settled::default();
     let mut sent = Vec::with_capacity(rows.len());
     let mut failures = Vec::new();
     let mut lost = None;
-    for (row, confirm) in rows.iter().zip(confirms) {
+    let total = rows.len();
+    for (row, confirm) in rows.into_iter().zip(confirms) {
         let refusal = match confirm {
             Ok(Confirmation::Ack(None)) => {
                 sent.push(row.id);
                 continue;
             }
-            Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => (
-                FailureReason::Unroutable,
-                format!(
+            Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => Refusal {
+                reason: FailureReason::Unroutable,
+                text: format!(
                     "unroutable: {} {}",
                     returned.reply_code,
                     returned.reply_text.as_str()
                 ),
-            ),
-            Ok(Confirmation::Nack(None)) => {
-                (FailureReason::Nack, "nacked by the broker".to_owned())
-            }
+            },
+            Ok(Confirmation::Nack(None)) => Refusal {
+                reason: FailureReason::Nack,
+                text: "nacked by the broker".to_owned(),
+            },
             Ok(Confirmation::NotRequested) => {
                 lost.get_or_insert(Error::Unconfirmed);
                 continue;
             }
             Err(error) => {
-                lost.get_or_insert(Error::Broker(error));
+                if let Some(refusal) = Refusal::of(&error) {
+                    settled.refusal.get_or_insert(refusal);
+                    settled.suspects.push(row);
+                } else if is_channel_gone(&error) {
+                    settled.gone.get_or_insert(error);
+                    settled.suspects.push(row);
+                } else {
+                    lost.get_or_insert(Error::Broker(error));
+                }
                 continue;
             }
         };
-        failures.push(failure(shared, row, refusal));
+        settled.charged_keys.push(row.ordering_key.clone());
+        failures.push(charge(shared, &row, refusal));
     }
 
     let keep = shared.config.retention.is_some();
     let recorded = store::mark_sent(&shared.pool, &sent, keep).await;
     shared.metrics.set_database_ok(recorded.is_ok());
     recorded?;
-    store::record_failures(&shared.pool, &failures).await?;
-    shared
-        .metrics
-        .batch_settled(rows.len(), sent.len(), latency);
-    shared.metrics.parked_dead(
-        failures
-            .iter()
-            .filter(|f| f.retry_after_ms.is_none())
-            .count() as u64,
-    );
+    record(shared, &failures).await?;
+    shared.metrics.batch_settled(total, sent.len(), latency);
     if let Some(error) = lost {
-        let unconfirmed = rows.len() - sent.len() - failures.len();
+        let unconfirmed = total - sent.len() - failures.len();
         shared
             .metrics
             .failed(FailureReason::Connection, unconfirmed as u64);
         return Err(error);
     }
-    Ok(())
+    Ok(settled)
 }
 
-fn failure(shared: &Shared, row: &OutboxRow, (reason, error): (FailureReason, String)) -> Failure {
+/// A failed attempt of `row`: the next attempt's time, or dead once it has had
+/// `max_attempts`. Counts it by reason and logs it.
+pub(crate) fn charge(shared: &Shared, row: &OutboxRow, refusal: Refusal) -> Failure {
+    let attempts = row.attempts.saturating_add(1);
+    let dead = u32::try_from(attempts).unwrap_or(u32::MAX) >= shared.config.max_attempts;
+    fail(shared, row, refusal, dead)
+}
+
+/// `row` can never be published as it is: dead at once, whatever its attempts.
+pub(crate) fn park(shared: &Shared, row: &OutboxRow, refusal: Refusal) -> Failure {
+    fail(shared, row, refusal, true)
+}
+
+fn fail(shared: &Shared, row: &OutboxRow, refusal: Refusal, dead: bool) -> Failure {
     let config = &shared.config;
-    shared.metrics.failed(reason, 1);
-    let attempts = row.attempts + 1;
-    let dead = attempts as u32 >= config.max_attempts;
+    shared.metrics.failed(refusal.reason, 1);
+    let attempts = row.attempts.saturating_add(1);
     let retry_after_ms = (!dead).then(|| {
         delay_millis(retry_delay(
-            attempts as u32,
+            u32::try_from(attempts).unwrap_or(u32::MAX),
             config.retry_base,
             config.retry_max,
         ))
     });
+    let error = refusal.text;
     if dead {
         tracing::error!(saga_id = %row.saga_id, message_id = %row.id, step = %row.step, attempts, %error,
             "parked as dead; later messages of its ordering key wait for `outbox-relay dead retry`");
@@ -112,6 +152,17 @@ fn failure(shared: &Shared, row: &OutboxRow, (reason, error): (FailureReason, St
         error,
         retry_after_ms,
     }
+}
+
+/// Records failed attempts, and counts the rows they park as dead.
+pub(crate) async fn record(shared: &Shared, failures: &[Failure]) -> Result<()> {
+    store::record_failures(&shared.pool, failures).await?;
+    let dead = failures
+        .iter()
+        .filter(|f| f.retry_after_ms.is_none())
+        .count();
+    shared.metrics.parked_dead(dead as u64);
+    Ok(())
 }
 
 fn delay_millis(delay: Duration) -> i64 {

@@ -21,25 +21,37 @@ pub(crate) struct OutboxRow {
     pub(crate) headers: Json<serde_json::Map<String, serde_json::Value>>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) attempts: i32,
+    /// Rows of one ordering key are published in seq order; a refused row holds
+    /// back the rest of its key.
+    pub(crate) ordering_key: String,
 }
 
 /// Ready rows after `after_seq` in write order, from `partitions`, while this
-/// instance holds all of them, with rows of blocked keys held back: the migration's
+/// instance holds all of them, with rows of blocked keys held back, at most `limit`
+/// rows and `max_bytes` bytes (a single larger row comes alone): the migrations'
 /// `outbox_ready_batch` explains the rules, and why they live in a function.
-const FETCH_READY: &str = "SELECT * FROM outbox_ready_batch($1, $2, $3, $4)";
+const FETCH_READY: &str = "SELECT * FROM outbox_ready_batch($1, $2, $3, $4, $5)";
+
+/// How much of a batch may be taken at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchBound {
+    pub(crate) rows: u32,
+    pub(crate) bytes: u64,
+}
 
 pub(crate) async fn fetch_ready(
     pool: &PgPool,
     instance_id: &str,
     partitions: &[i16],
     after_seq: i64,
-    limit: u32,
+    bound: BatchBound,
 ) -> Result<Vec<OutboxRow>> {
     let rows = sqlx::query_as(FETCH_READY)
         .bind(instance_id)
         .bind(partitions)
         .bind(after_seq)
-        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .bind(i32::try_from(bound.rows).unwrap_or(i32::MAX))
+        .bind(i64::try_from(bound.bytes).unwrap_or(i64::MAX))
         .fetch_all(pool)
         .await?;
     Ok(rows)

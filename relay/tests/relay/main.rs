@@ -5,4 +5,5 @@
 mod failures;
 mod operating;
 mod publishing;
+mod refusals;
 mod support;

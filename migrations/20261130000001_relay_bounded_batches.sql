@@ -1,0 +1,69 @@
+-- The relay's claim, bounded by bytes as well as rows, and naming each row's
+-- ordering key so the relay can hold back the rest of a key whose row was refused.
+--
+-- An overload of outbox_ready_batch (five arguments instead of four), so relays of
+-- the previous release keep calling theirs during a rolling upgrade.
+--
+-- Same rules as the four-argument version (see 20261122000002_relay.sql), and rows
+-- are taken in seq order until the next one would take the batch past p_max_bytes
+-- (payload and headers as text). The first row is always taken, so a row larger
+-- than the bound is still published, on its own. A cursor, fetched one row at a
+-- time, so the server never reads (and detoasts) more than one row past the bound.
+CREATE FUNCTION outbox_ready_batch(p_instance text, p_partitions smallint[], p_after_seq bigint,
+                                   p_limit integer, p_max_bytes bigint)
+RETURNS TABLE (id uuid, seq bigint, saga_id text, step text, routing_key text, payload text,
+               exchange text, headers jsonb, created_at timestamptz, attempts integer,
+               ordering_key text)
+LANGUAGE plpgsql STABLE
+SET enable_sort = off
+SET enable_bitmapscan = off
+SET jit = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    ready CURSOR FOR
+        SELECT o.id, o.seq, o.saga_id, o.step, o.routing_key, o.payload::text AS payload,
+               o.exchange, o.headers, o.created_at, o.attempts, o.ordering_key
+        FROM outbox o
+        WHERE o.state IN ('pending', 'retry')
+          AND o.seq > p_after_seq
+          AND o.available_at <= now()
+          AND o.partition = ANY (p_partitions)
+          AND (SELECT count(*) FROM outbox_relay_lease l
+               WHERE l.partition = ANY (p_partitions) AND l.owner = p_instance AND l.expires_at > now())
+              = cardinality(p_partitions)
+          AND NOT EXISTS (
+              SELECT 1 FROM outbox b
+              WHERE b.state IN ('retry', 'dead')
+                AND b.ordering_key = o.ordering_key
+                AND b.seq < o.seq
+                AND (b.state = 'dead' OR b.available_at > now() OR b.seq <= p_after_seq))
+        ORDER BY o.seq
+        LIMIT p_limit;
+    candidate record;
+    taken integer := 0;
+    bytes bigint := 0;
+BEGIN
+    OPEN ready;
+    LOOP
+        FETCH ready INTO candidate;
+        EXIT WHEN NOT FOUND;
+        bytes := bytes + octet_length(candidate.payload) + octet_length(candidate.headers::text);
+        EXIT WHEN taken > 0 AND bytes > p_max_bytes;
+        id := candidate.id;
+        seq := candidate.seq;
+        saga_id := candidate.saga_id;
+        step := candidate.step;
+        routing_key := candidate.routing_key;
+        payload := candidate.payload;
+        exchange := candidate.exchange;
+        headers := candidate.headers;
+        created_at := candidate.created_at;
+        attempts := candidate.attempts;
+        ordering_key := candidate.ordering_key;
+        RETURN NEXT;
+        taken := taken + 1;
+    END LOOP;
+    CLOSE ready;
+END
+$$;
