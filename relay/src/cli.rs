@@ -168,14 +168,7 @@ pub(crate) struct RunArgs {
 
 /// `500ms`, `15s`, `5m`, `2h`, `7d`; a bare number is seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 500ms, 15s, 5m, 2h or 7d"))?;
+    let (value, unit) = number_and_unit(text, "a duration like 500ms, 15s, 5m, 2h or 7d")?;
     let millis = match unit {
         "ms" => 1,
         "" | "s" => 1_000,
@@ -193,22 +186,15 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// `1048576`, `512KiB`, `4MiB`, `1GiB` (binary units; `k`, `M`, `G` also accepted).
 pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size like 512KiB or 4MiB"))?;
-    let scale: u64 = match unit.trim() {
+    let (value, unit) = number_and_unit(text, "a size like 512KiB or 4MiB")?;
+    let scale: u64 = match unit {
         "" | "B" => 1,
         "k" | "K" | "KiB" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
-        other => {
+        _ => {
             return Err(format!(
-                "unknown unit '{other}' in '{text}' (use KiB, MiB or GiB)"
+                "unknown unit '{unit}' in '{text}' (use KiB, MiB or GiB)"
             ));
         }
     };
@@ -217,6 +203,19 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
         Some(bytes) => Ok(bytes),
         None => Err(format!("'{text}' is too large")),
     }
+}
+
+/// Splits `12ms` into `(12, "ms")`; `what` names the expected form in the error.
+fn number_and_unit<'t>(text: &'t str, what: &str) -> Result<(u64, &'t str), String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not {what}"))?;
+    Ok((value, unit.trim()))
 }
 
 #[cfg(test)]

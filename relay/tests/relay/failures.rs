@@ -221,12 +221,7 @@ async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
         .into_iter()
         .collect();
     sandbox.wait_for_all(&both, Duration::from_secs(20)).await?;
-    let order: Vec<String> = sandbox
-        .received()
-        .into_iter()
-        .filter(|r| both.contains(&r.message_id))
-        .map(|r| r.message_id)
-        .collect();
+    let order = first_arrivals_of(&sandbox.received(), &both);
     assert_eq!(order, [bad_id.to_string(), behind_id.to_string()]);
     relay.shutdown().await?;
     sandbox.remove().await

@@ -138,6 +138,37 @@ async fn drain_around(
     Ok((dead, rendered))
 }
 
+/// Declares `exchange` (a fanout, gone with its last binding) bound to the sandbox's queue.
+async fn bound_exchange(
+    connection: &Connection,
+    exchange: &str,
+    queue: &str,
+) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    let options = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            options,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
 fn assert_reason(dead: &[outbox_relay::DeadRow], expected: &[&str]) {
     for row in dead {
         let error = row.last_error.as_deref().unwrap_or("");
@@ -170,39 +201,13 @@ async fn a_row_for_a_missing_exchange_fails_alone_and_is_redriven_once_it_exists
 
     // The exchange is created; `dead retry` re-drives the row, then its follower.
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let options = ExchangeDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            missing.as_str().into(),
-            ExchangeKind::Fanout,
-            options,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            sandbox.queue.as_str().into(),
-            missing.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    bound_exchange(&connection, &missing, &sandbox.queue).await?;
     outbox_relay::retry_dead(&pool, bad[0].id).await?;
     let relay = Relay::new(pool.clone(), amqp_url(), refusal_config(&sandbox.exchange)).spawn();
     let both: HashSet<String> = [bad[0].id.to_string(), bad[0].follower.to_string()].into();
     sandbox.wait_for_all(&both, Duration::from_secs(20)).await?;
     relay.shutdown().await?;
-    let order: Vec<String> = sandbox
-        .received()
-        .into_iter()
-        .filter(|r| both.contains(&r.message_id))
-        .map(|r| r.message_id)
-        .collect();
+    let order = first_arrivals_of(&sandbox.received(), &both);
     assert_eq!(order, [bad[0].id.to_string(), bad[0].follower.to_string()]);
     let _ = connection.close(200, "test done".into()).await;
     sandbox.remove().await
@@ -300,28 +305,7 @@ async fn a_row_for_an_exchange_the_user_may_not_write_fails_alone(pool: PgPool) 
     let suffix = Uuid::now_v7().simple().to_string();
     let forbidden = format!("test-forbidden-{suffix}");
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let options = ExchangeDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            forbidden.as_str().into(),
-            ExchangeKind::Fanout,
-            options,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            sandbox.queue.as_str().into(),
-            forbidden.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    bound_exchange(&connection, &forbidden, &sandbox.queue).await?;
     // A user that may write to the sandbox's exchange only.
     let user = format!("test-relay-{suffix}");
     rabbitmqctl(&["add_user", &user, "secret"]).await?;

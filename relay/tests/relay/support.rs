@@ -287,6 +287,16 @@ pub(crate) fn assert_order_per_key(received: &[Received]) {
     }
 }
 
+/// The ids of `ids` in the order they first arrived.
+pub(crate) fn first_arrivals_of(received: &[Received], ids: &HashSet<String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    received
+        .iter()
+        .filter(|r| ids.contains(&r.message_id) && seen.insert(r.message_id.clone()))
+        .map(|r| r.message_id.clone())
+        .collect()
+}
+
 pub(crate) async fn unsent(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'sent'")
