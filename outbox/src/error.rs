@@ -36,15 +36,7 @@ impl Error {
     /// True when the same call may succeed if tried again: the connection or the
     /// pool failed, not the message.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Database(
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            )
-        )
+        matches!(self, Error::Database(error) if crate::postgres::is_transient(error))
     }
 }
 

@@ -44,7 +44,9 @@ mod enqueue;
 mod error;
 mod message;
 mod migrate;
+pub mod postgres;
 mod stored;
+pub mod wire;
 
 pub use enqueue::{enqueue, enqueue_batch};
 pub use error::{Error, Result};

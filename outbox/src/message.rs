@@ -107,7 +107,7 @@ impl MessageBuilder {
 
     /// Carries a W3C trace context, so the consumer's span joins the producer's trace.
     pub fn traceparent(self, traceparent: impl Into<String>) -> Self {
-        self.header("traceparent", traceparent)
+        self.header(crate::wire::TRACEPARENT_HEADER, traceparent)
     }
 
     /// Rows with the same ordering key are published in the order they were written.

@@ -24,6 +24,37 @@ pub enum State {
     Sent,
 }
 
+impl State {
+    /// The value stored in `outbox.state`; bind it rather than writing the literal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Retry => "retry",
+            State::Dead => "dead",
+            State::Sent => "sent",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+
+    #[test]
+    fn a_state_is_stored_as_its_lowercase_name() {
+        for state in [State::Pending, State::Retry, State::Dead, State::Sent] {
+            assert_eq!(state.as_str(), format!("{state:?}").to_lowercase());
+            assert_eq!(state.to_string(), state.as_str());
+        }
+    }
+}
+
 /// An outbox row as stored, with the columns the relay manages.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 #[non_exhaustive]

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use outbox::State;
+use outbox::postgres::interval;
 use sqlx::PgPool;
-use sqlx::postgres::types::PgInterval;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -13,11 +14,15 @@ use crate::metrics::Backlog;
 /// Reads the backlog figures: unsent rows, dead rows, age of the oldest unsent row.
 pub async fn backlog(pool: &PgPool) -> Result<Backlog> {
     let (unsent, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE state IN ('pending', 'retry')),
-                count(*) FILTER (WHERE state = 'dead'),
-                extract(epoch FROM now() - min(created_at) FILTER (WHERE state IN ('pending', 'retry')))::float8
-         FROM outbox WHERE state <> 'sent'",
+        "SELECT count(*) FILTER (WHERE state IN ($1, $2)),
+                count(*) FILTER (WHERE state = $3),
+                extract(epoch FROM now() - min(created_at) FILTER (WHERE state IN ($1, $2)))::float8
+         FROM outbox WHERE state <> $4",
     )
+    .bind(State::Pending.as_str())
+    .bind(State::Retry.as_str())
+    .bind(State::Dead.as_str())
+    .bind(State::Sent.as_str())
     .fetch_one(pool)
     .await?;
     Ok(Backlog {
@@ -86,9 +91,10 @@ pub struct DeadRow {
 pub async fn dead_rows(pool: &PgPool, limit: i64) -> Result<Vec<DeadRow>> {
     let rows = sqlx::query_as(
         "SELECT id, saga_id, step, routing_key, attempts, last_error, created_at
-         FROM outbox WHERE state = 'dead' ORDER BY seq LIMIT $1",
+         FROM outbox WHERE state = $2 ORDER BY seq LIMIT $1",
     )
     .bind(limit)
+    .bind(State::Dead.as_str())
     .fetch_all(pool)
     .await?;
     Ok(rows)
@@ -97,14 +103,16 @@ pub async fn dead_rows(pool: &PgPool, limit: i64) -> Result<Vec<DeadRow>> {
 /// Gives a dead row a fresh set of attempts. Its last error stays for the record.
 pub async fn retry_dead(pool: &PgPool, id: Uuid) -> Result<()> {
     let updated = sqlx::query(
-        "UPDATE outbox SET state = 'pending', attempts = 0, available_at = now()
-         WHERE id = $1 AND state = 'dead'",
+        "UPDATE outbox SET state = $2, attempts = 0, available_at = now()
+         WHERE id = $1 AND state = $3",
     )
     .bind(id)
+    .bind(State::Pending.as_str())
+    .bind(State::Dead.as_str())
     .execute(pool)
     .await?;
     if updated.rows_affected() == 0 {
-        return Err(Error::NotFound(format!("no dead outbox row with id {id}")));
+        return Err(Error::NotFound(id));
     }
     Ok(())
 }
@@ -112,8 +120,10 @@ pub async fn retry_dead(pool: &PgPool, id: Uuid) -> Result<()> {
 /// Gives every dead row a fresh set of attempts; returns how many.
 pub async fn retry_all_dead(pool: &PgPool) -> Result<u64> {
     let updated = sqlx::query(
-        "UPDATE outbox SET state = 'pending', attempts = 0, available_at = now() WHERE state = 'dead'",
+        "UPDATE outbox SET state = $1, attempts = 0, available_at = now() WHERE state = $2",
     )
+    .bind(State::Pending.as_str())
+    .bind(State::Dead.as_str())
     .execute(pool)
     .await?;
     Ok(updated.rows_affected())
@@ -123,11 +133,7 @@ pub async fn retry_all_dead(pool: &PgPool) -> Result<u64> {
 /// is left or 100 batches ran. One instance at a time: a transaction-scoped advisory
 /// lock makes a second cleaner skip its turn. Returns how many rows went.
 pub async fn cleanup(pool: &PgPool, retention: Duration, batch_size: u32) -> Result<u64> {
-    let retention = PgInterval {
-        months: 0,
-        days: 0,
-        microseconds: retention.as_micros() as i64,
-    };
+    let retention = interval(retention);
     let mut total = 0;
     for _ in 0..100 {
         let mut tx = pool.begin().await?;
@@ -141,11 +147,12 @@ pub async fn cleanup(pool: &PgPool, retention: Duration, batch_size: u32) -> Res
         }
         let deleted = sqlx::query(
             "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox WHERE state = 'sent' AND sent_at < now() - $1
+                 SELECT id FROM outbox WHERE state = $3 AND sent_at < now() - $1
                  ORDER BY sent_at LIMIT $2)",
         )
         .bind(retention)
         .bind(i64::from(batch_size))
+        .bind(State::Sent.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();

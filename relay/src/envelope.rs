@@ -3,6 +3,8 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use outbox::wire::{SAGA_ID_HEADER, STEP_HEADER};
+
 use crate::store::OutboxRow;
 
 /// Delivery mode 2: the broker writes the message to disk in a durable queue.
@@ -16,8 +18,8 @@ pub(crate) fn properties(row: &OutboxRow) -> BasicProperties {
     for (name, value) in row.headers.0.iter() {
         headers.insert(ShortString::from(name.as_str()), header_value(value));
     }
-    headers.insert("saga_id".into(), long_string(&row.saga_id));
-    headers.insert("step".into(), long_string(&row.step));
+    headers.insert(SAGA_ID_HEADER.into(), long_string(&row.saga_id));
+    headers.insert(STEP_HEADER.into(), long_string(&row.step));
     BasicProperties::default()
         .with_message_id(row.id.to_string().into())
         .with_correlation_id(row.saga_id.as_str().into())

@@ -32,9 +32,13 @@ pub enum Error {
     #[error(transparent)]
     Outbox(#[from] outbox::Error),
 
-    /// No outbox row matched (an unknown id for `dead retry`, say).
-    #[error("{0}")]
-    NotFound(String),
+    /// No dead outbox row has this id (`dead retry` of an unknown or live row).
+    #[error("no dead outbox row with id {0}")]
+    NotFound(uuid::Uuid),
+
+    /// A task of the relay panicked: a bug in the relay, never a message's fault.
+    #[error("a relay task panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -42,19 +46,13 @@ impl Error {
     /// rather than a query being wrong (say, the tables were never migrated).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Database(error) => matches!(
-                error,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-            ),
+            Error::Database(error) => outbox::postgres::is_transient(error),
             Error::Broker(_)
             | Error::ConfirmTimeout(_)
             | Error::ConnectTimeout(_)
             | Error::Unconfirmed => true,
             Error::Outbox(error) => error.is_transient(),
-            Error::NotFound(_) => false,
+            Error::NotFound(_) | Error::Panicked(_) => false,
         }
     }
 }

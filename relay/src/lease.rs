@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use outbox::postgres::interval;
 use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 use tokio::sync::watch;
@@ -171,14 +172,6 @@ impl Leases {
 /// Partitions per instance, rounded up so that together they cover all 64.
 pub(crate) fn fair_share(live_instances: i64) -> i64 {
     (PARTITIONS + live_instances - 1) / live_instances
-}
-
-fn interval(duration: Duration) -> PgInterval {
-    PgInterval {
-        months: 0,
-        days: 0,
-        microseconds: duration.as_micros() as i64,
-    }
 }
 
 #[cfg(test)]

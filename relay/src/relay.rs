@@ -252,10 +252,15 @@ pub struct RelayHandle {
 
 impl RelayHandle {
     /// Stops claiming, waits (bounded) for outstanding confirms, records them, and
-    /// waits for the relay to finish.
+    /// waits for the relay to finish. If the relay's task panicked, the panic goes on
+    /// here, in the caller's task, rather than passing for a clean stop.
     pub async fn shutdown(self) -> Result<()> {
         self.shutdown.cancel();
-        self.task.await.unwrap_or(Ok(()))
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Ok(()), // cancelled: the runtime is going away
+        }
     }
 
     /// Stops the relay at once, like a crash: nothing is drained or given back. Its

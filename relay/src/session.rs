@@ -57,9 +57,11 @@ impl InFlight {
     async fn next(&mut self) -> Option<Result<Settled>> {
         let outcome = self.batches.next().await?;
         self.aborts.pop_front();
-        Some(outcome.unwrap_or_else(|e: JoinError| {
-            Err(Error::NotFound(format!("settling task failed: {e}")))
-        }))
+        Some(
+            outcome.unwrap_or_else(|e: JoinError| {
+                Err(Error::Panicked(format!("settling a batch: {e}")))
+            }),
+        )
     }
 
     /// Outcomes of batches already settled, without waiting, up to the first one

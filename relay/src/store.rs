@@ -1,6 +1,7 @@
 //! The relay's queries on the hot path: claim ready rows, record what the broker said.
 
 use chrono::{DateTime, Utc};
+use outbox::State;
 use sqlx::PgPool;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -62,12 +63,18 @@ pub(crate) async fn mark_sent(pool: &PgPool, ids: &[Uuid], keep: bool) -> Result
     if ids.is_empty() {
         return Ok(());
     }
-    let sql = if keep {
-        "UPDATE outbox SET state = 'sent', sent_at = now() WHERE id = ANY($1)"
+    if keep {
+        sqlx::query("UPDATE outbox SET state = $2, sent_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .bind(State::Sent.as_str())
+            .execute(pool)
+            .await?;
     } else {
-        "DELETE FROM outbox WHERE id = ANY($1)"
-    };
-    sqlx::query(sql).bind(ids).execute(pool).await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(pool)
+            .await?;
+    }
     Ok(())
 }
 
@@ -93,7 +100,7 @@ pub(crate) async fn record_failures(pool: &PgPool, failures: &[Failure]) -> Resu
         "UPDATE outbox o
          SET attempts = f.attempts,
              last_error = f.error,
-             state = CASE WHEN f.delay_ms IS NULL THEN 'dead' ELSE 'retry' END,
+             state = CASE WHEN f.delay_ms IS NULL THEN $5 ELSE $6 END,
              available_at = CASE WHEN f.delay_ms IS NULL THEN o.available_at
                                  ELSE now() + f.delay_ms * interval '1 millisecond' END
          FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::int8[]) AS f(id, attempts, error, delay_ms)
@@ -103,6 +110,8 @@ pub(crate) async fn record_failures(pool: &PgPool, failures: &[Failure]) -> Resu
     .bind(&attempts)
     .bind(&errors)
     .bind(&delays)
+    .bind(State::Dead.as_str())
+    .bind(State::Retry.as_str())
     .execute(pool)
     .await?;
     Ok(())

@@ -1,0 +1,47 @@
+//! Small facts about PostgreSQL that every crate of the toolkit needs alike.
+
+use std::time::Duration;
+
+use sqlx::postgres::types::PgInterval;
+
+/// True when the same statement may succeed if tried again: the connection or the
+/// pool failed, not the statement (a violated constraint, a missing table).
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// `duration` as a PostgreSQL `interval`, to bind where SQL compares times.
+pub fn interval(duration: Duration) -> PgInterval {
+    PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: i64::try_from(duration.as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interval_keeps_microseconds_and_saturates() {
+        assert_eq!(
+            interval(Duration::from_millis(1500)).microseconds,
+            1_500_000
+        );
+        assert_eq!(interval(Duration::MAX).microseconds, i64::MAX);
+    }
+
+    #[test]
+    fn a_refused_statement_is_not_transient() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+}
