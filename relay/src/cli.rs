@@ -4,11 +4,13 @@
 //! from the environment, or from the files named by `--database-url-file` and
 //! `--amqp-url-file`.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use outbox_relay::RelayConfig;
 
 #[derive(Parser)]
 #[command(
@@ -74,9 +76,9 @@ pub(crate) enum Command {
     Cleanup {
         /// Keep sent rows this long (e.g. 7d, 12h, 30m).
         #[arg(long, env = "OUTBOX_RETENTION", value_parser = parse_duration)]
-        retention: Duration,
+        retention: Human,
         /// Rows deleted per statement.
-        #[arg(long, env = "OUTBOX_CLEANUP_BATCH_SIZE", default_value_t = 1000,
+        #[arg(long, env = "OUTBOX_CLEANUP_BATCH_SIZE", default_value_t = defaults().cleanup_batch_size,
               value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
     },
@@ -113,48 +115,65 @@ pub(crate) struct OutputArgs {
 #[derive(Args, Clone)]
 pub(crate) struct RunArgs {
     /// Exchange for rows whose `exchange` is NULL ("" is the default exchange).
-    #[arg(long, env = "OUTBOX_EXCHANGE", default_value = "")]
+    #[arg(long, env = "OUTBOX_EXCHANGE", default_value_t = defaults().exchange)]
     pub(crate) exchange: String,
     /// Rows claimed and published together.
-    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500,
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = defaults().batch_size,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) batch_size: u32,
     /// Bytes of payload and headers claimed and published together (e.g. 4MiB,
     /// 512KiB); a single larger row is published alone.
-    #[arg(long, env = "OUTBOX_BATCH_MAX_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
-    pub(crate) batch_max_bytes: u64,
+    #[arg(long, env = "OUTBOX_BATCH_MAX_BYTES", default_value_t = Bytes(defaults().batch_max_bytes),
+          value_parser = parse_bytes)]
+    pub(crate) batch_max_bytes: Bytes,
     /// Batches published but not yet confirmed, at most.
-    #[arg(long, env = "OUTBOX_MAX_IN_FLIGHT_BATCHES", default_value_t = 4,
+    #[arg(long, env = "OUTBOX_MAX_IN_FLIGHT_BATCHES",
+          default_value_t = u16::try_from(defaults().max_in_flight_batches).unwrap_or(u16::MAX),
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) max_in_flight_batches: u16,
-    /// Attempts before a nacked or unroutable row is parked as dead.
-    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 10,
+    /// Refusals (nack, return, a channel closed on the row) before a row is parked as dead.
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = defaults().max_attempts,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) max_attempts: u32,
     /// First retry delay (doubles per attempt, with jitter).
-    #[arg(long, env = "OUTBOX_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
-    pub(crate) retry_base: Duration,
+    #[arg(long, env = "OUTBOX_RETRY_BASE", default_value_t = Human(defaults().retry_base),
+          value_parser = parse_duration)]
+    pub(crate) retry_base: Human,
     /// Longest retry delay.
-    #[arg(long, env = "OUTBOX_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
-    pub(crate) retry_max: Duration,
+    #[arg(long, env = "OUTBOX_RETRY_MAX", default_value_t = Human(defaults().retry_max),
+          value_parser = parse_duration)]
+    pub(crate) retry_max: Human,
     /// An idle relay looks for work at least this often.
-    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub(crate) poll_interval: Duration,
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value_t = Human(defaults().poll_interval),
+          value_parser = parse_duration)]
+    pub(crate) poll_interval: Human,
+    /// A busy relay starts its scan over from the oldest row at least this often.
+    #[arg(long, env = "OUTBOX_RESCAN_INTERVAL", default_value_t = Human(defaults().rescan_interval),
+          value_parser = parse_duration)]
+    pub(crate) rescan_interval: Human,
     /// Partition lease lifetime; a dead instance is replaced within about this time.
-    #[arg(long, env = "OUTBOX_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
-    pub(crate) lease_ttl: Duration,
+    #[arg(long, env = "OUTBOX_LEASE_TTL", default_value_t = Human(defaults().lease_ttl),
+          value_parser = parse_duration)]
+    pub(crate) lease_ttl: Human,
     /// How often leases are renewed and rebalanced.
-    #[arg(long, env = "OUTBOX_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = parse_duration)]
-    pub(crate) heartbeat_interval: Duration,
+    #[arg(long, env = "OUTBOX_HEARTBEAT_INTERVAL", default_value_t = Human(defaults().heartbeat_interval),
+          value_parser = parse_duration)]
+    pub(crate) heartbeat_interval: Human,
     /// Give up on a batch's confirms after this long (its rows are published again).
-    #[arg(long, env = "OUTBOX_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub(crate) confirm_timeout: Duration,
+    #[arg(long, env = "OUTBOX_CONFIRM_TIMEOUT", default_value_t = Human(defaults().confirm_timeout),
+          value_parser = parse_duration)]
+    pub(crate) confirm_timeout: Human,
     /// Keep sent rows this long instead of deleting them (e.g. 7d). Off by default.
     #[arg(long, env = "OUTBOX_RETENTION", value_parser = parse_duration)]
-    pub(crate) retention: Option<Duration>,
+    pub(crate) retention: Option<Human>,
+    /// Rows deleted per statement by the retention cleanup.
+    #[arg(long, env = "OUTBOX_CLEANUP_BATCH_SIZE", default_value_t = defaults().cleanup_batch_size,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) cleanup_batch_size: u32,
     /// On SIGTERM, wait this long for outstanding confirms.
-    #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub(crate) shutdown_timeout: Duration,
+    #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", default_value_t = Human(defaults().shutdown_timeout),
+          value_parser = parse_duration)]
+    pub(crate) shutdown_timeout: Human,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "OUTBOX_HTTP_ADDR", default_value = "127.0.0.1:9187")]
     pub(crate) http_addr: SocketAddr,
@@ -166,8 +185,78 @@ pub(crate) struct RunArgs {
     pub(crate) migrate: bool,
 }
 
+impl RunArgs {
+    /// The library's configuration, every field from its flag (whose default is the
+    /// library's own).
+    pub(crate) fn relay_config(self) -> RelayConfig {
+        let mut config = RelayConfig::default();
+        config.exchange = self.exchange;
+        config.batch_size = self.batch_size;
+        config.batch_max_bytes = self.batch_max_bytes.0;
+        config.max_in_flight_batches = usize::from(self.max_in_flight_batches);
+        config.max_attempts = self.max_attempts;
+        config.retry_base = self.retry_base.0;
+        config.retry_max = self.retry_max.0;
+        config.poll_interval = self.poll_interval.0;
+        config.rescan_interval = self.rescan_interval.0;
+        config.lease_ttl = self.lease_ttl.0;
+        config.heartbeat_interval = self.heartbeat_interval.0;
+        config.confirm_timeout = self.confirm_timeout.0;
+        config.retention = self.retention.map(|r| r.0);
+        config.cleanup_batch_size = self.cleanup_batch_size;
+        config.shutdown_timeout = self.shutdown_timeout.0;
+        if let Some(instance_id) = self.instance_id {
+            config.instance_id = instance_id;
+        }
+        config
+    }
+}
+
+/// The library's defaults, which the flags show and fall back to.
+fn defaults() -> RelayConfig {
+    RelayConfig::default()
+}
+
+/// A duration as flags write it, so a default prints as `1s` or `5m` in `--help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Human(pub(crate) Duration);
+
+impl fmt::Display for Human {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        let unit = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+        ]
+        .into_iter()
+        .find(|(size, _)| millis > 0 && millis.is_multiple_of(*size));
+        match unit {
+            Some((size, name)) => write!(f, "{}{name}", millis / size),
+            None => write!(f, "{millis}ms"),
+        }
+    }
+}
+
+/// A size as flags write it, so a default prints as `4MiB` in `--help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bytes(pub(crate) u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+            .into_iter()
+            .find(|(size, _)| self.0 > 0 && self.0.is_multiple_of(*size));
+        match unit {
+            Some((size, name)) => write!(f, "{}{name}", self.0 / size),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
 /// `500ms`, `15s`, `5m`, `2h`, `7d`; a bare number is seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Human, String> {
     let (value, unit) = number_and_unit(text, "a duration like 500ms, 15s, 5m, 2h or 7d")?;
     let millis = match unit {
         "ms" => 1,
@@ -181,11 +270,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_millis(value.saturating_mul(millis)))
+    Ok(Human(Duration::from_millis(value.saturating_mul(millis))))
 }
 
 /// `1048576`, `512KiB`, `4MiB`, `1GiB` (binary units; `k`, `M`, `G` also accepted).
-pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<Bytes, String> {
     let (value, unit) = number_and_unit(text, "a size like 512KiB or 4MiB")?;
     let scale: u64 = match unit {
         "" | "B" => 1,
@@ -200,7 +289,7 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     };
     match value.checked_mul(scale) {
         Some(0) => Err("a batch must be allowed at least 1 byte".to_owned()),
-        Some(bytes) => Ok(bytes),
+        Some(bytes) => Ok(Bytes(bytes)),
         None => Err(format!("'{text}' is too large")),
     }
 }
@@ -224,21 +313,49 @@ mod tests {
 
     #[test]
     fn parses_durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(Human(Duration::from_millis(500)))
+        );
+        assert_eq!(parse_duration("15"), Ok(Human(Duration::from_secs(15))));
+        assert_eq!(
+            parse_duration("7d"),
+            Ok(Human(Duration::from_secs(7 * 86_400)))
+        );
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5w").is_err());
     }
 
     #[test]
     fn parses_sizes() {
-        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
-        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("4MiB"), Ok(Bytes(4 << 20)));
+        assert_eq!(parse_bytes("512KiB"), Ok(Bytes(512 << 10)));
+        assert_eq!(parse_bytes("1000"), Ok(Bytes(1000)));
         assert!(parse_bytes("0").is_err());
         assert!(parse_bytes("4MB").is_err());
         assert!(parse_bytes("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn defaults_print_as_flags_write_them_and_parse_back() {
+        for millis in [1, 500, 1_000, 90_000, 300_000, 3_600_000, 86_400_000] {
+            let human = Human(Duration::from_millis(millis));
+            assert_eq!(parse_duration(&human.to_string()), Ok(human));
+        }
+        assert_eq!(Human(Duration::from_secs(300)).to_string(), "5m");
+        assert_eq!(Bytes(4 << 20).to_string(), "4MiB");
+        assert_eq!(parse_bytes(&Bytes(1500).to_string()), Ok(Bytes(1500)));
+    }
+
+    #[test]
+    fn every_flag_defaults_to_the_library_default() {
+        let cli = Cli::try_parse_from(["outbox-relay"]).expect("no flags needed");
+        let mut from_flags = cli.run.relay_config();
+        let mut library = RelayConfig::default();
+        // The one default that differs per call: a fresh instance id.
+        from_flags.instance_id.clear();
+        library.instance_id.clear();
+        assert_eq!(format!("{from_flags:?}"), format!("{library:?}"));
     }
 
     #[test]

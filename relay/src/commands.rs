@@ -1,25 +1,25 @@
 //! What each subcommand does, once the configuration is known to be good.
 
 use anyhow::Context;
-use outbox_relay::{Relay, RelayConfig, default_instance_id};
+use outbox_relay::{Relay, RelayConfig};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DeadCommand, RunArgs};
+use crate::cli::DeadCommand;
 
 pub(crate) async fn run(
     pool: PgPool,
     amqp_url: String,
-    args: RunArgs,
+    config: RelayConfig,
+    migrate: bool,
     listener: TcpListener,
 ) -> anyhow::Result<()> {
-    if args.migrate {
+    if migrate {
         outbox::migrate(&pool)
             .await
             .context("applying migrations")?;
     }
-    let config = relay_config(args);
     let relay = Relay::new(pool.clone(), amqp_url, config);
     let shutdown = CancellationToken::new();
     tokio::spawn(outbox_relay::serve_http(
@@ -32,25 +32,6 @@ pub(crate) async fn run(
     relay.run(shutdown.clone()).await?;
     shutdown.cancel();
     Ok(())
-}
-
-fn relay_config(args: RunArgs) -> RelayConfig {
-    let mut config = RelayConfig::default();
-    config.exchange = args.exchange;
-    config.batch_size = args.batch_size;
-    config.batch_max_bytes = args.batch_max_bytes;
-    config.max_in_flight_batches = usize::from(args.max_in_flight_batches);
-    config.max_attempts = args.max_attempts;
-    config.retry_base = args.retry_base;
-    config.retry_max = args.retry_max;
-    config.poll_interval = args.poll_interval;
-    config.lease_ttl = args.lease_ttl;
-    config.heartbeat_interval = args.heartbeat_interval;
-    config.confirm_timeout = args.confirm_timeout;
-    config.retention = args.retention;
-    config.shutdown_timeout = args.shutdown_timeout;
-    config.instance_id = args.instance_id.unwrap_or_else(default_instance_id);
-    config
 }
 
 /// SIGTERM (orchestrators) and SIGINT (Ctrl-C) both mean: drain and stop.

@@ -72,6 +72,58 @@ impl Default for RelayConfig {
     }
 }
 
+/// A setting the relay cannot work with, named as in [`RelayConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {problem}")]
+pub struct ConfigError {
+    /// The field of [`RelayConfig`] at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+impl RelayConfig {
+    /// Checks the settings together, as [`Relay::run`](crate::Relay::run) does before
+    /// it starts: a zero interval or a heartbeat slower than the lease is an error to
+    /// print, not a panic inside tokio or a relay that loses its leases.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field, problem| Err(ConfigError { field, problem });
+        let nonzero = [
+            ("retry_base", self.retry_base),
+            ("poll_interval", self.poll_interval),
+            ("rescan_interval", self.rescan_interval),
+            ("lease_ttl", self.lease_ttl),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("confirm_timeout", self.confirm_timeout),
+        ];
+        if let Some((field, _)) = nonzero.iter().find(|(_, value)| value.is_zero()) {
+            return fail(field, "must be longer than zero");
+        }
+        if self.batch_size == 0 || self.batch_max_bytes == 0 {
+            return fail("batch_size", "and batch_max_bytes must be at least 1");
+        }
+        if self.max_in_flight_batches == 0 {
+            return fail("max_in_flight_batches", "must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return fail("max_attempts", "must be at least 1");
+        }
+        if self.cleanup_batch_size == 0 {
+            return fail("cleanup_batch_size", "must be at least 1");
+        }
+        if self.retry_base > self.retry_max {
+            return fail("retry_base", "must not exceed retry_max");
+        }
+        if self.heartbeat_interval.saturating_mul(2) > self.lease_ttl {
+            return fail("heartbeat_interval", "must be at most half of lease_ttl");
+        }
+        if self.instance_id.trim().is_empty() {
+            return fail("instance_id", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
 /// `host-pid-random`: unique per process, and readable in `outbox-relay status`.
 pub fn default_instance_id() -> String {
     let host = std::env::var("HOSTNAME")
@@ -92,4 +144,43 @@ pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid() {
+        assert_eq!(RelayConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_named() {
+        let with = |change: fn(&mut RelayConfig)| {
+            let mut config = RelayConfig::default();
+            change(&mut config);
+            config.validate().unwrap_err().field
+        };
+        assert_eq!(with(|c| c.poll_interval = Duration::ZERO), "poll_interval");
+        assert_eq!(
+            with(|c| c.confirm_timeout = Duration::ZERO),
+            "confirm_timeout"
+        );
+        assert_eq!(with(|c| c.batch_size = 0), "batch_size");
+        assert_eq!(
+            with(|c| c.max_in_flight_batches = 0),
+            "max_in_flight_batches"
+        );
+        assert_eq!(with(|c| c.max_attempts = 0), "max_attempts");
+        assert_eq!(
+            with(|c| c.retry_base = Duration::from_secs(600)),
+            "retry_base"
+        );
+        assert_eq!(
+            with(|c| c.heartbeat_interval = Duration::from_secs(10)),
+            "heartbeat_interval"
+        );
+        assert_eq!(with(|c| c.instance_id = " ".into()), "instance_id");
+    }
 }

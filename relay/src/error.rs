@@ -8,6 +8,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A setting cannot work; nothing was started.
+    #[error("relay configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+
     /// PostgreSQL failed or refused a query.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -52,7 +56,7 @@ impl Error {
             | Error::ConnectTimeout(_)
             | Error::Unconfirmed => true,
             Error::Outbox(error) => error.is_transient(),
-            Error::NotFound(_) | Error::Panicked(_) => false,
+            Error::Config(_) | Error::NotFound(_) | Error::Panicked(_) => false,
         }
     }
 }

@@ -18,8 +18,8 @@ use lapin::{Channel, Connection};
 use crate::broker;
 use crate::error::{Error, Result};
 use crate::publish::publish_batch;
-use crate::relay::Shared;
 use crate::settle::{self, Settled, settle};
+use crate::shared::Shared;
 use crate::store::OutboxRow;
 use crate::validate::prepare;
 

@@ -40,6 +40,7 @@ mod relay;
 mod retry;
 mod session;
 mod settle;
+mod shared;
 mod store;
 mod validate;
 mod wake;
@@ -47,7 +48,7 @@ mod wake;
 pub use admin::{
     DeadRow, InstanceStatus, backlog, cleanup, dead_rows, instances, retry_all_dead, retry_dead,
 };
-pub use config::{RelayConfig, default_instance_id};
+pub use config::{ConfigError, RelayConfig, default_instance_id};
 pub use error::{Error, Result};
 pub use http::serve as serve_http;
 pub use metrics::{Backlog, Metrics};

@@ -72,16 +72,21 @@ async fn start(cli: Cli) -> Result<(), Failure> {
                     "AMQP_URL is not an AMQP URL ({problem}): {url}"
                 )));
             }
-            check_timing(&args)?;
-            let listener = tokio::net::TcpListener::bind(args.http_addr)
+            let migrate = args.migrate;
+            let http_addr = args.http_addr;
+            let config = args.relay_config();
+            if let Err(problem) = config.validate() {
+                return Err(Failure::Config(format!(
+                    "{problem} (flag --{})",
+                    problem.field.replace('_', "-")
+                )));
+            }
+            let listener = tokio::net::TcpListener::bind(http_addr)
                 .await
                 .map_err(|e| {
-                    Failure::Config(format!(
-                        "cannot listen on --http-addr {}: {e}",
-                        args.http_addr
-                    ))
+                    Failure::Config(format!("cannot listen on --http-addr {}: {e}", http_addr))
                 })?;
-            commands::run(pool, amqp, *args, listener).await?
+            commands::run(pool, amqp, config, migrate, listener).await?
         }
         Command::Migrate => commands::migrate(pool).await?,
         Command::Status(output) => commands::status(pool, output.json).await?,
@@ -92,7 +97,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
         Command::Cleanup {
             retention,
             batch_size,
-        } => commands::cleanup(pool, retention, batch_size).await?,
+        } => commands::cleanup(pool, retention.0, batch_size).await?,
     }
     Ok(())
 }
@@ -111,26 +116,6 @@ fn secret(name: &str, file: Option<&Path>) -> Result<String, Failure> {
             "{name} is not set; put the URL in the environment variable {name} or in a file named by {name}_FILE"
         ))),
     }
-}
-
-/// Lease timing that cannot work is a configuration error, not a slow surprise.
-fn check_timing(args: &cli::RunArgs) -> Result<(), Failure> {
-    if args.heartbeat_interval.is_zero() || args.heartbeat_interval * 2 > args.lease_ttl {
-        return Err(Failure::Config(
-            "--heartbeat-interval must be at most half of --lease-ttl".into(),
-        ));
-    }
-    if args.confirm_timeout.is_zero() || args.poll_interval.is_zero() || args.retry_base.is_zero() {
-        return Err(Failure::Config(
-            "timeouts and intervals must be longer than zero".into(),
-        ));
-    }
-    if args.retry_base > args.retry_max {
-        return Err(Failure::Config(
-            "--retry-base must not exceed --retry-max".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

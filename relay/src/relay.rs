@@ -16,6 +16,7 @@ use crate::lease::{LeaseReport, Leases};
 use crate::metrics::{FailureReason, Metrics};
 use crate::redact::redact_url;
 use crate::session::Session;
+use crate::shared::Shared;
 use crate::wake::Doorbell;
 
 /// A session that lasted this long was healthy: the reconnect backoff starts over.
@@ -23,14 +24,6 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// How long a closing connection may wait for the broker's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What the relay's tasks share.
-pub(crate) struct Shared {
-    pub(crate) pool: PgPool,
-    pub(crate) config: RelayConfig,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) leases: Leases,
-}
 
 /// Publishes the outbox of one database to RabbitMQ.
 ///
@@ -90,10 +83,12 @@ impl Relay {
     /// database as often as needed. Then waits (bounded) for outstanding confirms,
     /// records them, and gives its partitions back.
     ///
-    /// Fails only at start, when the database cannot register the instance (not
-    /// reachable, or not migrated).
+    /// Fails only at start: a configuration that cannot work
+    /// ([`RelayConfig::validate`]), or a database that refuses to register the
+    /// instance (not migrated). An unreachable database is waited for.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let shared = &self.shared;
+        shared.config.validate()?;
         let Some(report) = self.register(&shutdown).await? else {
             return Ok(());
         };

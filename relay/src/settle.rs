@@ -7,8 +7,8 @@ use lapin::{Confirmation, PublisherConfirm};
 use crate::error::{Error, Result};
 use crate::metrics::FailureReason;
 use crate::refusal::{Refusal, is_channel_gone};
-use crate::relay::Shared;
 use crate::retry::retry_delay;
+use crate::shared::Shared;
 use crate::store::{self, Failure, OutboxRow};
 
 /// What became of a batch once its confirms were recorded.

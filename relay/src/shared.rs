@@ -1,0 +1,18 @@
+//! What the relay's tasks share. Its own module, so that the session, settling and
+//! isolation depend on it and not on the relay that spawns them.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::config::RelayConfig;
+use crate::lease::Leases;
+use crate::metrics::Metrics;
+
+/// What the relay's tasks share.
+pub(crate) struct Shared {
+    pub(crate) pool: PgPool,
+    pub(crate) config: RelayConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) leases: Leases,
+}
