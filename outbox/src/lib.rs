@@ -46,6 +46,8 @@ mod message;
 mod migrate;
 pub mod postgres;
 mod stored;
+#[cfg(feature = "opentelemetry")]
+pub mod trace;
 pub mod wire;
 
 pub use enqueue::{enqueue, enqueue_batch};

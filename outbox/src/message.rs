@@ -106,6 +106,8 @@ impl MessageBuilder {
     }
 
     /// Carries a W3C trace context, so the consumer's span joins the producer's trace.
+    /// With the `opentelemetry` feature the current span's context is carried
+    /// without this call; an explicit value wins.
     pub fn traceparent(self, traceparent: impl Into<String>) -> Self {
         self.header(crate::wire::TRACEPARENT_HEADER, traceparent)
     }
@@ -153,6 +155,15 @@ impl MessageBuilder {
             }
         }
         let payload = serde_json::to_value(payload).map_err(Error::Payload)?;
+        #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
+        let mut headers = self.headers;
+        #[cfg(feature = "opentelemetry")]
+        if !headers.contains_key(crate::wire::TRACEPARENT_HEADER)
+            && let Some(traceparent) = crate::trace::current_traceparent()
+        {
+            // The writer's trace continues in whoever handles the message.
+            headers.insert(crate::wire::TRACEPARENT_HEADER.to_owned(), traceparent);
+        }
         Ok(Message {
             id: self.id.unwrap_or_else(Uuid::now_v7),
             saga_id: self.saga_id,
@@ -160,7 +171,7 @@ impl MessageBuilder {
             routing_key: self.routing_key,
             payload,
             exchange: self.exchange,
-            headers: self.headers,
+            headers,
             ordering_key: self.ordering_key,
             delay: self.delay,
         })
