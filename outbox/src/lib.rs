@@ -40,6 +40,7 @@
 //! database, so a bad message is an [`Error`] and nothing is written. The table's
 //! CHECK constraints hold writers in other languages to the same rules.
 
+pub mod backoff;
 mod enqueue;
 mod error;
 mod message;

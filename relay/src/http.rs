@@ -16,6 +16,9 @@ use crate::metrics::Metrics;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
+/// A probe or scraper that has not been answered by then is dropped.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the health and metrics endpoints on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -38,8 +41,7 @@ pub async fn serve(
         let pool = pool.clone();
         tokio::spawn(async move {
             let answered =
-                tokio::time::timeout(Duration::from_secs(10), answer(stream, &metrics, &pool))
-                    .await;
+                tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &metrics, &pool)).await;
             if let Ok(Err(error)) = answered {
                 tracing::debug!(%error, "health endpoint connection failed");
             }

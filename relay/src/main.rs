@@ -14,6 +14,9 @@ use cli::{Cli, Command, LogFormat};
 use outbox_relay::redact_url;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+/// A command waits this long for a database connection before it reports one failure.
+const POOL_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Exit code for bad configuration, as clap uses for bad flags.
 const BAD_CONFIG: u8 = 2;
 
@@ -60,7 +63,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
     let options: PgConnectOptions = database.parse().map_err(|_| not_postgres())?;
     let pool = PgPoolOptions::new()
         .max_connections(5)
-        .acquire_timeout(std::time::Duration::from_secs(10))
+        .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
         .connect_lazy_with(options);
 
     match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +17,14 @@ use crate::redact::redact_url;
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::wake::Doorbell;
+use outbox::backoff::RECONNECT_MAX;
 
 /// A session that lasted this long was healthy: the reconnect backoff starts over.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// The retention cleanup runs every half retention, within these bounds.
+const CLEANUP_PERIOD_MIN: Duration = Duration::from_secs(1);
+const CLEANUP_PERIOD_MAX: Duration = Duration::from_secs(60);
 
 /// How long a closing connection may wait for the broker's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -132,7 +136,7 @@ impl Relay {
             match self.shared.leases.heartbeat().await {
                 Ok(report) => return Ok(Some(report)),
                 Err(error) if error.is_transient() => {
-                    let pause = backoff.next().unwrap_or(Duration::from_secs(10));
+                    let pause = backoff.next().unwrap_or(RECONNECT_MAX);
                     tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "database unreachable at start");
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
@@ -182,7 +186,7 @@ impl Relay {
             if started.elapsed() >= HEALTHY_SESSION {
                 backoff = reconnect_backoff();
             }
-            let pause = backoff.next().unwrap_or(Duration::from_secs(10));
+            let pause = backoff.next().unwrap_or(RECONNECT_MAX);
             tracing::warn!(%error, %amqp, retry_in_ms = pause.as_millis() as u64, "relay session ended; reconnecting");
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
@@ -193,12 +197,7 @@ impl Relay {
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    outbox::backoff::reconnect()
 }
 
 /// Renews leases and rebalances partitions every heartbeat.
@@ -225,7 +224,7 @@ async fn lease_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// Deletes sent rows past the retention, in bounded batches, one instance at a time.
 async fn cleanup_loop(shared: Arc<Shared>, retention: Duration, stop: CancellationToken) {
-    let period = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let period = (retention / 2).clamp(CLEANUP_PERIOD_MIN, CLEANUP_PERIOD_MAX);
     loop {
         tokio::select! {
             () = tokio::time::sleep(period) => {}
