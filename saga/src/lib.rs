@@ -9,8 +9,13 @@
 //! The rules are one pure function, [`transition`], from a saga's [`Position`] and
 //! an [`Event`] to where it goes next.
 
+mod definition;
 mod state;
 mod transition;
 
+pub use definition::{
+    CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, Saga,
+    SagaBuilder, StepBuilder, StepDef,
+};
 pub use state::SagaState;
 pub use transition::{Command, Event, Next, Outcome, Phase, Plan, Position, transition};

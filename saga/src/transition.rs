@@ -142,38 +142,64 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
         (Pending, Event::Start) => run(plan, 0),
         (Pending, Event::Abort { reason }) => compensated_without_steps(reason),
 
-        (Running, Event::Reply { step, phase: Phase::Action, outcome }) if step == at.step => {
-            match outcome {
-                Outcome::Succeeded => match run(plan, step + 1) {
-                    Next::Moved { to, send, error, .. } => Next::Moved {
-                        to,
-                        send,
-                        merge_result: true,
-                        error,
-                    },
-                    ignored => ignored,
+        (
+            Running,
+            Event::Reply {
+                step,
+                phase: Phase::Action,
+                outcome,
+            },
+        ) if step == at.step => match outcome {
+            Outcome::Succeeded => match run(plan, step + 1) {
+                Next::Moved {
+                    to, send, error, ..
+                } => Next::Moved {
+                    to,
+                    send,
+                    merge_result: true,
+                    error,
                 },
-                Outcome::Failed(reason) => compensate_below(plan, step, reason.to_owned()),
-            }
-        }
-        (Running, Event::Timeout { step, phase: Phase::Action }) if step == at.step => {
-            compensate_from(plan, step, format!("step {step} timed out; its outcome is unknown"))
-        }
+                ignored => ignored,
+            },
+            Outcome::Failed(reason) => compensate_below(plan, step, reason.to_owned()),
+        },
+        (
+            Running,
+            Event::Timeout {
+                step,
+                phase: Phase::Action,
+            },
+        ) if step == at.step => compensate_from(
+            plan,
+            step,
+            format!("step {step} timed out; its outcome is unknown"),
+        ),
         (Running, Event::Abort { reason }) => {
             compensate_from(plan, at.step, format!("aborted by an operator: {reason}"))
         }
 
-        (Compensating, Event::Reply { step, phase: Phase::Compensation, outcome })
-            if step == at.step =>
-        {
-            match outcome {
-                Outcome::Succeeded => next_compensation(plan, step, None),
-                Outcome::Failed(reason) => compensate_again(plan, at, reason.to_owned()),
-            }
-        }
-        (Compensating, Event::Timeout { step, phase: Phase::Compensation }) if step == at.step => {
-            compensate_again(plan, at, format!("the compensation of step {step} timed out"))
-        }
+        (
+            Compensating,
+            Event::Reply {
+                step,
+                phase: Phase::Compensation,
+                outcome,
+            },
+        ) if step == at.step => match outcome {
+            Outcome::Succeeded => next_compensation(plan, step, None),
+            Outcome::Failed(reason) => compensate_again(plan, at, reason.to_owned()),
+        },
+        (
+            Compensating,
+            Event::Timeout {
+                step,
+                phase: Phase::Compensation,
+            },
+        ) if step == at.step => compensate_again(
+            plan,
+            at,
+            format!("the compensation of step {step} timed out"),
+        ),
 
         (Failed, Event::Retry) => Next::Moved {
             to: Position {
@@ -189,7 +215,9 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
             error: None,
         },
 
-        (_, Event::Reply { .. }) => Next::Ignored("a reply to a command the saga no longer waits for"),
+        (_, Event::Reply { .. }) => {
+            Next::Ignored("a reply to a command the saga no longer waits for")
+        }
         (_, Event::Timeout { .. }) => Next::Ignored("a deadline the saga has moved past"),
         (_, Event::Start) => Next::Ignored("already started"),
         (_, Event::Abort { .. }) => Next::Ignored("only a pending or running saga can be aborted"),
@@ -228,7 +256,10 @@ fn run(plan: &Plan<'_>, step: usize) -> Next {
 
 /// Compensate `step` itself if it can be, then the steps before it.
 fn compensate_from(plan: &Plan<'_>, step: usize, error: String) -> Next {
-    match (0..=step).rev().find(|s| plan.compensable.get(*s) == Some(&true)) {
+    match (0..=step)
+        .rev()
+        .find(|s| plan.compensable.get(*s) == Some(&true))
+    {
         Some(first) => compensating(first, 1, error),
         None => compensated(error),
     }
@@ -329,7 +360,9 @@ fn compensated(error: String) -> Next {
 }
 
 fn compensated_without_steps(reason: &str) -> Next {
-    compensated(format!("aborted by an operator before it started: {reason}"))
+    compensated(format!(
+        "aborted by an operator before it started: {reason}"
+    ))
 }
 
 #[cfg(test)]

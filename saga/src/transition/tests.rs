@@ -34,7 +34,10 @@ fn failed(step: usize, phase: Phase) -> Event<'static> {
 }
 
 /// The position reached and the command sent, or why the event was ignored.
-fn step(position: Position, event: Event<'static>) -> Result<(Position, Option<Command>), &'static str> {
+fn step(
+    position: Position,
+    event: Event<'static>,
+) -> Result<(Position, Option<Command>), &'static str> {
     match transition(&ORDER, position, &event) {
         Next::Moved { to, send, .. } => Ok((to, send)),
         Next::Ignored(why) => Err(why),
@@ -62,9 +65,24 @@ fn the_happy_path_runs_every_step_in_order_then_completes() {
 #[test]
 fn a_successful_action_merges_its_result() {
     let next = transition(&ORDER, at(Running, 0, 0), &ok(0, Action));
-    assert!(matches!(next, Next::Moved { merge_result: true, .. }));
+    assert!(matches!(
+        next,
+        Next::Moved {
+            merge_result: true,
+            ..
+        }
+    ));
     let next = transition(&ORDER, at(Running, 2, 0), &ok(2, Action));
-    assert!(matches!(next, Next::Moved { merge_result: true, .. }), "the last step's too");
+    assert!(
+        matches!(
+            next,
+            Next::Moved {
+                merge_result: true,
+                ..
+            }
+        ),
+        "the last step's too"
+    );
 }
 
 #[test]
@@ -92,10 +110,24 @@ fn the_failure_reason_is_kept() {
 
 #[test]
 fn a_timed_out_step_is_compensated_itself_because_its_outcome_is_unknown() {
-    let (p, c) = step(at(Running, 1, 0), Event::Timeout { step: 1, phase: Action }).unwrap();
+    let (p, c) = step(
+        at(Running, 1, 0),
+        Event::Timeout {
+            step: 1,
+            phase: Action,
+        },
+    )
+    .unwrap();
     assert_eq!((p, c), (at(Compensating, 1, 1), send(1, Compensation)));
     // A step without a compensation cannot be fenced: the ones before it are undone.
-    let (p, c) = step(at(Running, 2, 0), Event::Timeout { step: 2, phase: Action }).unwrap();
+    let (p, c) = step(
+        at(Running, 2, 0),
+        Event::Timeout {
+            step: 2,
+            phase: Action,
+        },
+    )
+    .unwrap();
     assert_eq!((p, c), (at(Compensating, 1, 1), send(1, Compensation)));
 }
 
@@ -106,7 +138,10 @@ fn an_abort_compensates_the_step_in_hand_and_those_before() {
     let (p, c) = step(Position::start(), Event::Abort { reason: "fraud" }).unwrap();
     assert_eq!((p.state, c), (Compensated, None));
     for state in [Compensating, Completed, Compensated, Failed] {
-        assert!(step(at(state, 1, 1), Event::Abort { reason: "x" }).is_err(), "{state}");
+        assert!(
+            step(at(state, 1, 1), Event::Abort { reason: "x" }).is_err(),
+            "{state}"
+        );
     }
 }
 
@@ -114,10 +149,22 @@ fn an_abort_compensates_the_step_in_hand_and_those_before() {
 fn a_failing_compensation_is_tried_again_then_the_saga_fails_never_compensated() {
     let (p, c) = step(at(Compensating, 0, 1), failed(0, Compensation)).unwrap();
     assert_eq!((p, c), (at(Compensating, 0, 2), send(0, Compensation)));
-    let (p, c) = step(p, Event::Timeout { step: 0, phase: Compensation }).unwrap();
+    let (p, c) = step(
+        p,
+        Event::Timeout {
+            step: 0,
+            phase: Compensation,
+        },
+    )
+    .unwrap();
     assert_eq!((p, c), (at(Compensating, 0, 3), send(0, Compensation)));
     let next = transition(&ORDER, p, &failed(0, Compensation));
-    let Next::Moved { to, send, error, .. } = next else { panic!("moved") };
+    let Next::Moved {
+        to, send, error, ..
+    } = next
+    else {
+        panic!("moved")
+    };
     assert_eq!((to.state, send), (Failed, None));
     assert!(error.unwrap().contains("gave up after 3 attempts"));
 }
@@ -157,11 +204,47 @@ fn replies_to_commands_not_in_hand_change_nothing() {
 
 #[test]
 fn stale_deadlines_and_second_starts_change_nothing() {
-    assert!(step(at(Running, 2, 0), Event::Timeout { step: 1, phase: Action }).is_err());
-    assert!(step(at(Compensating, 0, 1), Event::Timeout { step: 1, phase: Compensation }).is_err());
-    assert!(step(at(Running, 1, 0), Event::Timeout { step: 1, phase: Compensation }).is_err());
+    assert!(
+        step(
+            at(Running, 2, 0),
+            Event::Timeout {
+                step: 1,
+                phase: Action
+            }
+        )
+        .is_err()
+    );
+    assert!(
+        step(
+            at(Compensating, 0, 1),
+            Event::Timeout {
+                step: 1,
+                phase: Compensation
+            }
+        )
+        .is_err()
+    );
+    assert!(
+        step(
+            at(Running, 1, 0),
+            Event::Timeout {
+                step: 1,
+                phase: Compensation
+            }
+        )
+        .is_err()
+    );
     for state in [Completed, Compensated, Failed] {
-        assert!(step(at(state, 0, 0), Event::Timeout { step: 0, phase: Action }).is_err());
+        assert!(
+            step(
+                at(state, 0, 0),
+                Event::Timeout {
+                    step: 0,
+                    phase: Action
+                }
+            )
+            .is_err()
+        );
     }
     for state in [Running, Compensating, Completed, Compensated, Failed] {
         assert!(step(at(state, 0, 0), Event::Start).is_err(), "{state}");
@@ -182,11 +265,26 @@ fn every_non_terminal_move_sends_a_command_so_a_deadline_always_stands() {
         ok(1, Compensation),
         failed(0, Compensation),
         failed(1, Compensation),
-        Event::Timeout { step: 0, phase: Action },
-        Event::Timeout { step: 1, phase: Action },
-        Event::Timeout { step: 2, phase: Action },
-        Event::Timeout { step: 0, phase: Compensation },
-        Event::Timeout { step: 1, phase: Compensation },
+        Event::Timeout {
+            step: 0,
+            phase: Action,
+        },
+        Event::Timeout {
+            step: 1,
+            phase: Action,
+        },
+        Event::Timeout {
+            step: 2,
+            phase: Action,
+        },
+        Event::Timeout {
+            step: 0,
+            phase: Compensation,
+        },
+        Event::Timeout {
+            step: 1,
+            phase: Compensation,
+        },
         Event::Abort { reason: "x" },
         Event::Retry,
     ];
