@@ -10,12 +10,20 @@
 //! an [`Event`] to where it goes next.
 
 mod definition;
+mod engine;
+mod error;
+mod history;
+mod registry;
 mod state;
 mod transition;
+pub mod wire;
 
 pub use definition::{
     CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, Saga,
     SagaBuilder, StepBuilder, StepDef,
 };
+pub use engine::{Applied, Incoming, apply, apply_reply, start, sweep_due};
+pub use error::{Error, Result};
+pub use registry::Registry;
 pub use state::SagaState;
 pub use transition::{Command, Event, Next, Outcome, Phase, Plan, Position, transition};

@@ -1,0 +1,385 @@
+//! Starting a saga and moving it, each in one transaction: lock the saga row, apply
+//! the transition function, write the new state with its deadline, append to the
+//! history, and enqueue the next command through the outbox. A reply therefore never
+//! meets a state that does not expect it, and a timeout never outlives its state.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+
+use crate::definition::Saga;
+use crate::error::{Error, Result};
+use crate::history::{self, Entry};
+use crate::registry::{Definition, Registry};
+use crate::state::SagaState;
+use crate::transition::{Command, Event, Next, Outcome, Phase, Position, transition};
+use crate::wire;
+
+/// Starts saga `saga_id` of type `saga` with `data`, in the caller's transaction:
+/// the saga row, its first command (through the outbox) and its deadline commit with
+/// the caller's own change, or not at all.
+pub async fn start<D>(
+    conn: &mut PgConnection,
+    saga: &Saga<D>,
+    saga_id: &str,
+    data: &D,
+) -> Result<()>
+where
+    D: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let data = serde_json::to_value(data).map_err(Error::Data)?;
+    let Next::Moved {
+        to,
+        send: Some(first),
+        ..
+    } = transition(&saga.plan(), Position::start(), &Event::Start)
+    else {
+        unreachable!("a built saga has a first step");
+    };
+    let timeout = outbox::postgres::interval(saga.steps()[0].timeout());
+    let inserted = sqlx::query(
+        "INSERT INTO saga_instance
+             (saga_id, saga_type, definition_version, state, current_step, attempts, deadline_at, data)
+         VALUES ($1, $2, $3, $4, 0, 0, now() + $5, $6)
+         ON CONFLICT (saga_id) DO NOTHING",
+    )
+    .bind(saga_id)
+    .bind(saga.name())
+    .bind(saga.version())
+    .bind(to.state.as_str())
+    .bind(timeout)
+    .bind(Json(&data))
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(Error::AlreadyStarted(saga_id.to_owned()));
+    }
+    let entry = Entry::moved("started", SagaState::Pending, to.state);
+    history::append(&mut *conn, saga_id, entry).await?;
+    send(&mut *conn, saga, saga_id, &data, first, 1).await
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The saga moved from one state to another (possibly the same, with a new command).
+    Moved {
+        /// The state before.
+        from: SagaState,
+        /// The state after.
+        to: SagaState,
+    },
+    /// Nothing changed; the history says why.
+    Ignored(&'static str),
+    /// The saga's definition (type and version) is not registered: it is `failed`.
+    DefinitionMissing,
+}
+
+/// What came with an event, for the history and the saga's data.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming<'a> {
+    /// The message that carried the event (a reply), if any.
+    pub message_id: Option<&'a str>,
+    /// A successful action's result, merged into the saga's data.
+    pub result: Option<&'a serde_json::Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Locked {
+    saga_type: String,
+    definition_version: i32,
+    state: String,
+    current_step: i32,
+    attempts: i32,
+    data: Json<serde_json::Value>,
+}
+
+/// Applies `event` to saga `saga_id` inside the caller's transaction (`conn` must be
+/// in one: the row lock lasts until it ends).
+pub async fn apply(
+    conn: &mut PgConnection,
+    registry: &Registry,
+    saga_id: &str,
+    event: &Event<'_>,
+    incoming: Incoming<'_>,
+) -> Result<Applied> {
+    let locked: Option<Locked> = sqlx::query_as(
+        "SELECT saga_type, definition_version, state, current_step, attempts, data
+         FROM saga_instance WHERE saga_id = $1 FOR UPDATE",
+    )
+    .bind(saga_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(locked) = locked else {
+        return Err(Error::NotFound(saga_id.to_owned()));
+    };
+    let state = SagaState::parse(&locked.state).unwrap_or(SagaState::Failed);
+    let Some(definition) = registry.get(&locked.saga_type, locked.definition_version) else {
+        return definition_missing(conn, saga_id, &locked, state).await;
+    };
+    let at = Position {
+        state,
+        step: usize::try_from(locked.current_step).unwrap_or(0),
+        attempts: u32::try_from(locked.attempts).unwrap_or(0),
+    };
+    let mut entry = Entry::of(event, incoming.message_id);
+    match transition(&definition.plan(), at, event) {
+        Next::Ignored(why) => {
+            entry.detail = Some(match entry.detail.take() {
+                Some(detail) => format!("{detail}; ignored: {why}"),
+                None => format!("ignored: {why}"),
+            });
+            entry.from_state = Some(state);
+            history::append(&mut *conn, saga_id, entry).await?;
+            Ok(Applied::Ignored(why))
+        }
+        Next::Moved {
+            to,
+            send: command,
+            merge_result,
+            error,
+        } => {
+            let mut data = locked.data.0;
+            if merge_result && let Some(result) = incoming.result {
+                merge(&mut data, result);
+            }
+            let deadline = command.map(|c| outbox::postgres::interval(definition.timeout(c.step)));
+            sqlx::query(
+                "UPDATE saga_instance
+                 SET state = $2, current_step = $3, attempts = $4, version = version + 1,
+                     deadline_at = now() + $5, data = $6,
+                     last_error = coalesce($7, last_error), updated_at = now(),
+                     finished_at = CASE WHEN $8 THEN now() END
+                 WHERE saga_id = $1",
+            )
+            .bind(saga_id)
+            .bind(to.state.as_str())
+            .bind(i32::try_from(to.step).unwrap_or(i32::MAX))
+            .bind(i32::try_from(to.attempts).unwrap_or(i32::MAX))
+            .bind(deadline)
+            .bind(Json(&data))
+            .bind(&error)
+            .bind(to.state.is_terminal())
+            .execute(&mut *conn)
+            .await?;
+            entry.from_state = Some(state);
+            entry.to_state = Some(to.state);
+            if let Some(error) = &error {
+                entry.detail = Some(match entry.detail.take() {
+                    Some(detail) if detail != *error => format!("{detail}; {error}"),
+                    _ => error.clone(),
+                });
+            }
+            history::append(&mut *conn, saga_id, entry).await?;
+            if let Some(command) = command {
+                let attempt = to.attempts.max(1);
+                send_erased(&mut *conn, &*definition, saga_id, &data, command, attempt).await?;
+            }
+            Ok(Applied::Moved {
+                from: state,
+                to: to.state,
+            })
+        }
+    }
+}
+
+/// Applies a participant's reply, whose step names the command it answers
+/// (`{command}.reply.{attempt}`), to saga `saga_id`. A reply for a saga or a command
+/// that does not exist is an error, for the consumer to dead-letter at once.
+pub async fn apply_reply(
+    conn: &mut PgConnection,
+    registry: &Registry,
+    saga_id: &str,
+    reply_step: &str,
+    reply: &wire::Reply,
+    message_id: Option<&str>,
+) -> Result<Applied> {
+    let (command, _attempt) = wire::parse_reply_step(reply_step)
+        .ok_or_else(|| Error::NotAReply(reply_step.to_owned()))?;
+    // A saga's type and version never change: reading them before the lock is safe.
+    let kind: Option<(String, i32)> = sqlx::query_as(
+        "SELECT saga_type, definition_version FROM saga_instance WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((saga_type, version)) = kind else {
+        return Err(Error::NotFound(saga_id.to_owned()));
+    };
+    let Some(definition) = registry.get(&saga_type, version) else {
+        // Let `apply` record it and fail the saga.
+        return apply(conn, registry, saga_id, &Event::Retry, Incoming::default()).await;
+    };
+    let Some((step, phase)) = definition.command_named(command) else {
+        return Err(Error::UnknownCommand {
+            saga_id: saga_id.to_owned(),
+            saga_type,
+            version,
+            command: command.to_owned(),
+        });
+    };
+    let outcome = match (&reply.succeeded, &reply.reason) {
+        (true, _) => Outcome::Succeeded,
+        (false, reason) => Outcome::Failed(reason.as_deref().unwrap_or("no reason given")),
+    };
+    let event = Event::Reply {
+        step,
+        phase,
+        outcome,
+    };
+    let incoming = Incoming {
+        message_id,
+        result: reply.result.as_ref(),
+    };
+    apply(conn, registry, saga_id, &event, incoming).await
+}
+
+/// Applies the timeout of sagas whose deadline has passed, at most `limit`, each in a
+/// transaction of its own. `SKIP LOCKED`: any number of orchestrators sweep together,
+/// each saga is taken by one, and a saga being moved by a reply is left to it.
+pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<usize> {
+    let mut swept = 0;
+    while swept < limit {
+        let mut tx = pool.begin().await?;
+        let due: Option<(String, String, i32)> = sqlx::query_as(
+            "SELECT saga_id, state, current_step FROM saga_instance
+             WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((saga_id, state, step)) = due else {
+            break;
+        };
+        let phase = match SagaState::parse(&state) {
+            Some(SagaState::Compensating) => Phase::Compensation,
+            _ => Phase::Action,
+        };
+        let step = usize::try_from(step).unwrap_or(0);
+        let event = Event::Timeout { step, phase };
+        let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
+        if let Applied::Ignored(why) = applied {
+            // Cannot happen while deadlines follow states; should it, do not spin on it.
+            sqlx::query("UPDATE saga_instance SET deadline_at = now() + $2 WHERE saga_id = $1")
+                .bind(&saga_id)
+                .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
+                .execute(&mut *tx)
+                .await?;
+            tracing::warn!(%saga_id, why, "a due saga's timeout did not apply; looking again later");
+        }
+        tx.commit().await?;
+        swept += 1;
+    }
+    Ok(swept)
+}
+
+/// A deadline whose timeout did not apply is looked at again after this long.
+const STUCK_DEADLINE_PUSH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A saga whose definition is not registered cannot move: it is `failed`, with the
+/// reason, and waits for an operator (register the version, then `saga retry`).
+async fn definition_missing(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    locked: &Locked,
+    state: SagaState,
+) -> Result<Applied> {
+    let reason = format!(
+        "saga type {} version {} is not registered with this orchestrator",
+        locked.saga_type, locked.definition_version
+    );
+    if !state.is_terminal() {
+        sqlx::query(
+            "UPDATE saga_instance SET state = $2, deadline_at = NULL, last_error = $3,
+                 version = version + 1, updated_at = now(), finished_at = now()
+             WHERE saga_id = $1",
+        )
+        .bind(saga_id)
+        .bind(SagaState::Failed.as_str())
+        .bind(&reason)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let mut entry = Entry::moved("definition_missing", state, SagaState::Failed);
+    entry.detail = Some(reason);
+    history::append(&mut *conn, saga_id, entry).await?;
+    Ok(Applied::DefinitionMissing)
+}
+
+/// Shallow merge of an action's result object into the saga's data object.
+fn merge(data: &mut serde_json::Value, result: &serde_json::Value) {
+    if let (Some(data), Some(result)) = (data.as_object_mut(), result.as_object()) {
+        for (key, value) in result {
+            data.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+async fn send<D>(
+    conn: &mut PgConnection,
+    saga: &Saga<D>,
+    saga_id: &str,
+    data: &serde_json::Value,
+    command: Command,
+    attempt: u32,
+) -> Result<()>
+where
+    D: DeserializeOwned + Send + Sync + 'static,
+{
+    send_erased(conn, saga, saga_id, data, command, attempt).await
+}
+
+/// Enqueues `command` through the outbox and records it in the history.
+async fn send_erased(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    data: &serde_json::Value,
+    command: Command,
+    attempt: u32,
+) -> Result<()> {
+    let name = definition
+        .command_name(command.step, command.phase)
+        .expect("the transition function only sends commands a step has");
+    let payload = definition
+        .payload(command.step, command.phase, data)
+        .map_err(Error::Data)?;
+    let saga_type = definition.name();
+    let mut message = outbox::Message::builder(saga_id, name, name)
+        .header(wire::SAGA_TYPE_HEADER, saga_type)
+        .header(wire::ATTEMPT_HEADER, attempt.to_string())
+        .header(wire::REPLY_TO_HEADER, wire::reply_routing_key(saga_type));
+    if command.phase == Phase::Compensation
+        && let Some(action) = definition.command_name(command.step, Phase::Action)
+    {
+        message = message.header(wire::COMPENSATES_HEADER, action);
+    }
+    let message = message.payload(&payload)?;
+    let id = outbox::enqueue(&mut *conn, &message).await?;
+    let mut entry = Entry::new("command_sent");
+    entry.step = Some(command.step);
+    entry.phase = Some(command.phase);
+    entry.message_id = Some(id.to_string());
+    entry.detail = Some(format!("{name} (attempt {attempt})"));
+    history::append(&mut *conn, saga_id, entry).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+
+    #[test]
+    fn a_result_merges_over_the_data() {
+        let mut data = serde_json::json!({"order_id": 1, "reservation": null});
+        merge(
+            &mut data,
+            &serde_json::json!({"reservation": "r-9", "extra": true}),
+        );
+        assert_eq!(
+            data,
+            serde_json::json!({"order_id": 1, "reservation": "r-9", "extra": true})
+        );
+        merge(&mut data, &serde_json::json!(42));
+        assert_eq!(data["order_id"], 1, "a non-object result changes nothing");
+    }
+}

@@ -1,0 +1,59 @@
+//! What can go wrong starting or advancing a saga.
+
+use thiserror::Error;
+
+/// An error of the saga crate. In every case nothing was committed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// PostgreSQL failed or refused a statement.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+
+    /// A command could not be written to the outbox.
+    #[error(transparent)]
+    Outbox(#[from] outbox::Error),
+
+    /// The saga's data does not serialize, or no longer fits its type.
+    #[error("saga data: {0}")]
+    Data(#[source] serde_json::Error),
+
+    /// A saga with this id already exists.
+    #[error("a saga with id {0} already exists")]
+    AlreadyStarted(String),
+
+    /// No saga has this id.
+    #[error("no saga with id {0}")]
+    NotFound(String),
+
+    /// A reply names a command its saga's definition does not have.
+    #[error("saga {saga_id} ({saga_type} v{version}) has no command {command}")]
+    UnknownCommand {
+        /// The saga.
+        saga_id: String,
+        /// Its type.
+        saga_type: String,
+        /// Its definition's version.
+        version: i32,
+        /// The command the reply named.
+        command: String,
+    },
+
+    /// A reply's step is not `{command}.reply.{attempt}`.
+    #[error("not a saga reply: {0}")]
+    NotAReply(String),
+}
+
+impl Error {
+    /// True when trying again can help: the database connection failed, not the saga.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(error) => outbox::postgres::is_transient(error),
+            Error::Outbox(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Result of saga operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
