@@ -195,7 +195,7 @@ pub async fn apply_reply(
     reply: &wire::Reply,
     message_id: Option<&str>,
 ) -> Result<Applied> {
-    let (command, _attempt) = wire::parse_reply_step(reply_step)
+    let command = wire::parse_reply_step(reply_step)
         .ok_or_else(|| Error::NotAReply(reply_step.to_owned()))?;
     // A saga's type and version never change: reading them before the lock is safe.
     let kind: Option<(String, i32)> = sqlx::query_as(
@@ -345,7 +345,10 @@ async fn send_erased(
         .payload(command.step, command.phase, data)
         .map_err(Error::Data)?;
     let saga_type = definition.name();
-    let mut message = outbox::Message::builder(saga_id, name, name)
+    let id = uuid::Uuid::now_v7();
+    let step = wire::command_step(name, &id.simple().to_string());
+    let mut message = outbox::Message::builder(saga_id, step, name)
+        .id(id)
         .header(wire::SAGA_TYPE_HEADER, saga_type)
         .header(wire::ATTEMPT_HEADER, attempt.to_string())
         .header(wire::REPLY_TO_HEADER, wire::reply_routing_key(saga_type));

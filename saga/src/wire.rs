@@ -22,18 +22,29 @@ pub fn reply_routing_key(saga_type: &str) -> String {
     format!("saga.{saga_type}.reply")
 }
 
-/// The step of the reply to attempt `attempt` of `command`. Distinct per attempt, so
-/// the orchestrator's inbox takes each attempt's reply once, and a resent command's
-/// reply is not mistaken for a duplicate of the first.
-pub fn reply_step(command: &str, attempt: u32) -> String {
-    format!("{command}.reply.{attempt}")
+/// A command goes out as `{command}#{token}`: the participant's consumer routes it
+/// by the part before `#` (see `outbox::wire::step_route`), and the token, unique per
+/// command sent, keeps a resent command from looking like a redelivery of the first.
+pub fn command_step(command: &str, token: &str) -> String {
+    format!("{command}#{token}")
 }
 
-/// The command and attempt a reply step answers.
-pub fn parse_reply_step(step: &str) -> Option<(&str, u32)> {
-    let (rest, attempt) = step.rsplit_once('.')?;
-    let command = rest.strip_suffix(".reply")?;
-    Some((command, attempt.parse().ok()?))
+/// The step of the reply to the command sent as `command_step`: `{command}.reply#{token}`.
+/// The orchestrator routes replies by `{command}.reply`, and its inbox takes each
+/// command's reply once.
+pub fn reply_step(command_step: &str) -> String {
+    match command_step.split_once('#') {
+        Some((command, token)) => format!("{command}.reply#{token}"),
+        None => format!("{command_step}.reply"),
+    }
+}
+
+/// The command a reply step answers.
+pub fn parse_reply_step(step: &str) -> Option<&str> {
+    let route = step.split_once('#').map_or(step, |(route, _)| route);
+    route
+        .strip_suffix(".reply")
+        .filter(|command| !command.is_empty())
 }
 
 /// A participant's answer to a command.
@@ -54,11 +65,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reply_step_names_its_command_and_attempt() {
-        let step = reply_step("inventory.release", 3);
-        assert_eq!(step, "inventory.release.reply.3");
-        assert_eq!(parse_reply_step(&step), Some(("inventory.release", 3)));
+    fn a_reply_step_names_its_command_and_keeps_the_token() {
+        let command = command_step("inventory.release", "0195");
+        assert_eq!(command, "inventory.release#0195");
+        let reply = reply_step(&command);
+        assert_eq!(reply, "inventory.release.reply#0195");
+        assert_eq!(parse_reply_step(&reply), Some("inventory.release"));
         assert_eq!(parse_reply_step("inventory.release"), None);
-        assert_eq!(parse_reply_step("inventory.release.reply.x"), None);
+        assert_eq!(parse_reply_step(".reply#1"), None);
     }
 }

@@ -76,7 +76,7 @@ async fn commands(
     saga_id: &str,
 ) -> anyhow::Result<Vec<(String, String, serde_json::Value)>> {
     Ok(sqlx::query_as(
-        "SELECT step, headers->>'x-saga-attempt', payload FROM outbox WHERE saga_id = $1 ORDER BY seq",
+        "SELECT routing_key, headers->>'x-saga-attempt', payload FROM outbox WHERE saga_id = $1 ORDER BY seq",
     )
     .bind(saga_id)
     .fetch_all(pool)
@@ -97,15 +97,25 @@ async fn state(pool: &PgPool, saga_id: &str) -> anyhow::Result<(SagaState, Optio
     ))
 }
 
+/// Applies `reply` to the latest command named `command` the saga sent (or to a
+/// made-up one, for a command it never sent).
 async fn reply(
     pool: &PgPool,
     saga_id: &str,
     command: &str,
-    attempt: u32,
+    _attempt: u32,
     reply: Reply,
 ) -> anyhow::Result<Applied> {
+    let sent: Option<String> = sqlx::query_scalar(
+        "SELECT step FROM outbox WHERE saga_id = $1 AND routing_key = $2 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(saga_id)
+    .bind(command)
+    .fetch_optional(pool)
+    .await?;
+    let sent = sent.unwrap_or_else(|| wire::command_step(command, "never-sent"));
     let mut tx = pool.begin().await?;
-    let step = wire::reply_step(command, attempt);
+    let step = wire::reply_step(&sent);
     let applied = saga::apply_reply(&mut tx, &registry(), saga_id, &step, &reply, None).await?;
     tx.commit().await?;
     Ok(applied)
