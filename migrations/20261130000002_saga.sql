@@ -22,12 +22,19 @@ CREATE TABLE saga_instance (
     deadline_at        timestamptz,
     data               jsonb       NOT NULL,
     last_error         text,
+    -- An operator's request (`outbox-relay saga retry|abort`), carried out by the next
+    -- orchestrator that sweeps the saga: only the orchestrators know the definitions
+    -- that commands are built from. Set with deadline_at = now().
+    operator_request   text
+                       CONSTRAINT saga_instance_operator_request_known CHECK (operator_request IN ('retry', 'abort')),
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now(),
     finished_at        timestamptz,
     -- Nothing is stuck silently: a saga that is not finished always has a deadline.
     CONSTRAINT saga_instance_deadline_while_active CHECK (
-        state IN ('completed', 'compensated', 'failed') OR deadline_at IS NOT NULL)
+        state IN ('completed', 'compensated', 'failed') OR deadline_at IS NOT NULL),
+    CONSTRAINT saga_instance_request_has_deadline CHECK (
+        operator_request IS NULL OR deadline_at IS NOT NULL)
 );
 
 -- The orchestrators' sweep: due sagas, soonest first.

@@ -11,11 +11,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-
-/// The AMQP URL from `AMQP_URL`, or the local default.
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+pub use testkit::amqp_url;
 
 /// A durable queue, reached through the default exchange by its name, drained by a
 /// consumer that counts deliveries and notes when each message id arrived.

@@ -6,11 +6,11 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Drops and recreates `name` on the server of `DATABASE_URL`, migrates it, and
-/// returns a pool of `connections` to it.
+/// returns a pool of `connections` to it. Checks both servers first, so that a bench
+/// with one down stops at once with one line saying which to start.
 pub async fn fresh_database(name: &'static str, connections: u32) -> anyhow::Result<PgPool> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let server: PgConnectOptions = url.parse()?;
+    testkit::require_servers();
+    let server: PgConnectOptions = testkit::database_url().parse()?;
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(server.clone())

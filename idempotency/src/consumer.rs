@@ -1,112 +1,64 @@
-//! The consumer runtime: RabbitMQ deliveries in, handler effects through the inbox,
-//! acks only after the commit.
+//! The consumer: handlers registered by step, and what one delivery goes through
+//! before it is settled (decode, route, run through the inbox, decide).
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Semaphore;
-use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::envelope::{Envelope, decode};
-use crate::error::Error;
+use crate::config::{ConsumerConfig, InvalidConfig};
+use crate::context::Context;
+use crate::decision::{Decision, Failure, decide};
+use crate::envelope::{attempts, decode};
+use crate::handler::{BoxError, Handler, Route, StatefulHandler, Typed, WithState};
 use crate::inbox::{Inbox, InboxKey};
-use crate::topology;
-
-/// Any error a handler returns.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What a handler returns: its result (stored in the inbox, handed to duplicates).
-pub type HandlerFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<serde_json::Value, BoxError>> + Send + 'a>>;
-
-type HandlerFn =
-    Arc<dyn for<'a> Fn(&'a Envelope, &'a mut PgConnection) -> HandlerFuture<'a> + Send + Sync>;
-
-/// How a consumer reads its queue and what it does with failures.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ConsumerConfig {
-    /// The durable queue to consume; declared if missing, with `{queue}.dead`.
-    pub queue: String,
-    /// `(exchange, routing pattern)` pairs to bind the queue to.
-    pub bindings: Vec<(String, String)>,
-    /// Unacknowledged deliveries the broker may send ahead.
-    pub prefetch: u16,
-    /// Deliveries handled at once.
-    pub concurrency: usize,
-    /// Handler failures before a message is dead-lettered.
-    pub max_attempts: u32,
-    /// Delay before the first retry; doubles per attempt up to `retry_max`.
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
-}
-
-impl ConsumerConfig {
-    /// Defaults for `queue`: prefetch 32, 4 at once, 5 attempts, retries after 1 s,
-    /// 2 s, 4 s, ... up to a minute.
-    pub fn new(queue: impl Into<String>) -> Self {
-        Self {
-            queue: queue.into(),
-            bindings: Vec::new(),
-            prefetch: 32,
-            concurrency: 4,
-            max_attempts: 5,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-        }
-    }
-
-    /// Declares the queue, `{queue}.dead` and the bindings, as the consumer does when
-    /// it starts. Call it ahead of time so that nothing published before the first
-    /// consumer connects is unroutable.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        topology::declare(channel, &self.queue, &self.bindings).await
-    }
-
-    /// Binds the queue to `exchange` with a routing `pattern` (declared at start).
-    pub fn bind(mut self, exchange: impl Into<String>, pattern: impl Into<String>) -> Self {
-        self.bindings.push((exchange.into(), pattern.into()));
-        self
-    }
-}
+use crate::session;
 
 /// Consumes a queue and runs each message's handler through the inbox.
+///
+/// ```rust,no_run
+/// use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Deserialize)]
+/// struct ChargePayment { amount_cents: i64 }
+///
+/// #[derive(Serialize)]
+/// struct PaymentCharged { charge_id: i64 }
+///
+/// async fn charge(mut ctx: Context<'_>, cmd: ChargePayment) -> Result<i64, BoxError> {
+///     let charge_id: i64 = sqlx::query_scalar("INSERT INTO charges (amount_cents) VALUES ($1) RETURNING id")
+///         .bind(cmd.amount_cents)
+///         .fetch_one(ctx.db())
+///         .await?;
+///     ctx.emit("PaymentCharged", "payments.charged", &PaymentCharged { charge_id }).await?;
+///     Ok(charge_id)
+/// }
+///
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = ConsumerConfig::new("payments").bind("saga", "payments.charge");
+/// let consumer = Consumer::new(pool, "amqp://127.0.0.1:5672/%2f", "payment-service", config)
+///     .on("ChargePayment", charge)
+///     .spawn()?;
+/// // ... until shutdown:
+/// consumer.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Consumer {
     pool: PgPool,
-    amqp_url: String,
+    pub(crate) amqp_url: String,
     inbox: Inbox,
-    config: ConsumerConfig,
-    handlers: HashMap<String, HandlerFn>,
-}
-
-/// What becomes of one delivery.
-enum Disposition {
-    Ack,
-    Dead {
-        attempts: u32,
-        reason: String,
-    },
-    Retry {
-        attempts: u32,
-        delay: Duration,
-        error: String,
-    },
+    pub(crate) config: ConsumerConfig,
+    routes: HashMap<String, Box<dyn Route>>,
 }
 
 impl Consumer {
@@ -117,186 +69,95 @@ impl Consumer {
         consumer: impl Into<String>,
         config: ConsumerConfig,
     ) -> Self {
-        let inbox = Inbox::new(consumer);
         Self {
             pool,
             amqp_url: amqp_url.into(),
-            inbox,
+            inbox: Inbox::new(consumer),
             config,
-            handlers: HashMap::new(),
+            routes: HashMap::new(),
         }
     }
 
-    /// Handles messages of `step` with `handler`, in the inbox's transaction. A
-    /// message whose step has no handler is dead-lettered as unknown.
-    pub fn on<F>(mut self, step: impl Into<String>, handler: F) -> Self
+    /// Handles messages of `step` with `handler`, an `async fn(Context<'_>, T) ->
+    /// Result<R, E>`, in the inbox's transaction. Registering a step again replaces
+    /// its handler; a message whose step has no handler is dead-lettered as unknown.
+    ///
+    /// The payload is deserialized into `T` before the transaction opens; one that
+    /// does not fit is dead-lettered at once, with serde's error as the reason (use
+    /// `serde_json::Value` to take any JSON). `R` is stored in the inbox and handed
+    /// to duplicates. An error `E` is retried later, then dead-lettered; so is a panic.
+    pub fn on<H, T, R, E>(mut self, step: impl Into<String>, handler: H) -> Self
     where
-        F: for<'a> Fn(&'a Envelope, &'a mut PgConnection) -> HandlerFuture<'a>
-            + Send
-            + Sync
-            + 'static,
+        H: for<'a> Handler<'a, T, R, E>,
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        E: Into<BoxError> + 'static,
     {
-        self.handlers.insert(step.into(), Arc::new(handler));
+        let route: Box<dyn Route> = Box::new(Typed::new(handler));
+        self.routes.insert(step.into(), route);
         self
     }
 
+    /// Like [`Consumer::on`], for a handler that also takes a state:
+    /// `async fn(Context<'_>, T, S) -> Result<R, E>`, called with a clone of `state`
+    /// each time (put what must be shared behind an `Arc`).
+    pub fn on_with<H, S, T, R, E>(self, step: impl Into<String>, state: S, handler: H) -> Self
+    where
+        H: for<'a> StatefulHandler<'a, T, S, R, E>,
+        S: Clone + Send + Sync + 'static,
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.on(step, WithState { handler, state })
+    }
+
     /// Consumes until `shutdown`, reconnecting after broker failures. Deliveries not
-    /// acked when a connection drops are redelivered by the broker.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let this = Arc::new(self);
-        let mut pause = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match Arc::clone(&this).session(&shutdown).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "consumer session ended; reconnecting")
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = shutdown.cancelled() => return,
-            }
-            pause = (pause * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    /// Runs the consumer on a task of its own.
-    pub fn spawn(self) -> ConsumerHandle {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(self.run(shutdown.clone()));
-        ConsumerHandle { shutdown, task }
-    }
-
-    async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> lapin::Result<()> {
-        let connection =
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        self.config.declare(&channel).await?;
-        channel
-            .basic_qos(self.config.prefetch, BasicQosOptions::default())
-            .await?;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let mut deliveries = channel
-            .basic_consume(
-                self.config.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let mut handling = JoinSet::new();
-        let result = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                Some(done) = handling.join_next() => report(done),
-                next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
-                        let (this, publisher) = (Arc::clone(&self), publisher.clone());
-                        handling.spawn(async move {
-                            let _slot = slot;
-                            this.handle(&publisher, delivery).await
-                        });
-                    }
-                    Some(Err(error)) => break Err(error),
-                    None => break Ok(()),
-                },
-            }
-        };
-        // Finish what is in hand (bounded), so its acks go out before the connection does.
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(done) = handling.join_next().await {
-                report(done);
-            }
-        })
-        .await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            connection.close(200, "consumer stopping".into()),
-        )
-        .await;
-        result
-    }
-
-    /// Decides a delivery's fate, then settles it with the broker: a copy to a retry
-    /// or dead queue is confirmed before the original is acked, so nothing is lost.
-    async fn handle(&self, publisher: &Channel, delivery: Delivery) -> lapin::Result<()> {
-        let disposition = self.dispose(&delivery).await;
-        let (data, properties) = (&delivery.data, &delivery.properties);
-        let handed_over = match &disposition {
-            Disposition::Ack => true,
-            Disposition::Dead { attempts, reason } => {
-                tracing::error!(queue = %self.config.queue, %reason, "dead-lettering a message");
-                topology::dead_letter(
-                    publisher,
-                    &self.config.queue,
-                    data,
-                    properties,
-                    *attempts,
-                    reason,
-                )
-                .await?
-            }
-            Disposition::Retry {
-                attempts,
-                delay,
-                error,
-            } => {
-                tracing::warn!(queue = %self.config.queue, %error, attempts, "handler failed; retrying later");
-                topology::retry_later(
-                    publisher,
-                    &self.config.queue,
-                    data,
-                    properties,
-                    *attempts,
-                    *delay,
-                    error,
-                )
-                .await?
-            }
-        };
-        if handed_over {
-            delivery.ack(BasicAckOptions::default()).await?;
-        } else {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await?;
-        }
+    /// acked when a connection drops are redelivered by the broker. Fails at once,
+    /// before connecting, if the config cannot work.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), InvalidConfig> {
+        self.config.validate()?;
+        session::run(Arc::new(self), shutdown).await;
         Ok(())
     }
 
-    async fn dispose(&self, delivery: &Delivery) -> Disposition {
-        let envelope = match decode(delivery) {
-            Ok(envelope) => envelope,
-            Err(reason) => {
-                return Disposition::Dead {
-                    attempts: 0,
-                    reason,
-                };
-            }
-        };
-        let Some(handler) = self.handlers.get(&envelope.step) else {
-            return Disposition::Dead {
-                attempts: envelope.attempt - 1,
-                reason: format!("unknown step: {}", envelope.step),
-            };
-        };
+    /// Runs the consumer on a task of its own, once its config is checked.
+    pub fn spawn(self) -> Result<ConsumerHandle, InvalidConfig> {
+        self.config.validate()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(session::run(Arc::new(self), shutdown.clone()));
+        Ok(ConsumerHandle { shutdown, task })
+    }
+
+    /// Everything short of settling a delivery with the broker: decode it, run its
+    /// handler through the inbox, and decide what becomes of it.
+    pub(crate) async fn process(&self, delivery: &Delivery) -> Decision {
+        let attempt = attempts(delivery.properties.headers().as_ref()) + 1;
+        decide(self.try_process(delivery).await, attempt, &self.config)
+    }
+
+    async fn try_process(&self, delivery: &Delivery) -> Result<(), Failure> {
+        let envelope = decode(delivery).map_err(Failure::Undecodable)?;
+        let route = self
+            .routes
+            .get(outbox::wire::step_route(&envelope.step))
+            .ok_or_else(|| Failure::UnknownStep(envelope.step.clone()))?;
+        let call = route.prepare(&envelope).map_err(Failure::BadPayload)?;
         let key = InboxKey {
             saga_id: &envelope.saga_id,
             step: &envelope.step,
             message_id: envelope.message_id.as_deref(),
         };
-        let span =
-            tracing::info_span!("message", saga_id = %envelope.saga_id, step = %envelope.step);
-        let outcome = self
-            .inbox
+        let span = tracing::info_span!("message", saga_id = %envelope.saga_id, step = %envelope.step, attempt = envelope.attempt);
+        // The writer's trace continues here: the handler's span becomes a child of
+        // the span that wrote the message (set before the span is first entered;
+        // after that its parent is fixed). A malformed header from another service,
+        // or no OpenTelemetry layer, leaves the span as it was; the handler runs.
+        #[cfg(feature = "opentelemetry")]
+        if let Some(traceparent) = &envelope.traceparent {
+            outbox::trace::set_parent(&span, traceparent);
+        }
+        self.inbox
             .process(&self.pool, key, async |conn: &mut PgConnection| {
                 // A panic is the handler failing: its transaction rolls back and the
                 // message takes the retry path to the dead queue. Left to unwind, it
@@ -304,47 +165,20 @@ impl Consumer {
                 // slot, and panic again after every restart. Unwind safety holds: what
                 // the handler may leave half-changed is the transaction, rolled back.
                 // The call is inside the block, so a panic before the future is caught too.
-                let run = AssertUnwindSafe(async { handler(&envelope, conn).await });
+                let run =
+                    AssertUnwindSafe(async { call.call(Context::new(&envelope, conn)).await });
                 run.catch_unwind().await.unwrap_or_else(|payload| {
                     let message = panic_message(&*payload);
-                    tracing::error!(saga_id = %envelope.saga_id, step = %envelope.step, panic = message, "handler panicked");
-                    Err(format!("handler panicked: {message}").into())
+                    tracing::error!(panic = message, "handler panicked");
+                    Err(Failure::Handler(
+                        format!("handler panicked: {message}").into(),
+                    ))
                 })
             })
             .instrument(span)
-            .await;
-        match outcome {
-            Ok(_) => Disposition::Ack,
-            Err(Error::Handler(error)) if envelope.attempt >= self.config.max_attempts => {
-                Disposition::Dead {
-                    attempts: envelope.attempt,
-                    reason: format!("handler failed {} times; last: {error}", envelope.attempt),
-                }
-            }
-            Err(Error::Handler(error)) => Disposition::Retry {
-                attempts: envelope.attempt,
-                delay: self.delay(envelope.attempt),
-                error: error.to_string(),
-            },
-            // The database, not the message, failed: retry without spending an attempt.
-            Err(Error::Database(error)) => Disposition::Retry {
-                attempts: envelope.attempt - 1,
-                delay: self.config.retry_base,
-                error: format!("database: {error}"),
-            },
-            Err(error) => Disposition::Dead {
-                attempts: envelope.attempt,
-                reason: error.to_string(),
-            },
-        }
-    }
-
-    fn delay(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(20);
-        self.config
-            .retry_base
-            .saturating_mul(1 << exponent)
-            .min(self.config.retry_max)
+            .await
+            .map(drop)
+            .map_err(Failure::from)
     }
 }
 
@@ -355,21 +189,6 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         None => payload
             .downcast_ref::<String>()
             .map_or("a non-string panic payload", String::as_str),
-    }
-}
-
-/// Logs a delivery task that ended without settling its delivery. A handler's panic
-/// is caught in [`Consumer::dispose`], so a panic here is a bug in the consumer itself.
-fn report(done: Result<lapin::Result<()>, JoinError>) {
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "a delivery was left unacked; the broker will redeliver it")
-        }
-        Err(error) if error.is_panic() => {
-            tracing::error!(%error, "a delivery task panicked; its delivery stays unacked until the channel closes")
-        }
-        Err(_) => {} // cancelled: the runtime is going away
     }
 }
 

@@ -1,9 +1,16 @@
 //! Reading the relay's envelope off a delivery.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
+use outbox::wire::{ATTEMPTS_HEADER, SAGA_ID_HEADER, STEP_HEADER, TRACEPARENT_HEADER};
+use serde::de::DeserializeOwned;
 
-/// A decoded message, as a handler sees it.
+/// A decoded message, as a handler sees it (through [`Context::envelope`]).
+///
+/// [`Context::envelope`]: crate::Context::envelope
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Envelope {
@@ -13,6 +20,16 @@ pub struct Envelope {
     pub step: String,
     /// The AMQP `message_id`, if any.
     pub message_id: Option<String>,
+    /// The AMQP `reply_to`: where the sender wants an answer, if anywhere.
+    pub reply_to: Option<String>,
+    /// The AMQP `timestamp` (the relay sets it to when the message was written).
+    pub timestamp: Option<SystemTime>,
+    /// The W3C trace context of the code that wrote the message (header
+    /// `traceparent`); [`Context::emit`](crate::Context::emit) carries the trace on.
+    pub traceparent: Option<String>,
+    /// Every AMQP header, as JSON: strings, numbers and booleans as themselves,
+    /// tables as objects, arrays as arrays, byte arrays as arrays of numbers.
+    pub headers: BTreeMap<String, serde_json::Value>,
     /// The body, parsed as JSON.
     pub payload: serde_json::Value,
     /// Delivery attempts so far, this one included.
@@ -21,36 +38,102 @@ pub struct Envelope {
     pub redelivered: bool,
 }
 
-/// Header carrying how many times the consumer already tried a message.
-pub(crate) const ATTEMPTS_HEADER: &str = "x-attempts";
+impl Envelope {
+    /// A first delivery of `step` of saga `saga_id` with `payload`, and nothing
+    /// else set: for driving a handler by hand (see [`Context::new`]).
+    ///
+    /// [`Context::new`]: crate::Context::new
+    pub fn new(
+        saga_id: impl Into<String>,
+        step: impl Into<String>,
+        payload: serde_json::Value,
+    ) -> Self {
+        Self {
+            saga_id: saga_id.into(),
+            step: step.into(),
+            message_id: None,
+            reply_to: None,
+            timestamp: None,
+            traceparent: None,
+            headers: BTreeMap::new(),
+            payload,
+            attempt: 1,
+            redelivered: false,
+        }
+    }
 
-/// Why a delivery cannot be handled at all, however often it is tried.
-pub(crate) fn decode(delivery: &Delivery) -> Result<Envelope, String> {
+    /// The payload as `T`. The consumer does this for a typed handler, and
+    /// dead-letters a message whose payload does not fit at once: no retry would
+    /// make it fit.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.payload)
+    }
+
+    /// A header's value, if it is a string.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.as_str()
+    }
+}
+
+/// Why a delivery is not a message of the relay's envelope. No retry changes that,
+/// so the message is dead-lettered at once, with this as its reason.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("no saga_id: neither correlation_id nor a {SAGA_ID_HEADER} header")]
+    NoSagaId,
+    #[error("no step: neither type nor a {STEP_HEADER} header")]
+    NoStep,
+    #[error("payload is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
+/// The envelope of a delivery, or why it has none.
+pub(crate) fn decode(delivery: &Delivery) -> Result<Envelope, DecodeError> {
     let props = &delivery.properties;
-    let headers = props.headers().as_ref();
+    let headers: BTreeMap<String, serde_json::Value> = props
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .map(|(name, value)| (name.to_string(), json(value)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
     let saga_id = props
         .correlation_id()
         .as_ref()
         .map(|s| s.to_string())
-        .or_else(|| header_text(headers, "saga_id"))
+        .or_else(|| text(SAGA_ID_HEADER))
         .filter(|s| !s.is_empty())
-        .ok_or("no saga_id: neither correlation_id nor a saga_id header")?;
+        .ok_or(DecodeError::NoSagaId)?;
     let step = props
         .kind()
         .as_ref()
         .map(|s| s.to_string())
-        .or_else(|| header_text(headers, "step"))
+        .or_else(|| text(STEP_HEADER))
         .filter(|s| !s.is_empty())
-        .ok_or("no step: neither type nor a step header")?;
-    let payload =
-        serde_json::from_slice(&delivery.data).map_err(|e| format!("payload is not JSON: {e}"))?;
-    let attempt = attempts(headers) + 1;
+        .ok_or(DecodeError::NoStep)?;
+    let payload = serde_json::from_slice(&delivery.data).map_err(DecodeError::NotJson)?;
     Ok(Envelope {
         saga_id,
         step,
         message_id: props.message_id().as_ref().map(|s| s.to_string()),
+        reply_to: props.reply_to().as_ref().map(|s| s.to_string()),
+        timestamp: props
+            .timestamp()
+            .map(|seconds| SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)),
+        traceparent: text(TRACEPARENT_HEADER),
+        headers,
         payload,
-        attempt,
+        attempt: attempts(props.headers().as_ref()) + 1,
         redelivered: delivery.redelivered,
     })
 }
@@ -64,10 +147,82 @@ pub(crate) fn attempts(headers: Option<&FieldTable>) -> u32 {
     }
 }
 
-fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
-    match headers?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
+/// An AMQP header value as JSON, the form the relay writes headers from.
+fn json(value: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        AMQPValue::Boolean(b) => Value::from(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Timestamp(n) => Value::from(*n),
+        AMQPValue::Float(x) => Value::from(*x),
+        AMQPValue::Double(x) => Value::from(*x),
+        AMQPValue::DecimalValue(d) => {
+            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => Value::from(s.as_str()),
+        AMQPValue::LongString(s) => Value::from(s.to_string()),
+        AMQPValue::FieldArray(values) => values.as_slice().iter().map(json).collect(),
+        AMQPValue::FieldTable(table) => Value::Object(
+            table
+                .inner()
+                .iter()
+                .map(|(name, value)| (name.to_string(), json(value)))
+                .collect(),
+        ),
+        AMQPValue::ByteArray(bytes) => bytes.as_slice().iter().copied().map(Value::from).collect(),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{DecimalValue, FieldArray, LongString};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn header_values_read_as_json() {
+        let mut table = FieldTable::default();
+        table.insert("n".into(), AMQPValue::LongLongInt(3));
+        let array = FieldArray::from(vec![AMQPValue::Boolean(true), AMQPValue::Void]);
+        let cases = [
+            (
+                AMQPValue::LongString(LongString::from("00-ab-cd-01")),
+                json!("00-ab-cd-01"),
+            ),
+            (AMQPValue::LongInt(-7), json!(-7)),
+            (AMQPValue::FieldArray(array), json!([true, null])),
+            (AMQPValue::FieldTable(table), json!({"n": 3})),
+            (
+                AMQPValue::DecimalValue(DecimalValue {
+                    scale: 2,
+                    value: 150,
+                }),
+                json!(1.5),
+            ),
+            (AMQPValue::ByteArray(vec![1u8, 2].into()), json!([1, 2])),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(json(&value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn decode_errors_say_what_is_missing() {
+        assert!(DecodeError::NoSagaId.to_string().starts_with("no saga_id"));
+        assert!(DecodeError::NoStep.to_string().starts_with("no step"));
+        let not_json = serde_json::from_slice::<serde_json::Value>(b"nope").unwrap_err();
+        assert!(
+            DecodeError::NotJson(not_json)
+                .to_string()
+                .starts_with("payload is not JSON")
+        );
     }
 }

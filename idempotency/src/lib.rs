@@ -32,22 +32,77 @@
 //! # }
 //! ```
 //!
-//! [`Consumer`] runs this on RabbitMQ: it decodes the relay's envelope, runs the
-//! handler registered for the message's step through the inbox, and acks only after
-//! the commit. A failing handler's message is retried later through a TTL queue, then
-//! dead-lettered with its reason; a malformed one is dead-lettered at once.
+//! [`Consumer`] runs this on RabbitMQ. A handler is a plain `async fn` that gets a
+//! [`Context`] (the message's [`Envelope`] and the inbox's transaction) and the
+//! payload, decoded into its own type; what it writes and what it sends with
+//! [`Context::emit`] commit with the inbox key, and the broker is acked only after
+//! the commit:
+//!
+//! ```rust,no_run
+//! use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct ReserveStock { sku: String, quantity: i32 }
+//!
+//! #[derive(Serialize)]
+//! struct StockReserved { quantity: i32 }
+//!
+//! async fn reserve(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<(), BoxError> {
+//!     sqlx::query("UPDATE stock SET available = available - $2 WHERE sku = $1")
+//!         .bind(&cmd.sku)
+//!         .bind(cmd.quantity)
+//!         .execute(ctx.db())
+//!         .await?;
+//!     // Same saga_id, same trace.
+//!     ctx.emit("StockReserved", "stock.reserved", &StockReserved { quantity: cmd.quantity })
+//!         .await?;
+//!     Ok(())
+//! }
+//!
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ConsumerConfig::new("inventory").bind("saga", "stock.reserve");
+//! let consumer = Consumer::new(pool, "amqp://127.0.0.1:5672/%2f", "inventory", config)
+//!     .on("ReserveStock", reserve)
+//!     .spawn()?;
+//! # consumer.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A failing (or panicking) handler's message is retried later through a TTL queue,
+//! then dead-lettered with its reason; a message no retry can fix (no saga id, not
+//! JSON, a payload that does not fit the handler's type, a step with no handler) is
+//! dead-lettered at once. Queue and header names are those of [`outbox::wire`].
+//!
+//! With the `opentelemetry` feature, traces continue across services: the handler's
+//! span becomes a child of the span that wrote the message (its `traceparent`
+//! header), and what the handler sends carries the handler's trace context on.
+//! Install a `tracing-opentelemetry` layer, and one trace runs from the request that
+//! wrote the first row through every handler the saga passes. A malformed
+//! `traceparent` is ignored: the handler runs in a trace of its own.
 
+mod config;
 mod consumer;
+mod context;
+mod decision;
 mod envelope;
 mod error;
+mod handler;
 mod inbox;
+mod reject;
 mod retention;
+mod session;
 mod topology;
 
-pub use consumer::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, HandlerFuture};
+pub use config::{ConsumerConfig, InvalidConfig};
+pub use consumer::{Consumer, ConsumerHandle};
+pub use context::Context;
 pub use envelope::Envelope;
 pub use error::Error;
+pub use handler::{BoxError, Handler, StatefulHandler};
 pub use inbox::{Inbox, InboxKey, Outcome};
+pub use outbox::wire::DEAD_REASON_HEADER;
 pub use outbox::{MIGRATOR, migrate};
+pub use reject::Reject;
 pub use retention::{DEFAULT_RETENTION, cleanup};
-pub use topology::DEAD_REASON_HEADER;

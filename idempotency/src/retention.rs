@@ -1,7 +1,8 @@
+//! Forgetting old inbox keys, so the table does not grow without bound.
+
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::types::PgInterval;
 
 /// How long inbox keys are kept by default. A duplicate that arrives after its key
 /// was deleted takes effect again: keep keys longer than any redelivery can lag.
@@ -15,11 +16,7 @@ pub async fn cleanup(
     retention: Duration,
     batch_size: u32,
 ) -> Result<u64, sqlx::Error> {
-    let retention = PgInterval {
-        months: 0,
-        days: 0,
-        microseconds: retention.as_micros() as i64,
-    };
+    let retention = outbox::postgres::interval(retention);
     let mut total = 0;
     for _ in 0..100 {
         let deleted = sqlx::query(

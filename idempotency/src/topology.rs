@@ -1,26 +1,14 @@
-//! The queues a consumer needs: its own, a dead-letter queue, and retry queues.
+//! The queues a consumer needs: its own, a dead-letter queue, and retry queues,
+//! named by the rules of [`outbox::wire`].
 
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
-
-use crate::envelope::ATTEMPTS_HEADER;
-
-/// Header naming why a message was dead-lettered.
-pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
-
-/// `{queue}.dead`: messages that cannot be processed, with the reason in a header.
-pub(crate) fn dead_queue(queue: &str) -> String {
-    format!("{queue}.dead")
-}
-
-/// `{queue}.retry.{ms}`: holds a message for `ms`, then dead-letters it back into
-/// `queue`. One TTL per queue, so a long delay never holds back a short one.
-fn retry_queue(queue: &str, delay: Duration) -> String {
-    format!("{queue}.retry.{}", delay.as_millis())
-}
+use outbox::wire::{
+    ATTEMPTS_HEADER, DEAD_REASON_HEADER, LAST_ERROR_HEADER, dead_queue, retry_queue,
+};
 
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -127,7 +115,7 @@ pub(crate) async fn retry_later(
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-message-ttl".into(),
-        AMQPValue::LongLongInt(delay.as_millis() as i64),
+        AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
     );
     arguments.insert(
         "x-dead-letter-exchange".into(),
@@ -145,7 +133,7 @@ pub(crate) async fn retry_later(
         &[
             (ATTEMPTS_HEADER, AMQPValue::LongLongInt(i64::from(attempts))),
             (
-                "x-last-error",
+                LAST_ERROR_HEADER,
                 AMQPValue::LongString(LongString::from(error)),
             ),
         ],

@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotency::{Consumer, ConsumerConfig, DEAD_REASON_HEADER, Envelope, HandlerFuture};
+use idempotency::{BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER, InvalidConfig};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use outbox::wire::{ATTEMPTS_HEADER, TRACEPARENT_HEADER, dead_queue, retry_queue};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgConnection, PgPool};
 use testkit::FaultyProxy;
 
 type TestResult = anyhow::Result<()>;
@@ -44,7 +46,7 @@ impl Sandbox {
         channel
             .queue_declare(queue.as_str().into(), durable, FieldTable::default())
             .await?;
-        let dead = format!("{queue}.dead");
+        let dead = dead_queue(&queue);
         channel
             .queue_declare(dead.as_str().into(), durable, FieldTable::default())
             .await?;
@@ -63,6 +65,10 @@ impl Sandbox {
         if let Some(saga_id) = saga_id {
             properties = properties.with_correlation_id(saga_id.into());
         }
+        self.publish_with(properties, body).await
+    }
+
+    async fn publish_with(&self, properties: BasicProperties, body: &[u8]) -> anyhow::Result<()> {
         self.channel
             .basic_publish(
                 "".into(),
@@ -90,8 +96,15 @@ impl Sandbox {
 
     /// Everything in the dead-letter queue: each message's dead reason.
     async fn dead_reasons(&self) -> anyhow::Result<Vec<String>> {
-        let mut reasons = Vec::new();
-        let dead = format!("{}.dead", self.queue);
+        let letters = self.dead_letters().await?;
+        Ok(letters.into_iter().map(|(reason, _)| reason).collect())
+    }
+
+    /// Everything in the dead-letter queue: each message's dead reason, and the
+    /// handler runs it had.
+    async fn dead_letters(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut letters = Vec::new();
+        let dead = dead_queue(&self.queue);
         while let Some(message) = self
             .channel
             .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
@@ -103,17 +116,23 @@ impl Sandbox {
                 .headers()
                 .clone()
                 .unwrap_or_default();
-            match headers.inner().get(DEAD_REASON_HEADER) {
-                Some(AMQPValue::LongString(reason)) => reasons.push(reason.to_string()),
-                other => reasons.push(format!("no reason header: {other:?}")),
-            }
+            let reason = match headers.inner().get(DEAD_REASON_HEADER) {
+                Some(AMQPValue::LongString(reason)) => reason.to_string(),
+                other => format!("no reason header: {other:?}"),
+            };
+            let attempts = match headers.inner().get(ATTEMPTS_HEADER) {
+                Some(AMQPValue::LongLongInt(n)) => *n,
+                _ => -1,
+            };
+            letters.push((reason, attempts));
         }
-        Ok(reasons)
+        Ok(letters)
     }
 
     async fn remove(self) -> anyhow::Result<()> {
-        for suffix in ["", ".dead", ".retry.100", ".retry.200", ".retry.400"] {
-            let name = format!("{}{suffix}", self.queue);
+        let retries = [100, 200, 400].map(|ms| retry_queue(&self.queue, Duration::from_millis(ms)));
+        let names = [self.queue.clone(), dead_queue(&self.queue)];
+        for name in names.into_iter().chain(retries) {
             let _ = self
                 .channel
                 .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
@@ -151,56 +170,102 @@ async fn effects(pool: &PgPool) -> anyhow::Result<i64> {
         .await?)
 }
 
-/// Records, then stays uncommitted for a while so that copies arrive meanwhile.
-fn slow<'a>(envelope: &'a Envelope, conn: &'a mut PgConnection) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let result = record(envelope, conn).await;
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        result
-    })
-}
+/// Any JSON payload: these handlers read what they need from the envelope.
+type AnyPayload = serde_json::Value;
 
-/// Fails the first two attempts (after writing a row that rolls back), then records.
-fn flaky<'a>(envelope: &'a Envelope, conn: &'a mut PgConnection) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        sqlx::query("INSERT INTO effects (saga_id, step, attempt) VALUES ('tries', 'x', $1)")
-            .bind(envelope.attempt as i32)
-            .execute(&mut *conn)
-            .await?;
-        if envelope.attempt < 3 {
-            return Err("payment provider unavailable".into());
-        }
-        record(envelope, conn).await
-    })
-}
-
-/// Always fails.
-fn failing<'a>(_: &'a Envelope, _: &'a mut PgConnection) -> HandlerFuture<'a> {
-    Box::pin(async { Err("card declined".into()) })
-}
-
-/// Records, then panics if the payload says so: the row must roll back with the panic.
-fn panics_on_flag<'a>(envelope: &'a Envelope, conn: &'a mut PgConnection) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let result = record(envelope, conn).await;
-        if envelope.payload["panic"] == true {
-            panic!("stock ledger out of sync for {}", envelope.saga_id);
-        }
-        result
-    })
+/// What [`record`] returns, and the inbox stores.
+#[derive(Serialize)]
+struct Recorded {
+    attempt: u32,
 }
 
 /// The handler under test: one effect row per processed message.
-fn record<'a>(envelope: &'a Envelope, conn: &'a mut PgConnection) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        sqlx::query("INSERT INTO effects (saga_id, step, attempt) VALUES ($1, $2, $3)")
-            .bind(&envelope.saga_id)
-            .bind(&envelope.step)
-            .bind(envelope.attempt as i32)
-            .execute(&mut *conn)
-            .await?;
-        Ok(serde_json::json!({"attempt": envelope.attempt}))
+async fn record(mut ctx: Context<'_>, _: AnyPayload) -> Result<Recorded, BoxError> {
+    let envelope = ctx.envelope();
+    sqlx::query("INSERT INTO effects (saga_id, step, attempt) VALUES ($1, $2, $3)")
+        .bind(&envelope.saga_id)
+        .bind(&envelope.step)
+        .bind(envelope.attempt as i32)
+        .execute(ctx.db())
+        .await?;
+    Ok(Recorded {
+        attempt: envelope.attempt,
     })
+}
+
+/// Records, then stays uncommitted for a while so that copies arrive meanwhile.
+async fn slow(ctx: Context<'_>, payload: AnyPayload) -> Result<Recorded, BoxError> {
+    let result = record(ctx, payload).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    result
+}
+
+/// Attempts seen by a handler, and when.
+type Seen = Arc<std::sync::Mutex<Vec<(u32, Instant)>>>;
+
+/// Fails the first two attempts (after writing a row that rolls back), then records.
+async fn flaky(
+    mut ctx: Context<'_>,
+    payload: AnyPayload,
+    seen: Seen,
+) -> Result<Recorded, BoxError> {
+    let attempt = ctx.envelope().attempt;
+    seen.lock().unwrap().push((attempt, Instant::now()));
+    sqlx::query("INSERT INTO effects (saga_id, step, attempt) VALUES ('tries', 'x', $1)")
+        .bind(attempt as i32)
+        .execute(ctx.db())
+        .await?;
+    if attempt < 3 {
+        return Err("payment provider unavailable".into());
+    }
+    record(ctx, payload).await
+}
+
+/// Always fails.
+async fn failing(_: Context<'_>, _: AnyPayload) -> Result<(), BoxError> {
+    Err("card declined".into())
+}
+
+/// A payload that may ask the handler to panic.
+#[derive(Deserialize)]
+struct MaybePanic {
+    #[serde(default)]
+    panic: bool,
+}
+
+/// Records, then panics if the payload says so: the row must roll back with the
+/// panic. Attempts of `order-bad` are noted in `seen`.
+async fn panics_on_flag(
+    ctx: Context<'_>,
+    payload: MaybePanic,
+    seen: Seen,
+) -> Result<Recorded, BoxError> {
+    let envelope = ctx.envelope();
+    if envelope.saga_id == "order-bad" {
+        seen.lock()
+            .unwrap()
+            .push((envelope.attempt, Instant::now()));
+    }
+    let result = record(ctx, AnyPayload::Null).await;
+    if payload.panic {
+        panic!("stock ledger out of sync for {}", envelope.saga_id);
+    }
+    result
+}
+
+/// The consumer's broker link, to stall once, from inside a handler.
+type Stall = (Arc<FaultyProxy>, Arc<AtomicBool>);
+
+/// The first time, stalls the broker link before the commit, then records.
+async fn stall_once(
+    ctx: Context<'_>,
+    payload: AnyPayload,
+    (proxy, once): Stall,
+) -> Result<Recorded, BoxError> {
+    if !once.swap(true, Ordering::SeqCst) {
+        proxy.stall(true);
+    }
+    record(ctx, payload).await
 }
 
 fn config(queue: &str) -> ConsumerConfig {
@@ -244,7 +309,7 @@ async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> Test
         config(&sandbox.queue),
     )
     .on("ReserveStock", record)
-    .spawn();
+    .spawn()?;
 
     wait_until("all three are acked", async || {
         Ok(sandbox.waiting(&sandbox.queue).await? == 0 && effects(&pool).await? == 2)
@@ -268,10 +333,10 @@ async fn the_same_message_to_two_consumers_at_once_takes_effect_once(pool: PgPoo
     let sandbox = Sandbox::new().await?;
     let one = Consumer::new(pool.clone(), amqp_url(), "payments", config(&sandbox.queue))
         .on("Charge", slow)
-        .spawn();
+        .spawn()?;
     let two = Consumer::new(pool.clone(), amqp_url(), "payments", config(&sandbox.queue))
         .on("Charge", slow)
-        .spawn();
+        .spawn()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..10 {
         sandbox.publish(Some("order-7"), "Charge", b"{}").await?;
@@ -294,13 +359,8 @@ async fn a_failing_handler_is_retried_later_not_at_once(pool: PgPool) -> TestRes
     let attempts_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&attempts_seen);
     let consumer = Consumer::new(pool.clone(), amqp_url(), "payments", config(&sandbox.queue))
-        .on("Charge", move |envelope, conn| {
-            seen.lock()
-                .unwrap()
-                .push((envelope.attempt, Instant::now()));
-            flaky(envelope, conn)
-        })
-        .spawn();
+        .on_with("Charge", seen, flaky)
+        .spawn()?;
     sandbox.publish(Some("order-9"), "Charge", b"{}").await?;
     wait_until("the third attempt succeeds", async || {
         Ok(effects(&pool).await? == 2)
@@ -334,9 +394,9 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgP
     let sandbox = Sandbox::new().await?;
     let consumer = Consumer::new(pool.clone(), amqp_url(), "payments", config(&sandbox.queue))
         .on("Charge", failing)
-        .spawn();
+        .spawn()?;
     sandbox.publish(Some("order-5"), "Charge", b"{}").await?;
-    let dead = format!("{}.dead", sandbox.queue);
+    let dead = dead_queue(&sandbox.queue);
     wait_until("it is dead-lettered", async || {
         Ok(sandbox.waiting(&dead).await? == 1)
     })
@@ -369,13 +429,8 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
         "inventory",
         config(&sandbox.queue),
     )
-    .on("ReserveStock", move |envelope, conn| {
-        if envelope.saga_id == "order-bad" {
-            seen.lock().unwrap().push(envelope.attempt);
-        }
-        panics_on_flag(envelope, conn)
-    })
-    .spawn();
+    .on_with("ReserveStock", seen, panics_on_flag)
+    .spawn()?;
     for n in 0..20 {
         if n == 10 {
             sandbox
@@ -386,7 +441,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
             .publish(Some(&format!("order-{n}")), "ReserveStock", b"{}")
             .await?;
     }
-    let dead = format!("{}.dead", sandbox.queue);
+    let dead = dead_queue(&sandbox.queue);
     wait_until(
         "the good ones take effect and the bad one is dead",
         async || Ok(effects(&pool).await? == 20 && sandbox.waiting(&dead).await? == 1),
@@ -399,7 +454,13 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
         0,
         "nothing is left unacked"
     );
-    assert_eq!(*bad_attempts.lock().unwrap(), [1, 2, 3]);
+    let bad_attempts: Vec<u32> = bad_attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(a, _)| *a)
+        .collect();
+    assert_eq!(bad_attempts, [1, 2, 3]);
     let reasons = sandbox.dead_reasons().await?;
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(
@@ -430,7 +491,7 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
         config(&sandbox.queue),
     )
     .on("ReserveStock", record)
-    .spawn();
+    .spawn()?;
     sandbox
         .publish(Some("order-1"), "ReserveStock", b"not json")
         .await?;
@@ -441,7 +502,7 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
     sandbox
         .publish(Some("order-2"), "ReserveStock", b"{}")
         .await?;
-    let dead = format!("{}.dead", sandbox.queue);
+    let dead = dead_queue(&sandbox.queue);
     wait_until("three are dead and one processed", async || {
         Ok(sandbox.waiting(&dead).await? == 3 && effects(&pool).await? == 1)
     })
@@ -471,7 +532,7 @@ async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
     let sandbox = Sandbox::new().await?;
     let proxy = Arc::new(FaultyProxy::start("127.0.0.1:5672".parse()?).await?);
     let stalled_once = Arc::new(AtomicBool::new(false));
-    let (stall, once) = (Arc::clone(&proxy), Arc::clone(&stalled_once));
+    let stall = (Arc::clone(&proxy), Arc::clone(&stalled_once));
     // The first time, the handler's broker link goes dark before the commit: the
     // effect commits, the ack never reaches the broker.
     let consumer = Consumer::new(
@@ -480,13 +541,8 @@ async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
         "inventory",
         config(&sandbox.queue),
     )
-    .on("ReserveStock", move |envelope, conn| {
-        if !once.swap(true, Ordering::SeqCst) {
-            stall.stall(true);
-        }
-        record(envelope, conn)
-    })
-    .spawn();
+    .on_with("ReserveStock", stall, stall_once)
+    .spawn()?;
     sandbox
         .publish(Some("order-3"), "ReserveStock", b"{}")
         .await?;
@@ -531,7 +587,7 @@ async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> T
         config(&sandbox.queue),
     )
     .on("ReserveStock", record)
-    .spawn();
+    .spawn()?;
     for n in 0..300 {
         sandbox
             .publish(Some(&format!("order-{n}")), "ReserveStock", b"{}")
@@ -561,4 +617,209 @@ async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> T
         "each exactly once"
     );
     sandbox.remove().await
+}
+
+/// What the typed handlers below take.
+#[derive(Deserialize)]
+struct ReserveStock {
+    quantity: u32,
+}
+
+/// Records, and returns the quantity, which the inbox stores.
+async fn reserve(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<u32, BoxError> {
+    let envelope = ctx.envelope();
+    sqlx::query("INSERT INTO effects (saga_id, step, attempt) VALUES ($1, $2, $3)")
+        .bind(&envelope.saga_id)
+        .bind(&envelope.step)
+        .bind(envelope.attempt as i32)
+        .execute(ctx.db())
+        .await?;
+    Ok(cmd.quantity)
+}
+
+#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+async fn a_payload_that_does_not_fit_the_handler_is_dead_lettered_at_once(
+    pool: PgPool,
+) -> TestResult {
+    with_effects(&pool).await?;
+    let sandbox = Sandbox::new().await?;
+    let consumer = Consumer::new(
+        pool.clone(),
+        amqp_url(),
+        "inventory",
+        config(&sandbox.queue),
+    )
+    .on("ReserveStock", reserve)
+    .spawn()?;
+    sandbox
+        .publish(Some("order-1"), "ReserveStock", br#"{"qty": 2}"#)
+        .await?;
+    sandbox
+        .publish(Some("order-2"), "ReserveStock", br#"{"quantity": "two"}"#)
+        .await?;
+    sandbox
+        .publish(Some("order-3"), "ReserveStock", br#"{"quantity": 2}"#)
+        .await?;
+    let dead = dead_queue(&sandbox.queue);
+    wait_until("two are dead and one processed", async || {
+        Ok(sandbox.waiting(&dead).await? == 2 && effects(&pool).await? == 1)
+    })
+    .await?;
+    consumer.shutdown().await;
+
+    let letters = sandbox.dead_letters().await?;
+    let reasons: Vec<&str> = letters.iter().map(|(reason, _)| reason.as_str()).collect();
+    assert!(
+        reasons[0].contains("payload does not fit")
+            && reasons[0].contains("missing field `quantity`"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("invalid type: string \"two\""),
+        "{reasons:?}"
+    );
+    assert!(
+        letters.iter().all(|(_, attempts)| *attempts == 0),
+        "dead at once, the handler never ran: {letters:?}"
+    );
+    let stored: Vec<(String, Option<serde_json::Value>)> =
+        sqlx::query_as("SELECT saga_id, result FROM inbox")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(
+        stored,
+        [("order-3".to_owned(), Some(serde_json::json!(2)))],
+        "only the good one has a key, with the handler's typed result"
+    );
+    sandbox.remove().await
+}
+
+/// What a handler saw of its message, stored in the inbox as its result.
+#[derive(Serialize)]
+struct Observed {
+    message_id: Option<String>,
+    reply_to: Option<String>,
+    timestamp: Option<u64>,
+    traceparent: Option<String>,
+    tenant: Option<serde_json::Value>,
+    attempt: u32,
+}
+
+/// Emits the next step, then fails its first attempt: the emitted row must roll
+/// back with it.
+async fn forward(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<Observed, BoxError> {
+    let envelope = ctx.envelope();
+    let reserved = serde_json::json!({ "quantity": cmd.quantity });
+    ctx.emit("StockReserved", "stock.reserved", &reserved)
+        .await?;
+    if envelope.attempt == 1 {
+        return Err("the warehouse did not answer".into());
+    }
+    Ok(Observed {
+        message_id: envelope.message_id.clone(),
+        reply_to: envelope.reply_to.clone(),
+        timestamp: envelope
+            .timestamp
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        traceparent: envelope.traceparent.clone(),
+        tenant: envelope.headers.get("tenant").cloned(),
+        attempt: envelope.attempt,
+    })
+}
+
+#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+async fn emit_carries_the_saga_id_and_the_traceparent_and_commits_with_the_key(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new().await?;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = FieldTable::default();
+    headers.insert(
+        TRACEPARENT_HEADER.into(),
+        AMQPValue::LongString(traceparent.into()),
+    );
+    headers.insert("tenant".into(), AMQPValue::LongLongInt(7));
+    let properties = BasicProperties::default()
+        .with_correlation_id("order-4".into())
+        .with_type("ReserveStock".into())
+        .with_message_id("m-4".into())
+        .with_reply_to("replies".into())
+        .with_timestamp(1_700_000_000)
+        .with_headers(headers);
+    let consumer = Consumer::new(
+        pool.clone(),
+        amqp_url(),
+        "inventory",
+        config(&sandbox.queue),
+    )
+    .on("ReserveStock", forward)
+    .spawn()?;
+    sandbox
+        .publish_with(properties, br#"{"quantity": 3}"#)
+        .await?;
+    wait_until("the second attempt commits", async || {
+        let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(&pool)
+            .await?;
+        Ok(keys == 1)
+    })
+    .await?;
+    consumer.shutdown().await;
+
+    let emitted: Vec<(String, String, String, Option<String>, serde_json::Value)> = sqlx::query_as(
+        "SELECT saga_id, step, routing_key, headers->>'traceparent', payload FROM outbox",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(
+        emitted,
+        [(
+            "order-4".to_owned(),
+            "StockReserved".to_owned(),
+            "stock.reserved".to_owned(),
+            Some(traceparent.to_owned()),
+            serde_json::json!({ "quantity": 3 }),
+        )],
+        "one row: the failed attempt's emit rolled back with it"
+    );
+    let seen: serde_json::Value = sqlx::query_scalar("SELECT result FROM inbox")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "message_id": "m-4",
+            "reply_to": "replies",
+            "timestamp": 1_700_000_000,
+            "traceparent": traceparent,
+            "tenant": 7,
+            "attempt": 2,
+        })
+    );
+    sandbox.remove().await
+}
+
+#[tokio::test]
+async fn a_config_that_cannot_work_is_an_error_before_connecting() -> TestResult {
+    let pool = PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none")?;
+    let mut config = ConsumerConfig::new("payments");
+    config.concurrency = 0;
+    let consumer = Consumer::new(pool.clone(), "amqp://127.0.0.1:1", "payments", config);
+    let refused = consumer.on("Charge", record).spawn().err();
+    assert_eq!(refused, Some(InvalidConfig::Zero("concurrency")));
+
+    let mut config = ConsumerConfig::new("payments");
+    config.retry_max = Duration::from_millis(10);
+    let consumer = Consumer::new(pool, "amqp://127.0.0.1:1", "payments", config);
+    let run = tokio::time::timeout(
+        Duration::from_secs(5),
+        consumer.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await?;
+    assert!(
+        matches!(run, Err(InvalidConfig::RetryBaseAboveMax { .. })),
+        "{run:?}"
+    );
+    Ok(())
 }

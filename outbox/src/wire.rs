@@ -17,8 +17,19 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Header counting how many times a consumer already tried a message.
 pub const ATTEMPTS_HEADER: &str = "x-attempts";
 
+/// Header with the error of a message's last failed attempt, on its way to a retry.
+pub const LAST_ERROR_HEADER: &str = "x-last-error";
+
 /// Header naming why a message was dead-lettered.
 pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
+
+/// The part of a step a consumer routes by: what comes before `#`. A producer that
+/// sends the same command more than once (a saga resending a compensation) gives each
+/// copy its own step, `{command}#{token}`, so that the inbox keeps them apart, while
+/// one handler takes them all.
+pub fn step_route(step: &str) -> &str {
+    step.split_once('#').map_or(step, |(route, _)| route)
+}
 
 /// `{queue}.dead`: messages a consumer of `queue` could not process, each with
 /// [`DEAD_REASON_HEADER`].
@@ -35,6 +46,12 @@ pub fn retry_queue(queue: &str, delay: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_routes_by_what_comes_before_the_hash() {
+        assert_eq!(step_route("inventory.release#0195"), "inventory.release");
+        assert_eq!(step_route("OrderPlaced"), "OrderPlaced");
+    }
 
     #[test]
     fn queue_names_follow_their_rules() {

@@ -148,7 +148,7 @@ pub async fn apply(
             sqlx::query(
                 "UPDATE saga_instance
                  SET state = $2, current_step = $3, attempts = $4, version = version + 1,
-                     deadline_at = now() + $5, data = $6,
+                     deadline_at = now() + $5, data = $6, operator_request = NULL,
                      last_error = coalesce($7, last_error), updated_at = now(),
                      finished_at = CASE WHEN $8 THEN now() END
                  WHERE saga_id = $1",
@@ -242,30 +242,54 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
     let mut swept = 0;
     while swept < limit {
         let mut tx = pool.begin().await?;
-        let due: Option<(String, String, i32)> = sqlx::query_as(
-            "SELECT saga_id, state, current_step FROM saga_instance
+        let due: Option<(String, String, i32, Option<String>)> = sqlx::query_as(
+            "SELECT saga_id, state, current_step, operator_request FROM saga_instance
              WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((saga_id, state, step)) = due else {
+        let Some((saga_id, state, step, request)) = due else {
             break;
         };
-        let phase = match SagaState::parse(&state) {
-            Some(SagaState::Compensating) => Phase::Compensation,
-            _ => Phase::Action,
+        let event = match request.as_deref() {
+            Some(request) => {
+                // Taken whether or not it applies: the history says what came of it.
+                sqlx::query("UPDATE saga_instance SET operator_request = NULL WHERE saga_id = $1")
+                    .bind(&saga_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if request == "retry" {
+                    Event::Retry
+                } else {
+                    Event::Abort {
+                        reason: "requested with `saga abort`",
+                    }
+                }
+            }
+            None => Event::Timeout {
+                step: usize::try_from(step).unwrap_or(0),
+                phase: match SagaState::parse(&state) {
+                    Some(SagaState::Compensating) => Phase::Compensation,
+                    _ => Phase::Action,
+                },
+            },
         };
-        let step = usize::try_from(step).unwrap_or(0);
-        let event = Event::Timeout { step, phase };
         let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
         if let Applied::Ignored(why) = applied {
-            // Cannot happen while deadlines follow states; should it, do not spin on it.
-            sqlx::query("UPDATE saga_instance SET deadline_at = now() + $2 WHERE saga_id = $1")
-                .bind(&saga_id)
-                .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
-                .execute(&mut *tx)
-                .await?;
-            tracing::warn!(%saga_id, why, "a due saga's timeout did not apply; looking again later");
+            // An operator's request that did not apply leaves a finished saga without
+            // a deadline; a timeout that did not apply (it cannot, while deadlines
+            // follow states) is looked at again later rather than spun on.
+            sqlx::query(
+                "UPDATE saga_instance
+                 SET deadline_at = CASE WHEN state IN ('completed', 'compensated', 'failed')
+                                        THEN NULL ELSE now() + $2 END
+                 WHERE saga_id = $1",
+            )
+            .bind(&saga_id)
+            .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
+            .execute(&mut *tx)
+            .await?;
+            tracing::warn!(%saga_id, why, "a due saga's event did not apply");
         }
         tx.commit().await?;
         swept += 1;
@@ -288,19 +312,26 @@ async fn definition_missing(
         "saga type {} version {} is not registered with this orchestrator",
         locked.saga_type, locked.definition_version
     );
-    if !state.is_terminal() {
-        sqlx::query(
-            "UPDATE saga_instance SET state = $2, deadline_at = NULL, last_error = $3,
-                 version = version + 1, updated_at = now(), finished_at = now()
-             WHERE saga_id = $1",
-        )
-        .bind(saga_id)
-        .bind(SagaState::Failed.as_str())
-        .bind(&reason)
-        .execute(&mut *conn)
-        .await?;
-    }
-    let mut entry = Entry::moved("definition_missing", state, SagaState::Failed);
+    // A finished saga keeps its state (an operator's retry of it found no
+    // definition); either way nothing is due on it any more.
+    let to = if state.is_terminal() {
+        state
+    } else {
+        SagaState::Failed
+    };
+    sqlx::query(
+        "UPDATE saga_instance
+         SET state = $2, deadline_at = NULL, operator_request = NULL,
+             last_error = $3, version = version + 1, updated_at = now(),
+             finished_at = coalesce(finished_at, now())
+         WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .bind(to.as_str())
+    .bind(&reason)
+    .execute(&mut *conn)
+    .await?;
+    let mut entry = Entry::moved("definition_missing", state, to);
     entry.detail = Some(reason);
     history::append(&mut *conn, saga_id, entry).await?;
     Ok(Applied::DefinitionMissing)

@@ -16,6 +16,7 @@ mod history;
 mod registry;
 mod state;
 mod transition;
+pub mod admin;
 pub mod wire;
 
 pub use definition::{

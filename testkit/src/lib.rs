@@ -1,86 +1,36 @@
-//! Fault injection for the toolkit's own tests: a TCP proxy that can cut or stall
-//! every connection through it.
+//! The scaffolding of the toolkit's tests, benches and demo, in one place: where the
+//! servers are, a check that they are up, a broker sandbox that records what arrives,
+//! polling waits, a TCP proxy that injects network faults, and SIGTERM for a child.
+//!
+//! ```rust,no_run
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! // A topic exchange and a queue of this test's own, and a consumer recording into it.
+//! let sandbox = testkit::Sandbox::new("orders.#").await?;
+//! // ... publish to `sandbox.exchange` through `testkit::amqp_url()` ...
+//! # let ids = std::collections::HashSet::new();
+//! sandbox.wait_for_all(&ids, Duration::from_secs(10)).await?;
+//! sandbox.remove().await
+//! # }
+//! ```
+//!
+//! The URLs come from `DATABASE_URL` and `AMQP_URL`; the repository's
+//! `.cargo/config.toml` sets both to the README's local servers unless the environment
+//! already does. [`require_servers`] (called by [`Sandbox::new`] and
+//! [`CheckedMigrator`]) turns a server that is down into one line saying which to
+//! start and how.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+mod proxy;
+mod reachable;
+mod sandbox;
+mod servers;
+mod signal;
+mod wait;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
-
-/// A TCP proxy in front of a server (RabbitMQ, PostgreSQL) that the test controls: it can cut every
-/// connection through it, or stall them (a black hole: nothing moves, nothing closes).
-pub struct FaultyProxy {
-    /// The local port to connect to instead of the server's.
-    pub port: u16,
-    cut: broadcast::Sender<()>,
-    stalled: Arc<AtomicBool>,
-}
-
-impl FaultyProxy {
-    /// Listens on a free local port and forwards every connection to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let (cut, _) = broadcast::channel(4);
-        let stalled = Arc::new(AtomicBool::new(false));
-        let (cut_tx, stalled_flag) = (cut.clone(), Arc::clone(&stalled));
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let mut cut_rx = cut_tx.subscribe();
-                let stalled = Arc::clone(&stalled_flag);
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::select! {
-                        _ = pump(client_read, server_write, Arc::clone(&stalled)) => {}
-                        _ = pump(server_read, client_write, stalled) => {}
-                        _ = cut_rx.recv() => {}
-                    }
-                });
-            }
-        });
-        Ok(Self { port, cut, stalled })
-    }
-
-    /// A guest AMQP URL that goes through the proxy.
-    pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// Drops every connection through the proxy, as a network failure would.
-    pub fn cut_all(&self) {
-        let _ = self.cut.send(());
-    }
-
-    /// While stalled, no byte moves in either direction and no socket closes.
-    pub fn stall(&self, on: bool) {
-        self.stalled.store(on, Ordering::SeqCst);
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    stalled: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        to.write_all(&buf[..n]).await?;
-    }
-}
+pub use proxy::FaultyProxy;
+pub use reachable::{CheckedMigrator, require_servers};
+pub use sandbox::{Received, Sandbox};
+pub use servers::{amqp_url, amqp_url_as, database_url, database_url_of};
+pub use signal::{stop, terminate};
+pub use wait::wait_until;

@@ -12,14 +12,15 @@ use bench::broker::{amqp_url, payload};
 use bench::{fresh_database, median};
 use clap::Parser;
 use futures_util::StreamExt;
-use idempotency::{Consumer, ConsumerConfig, Envelope, HandlerFuture};
+use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use sqlx::{PgConnection, PgPool};
+use outbox::wire::dead_queue;
+use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
@@ -108,7 +109,7 @@ async fn filled_queue(connection: &Connection, messages: u64) -> anyhow::Result<
 
 async fn remove(connection: &Connection, queue: &str) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
-    for name in [queue.to_owned(), format!("{queue}.dead")] {
+    for name in [queue.to_owned(), dead_queue(queue)] {
         channel
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await?;
@@ -156,15 +157,15 @@ async fn plain_consumer(messages: u64, handlers: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-fn reserve<'a>(envelope: &'a Envelope, conn: &'a mut PgConnection) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        sqlx::query("INSERT INTO effects (saga_id, step) VALUES ($1, $2)")
-            .bind(&envelope.saga_id)
-            .bind(&envelope.step)
-            .execute(&mut *conn)
-            .await?;
-        Ok(serde_json::Value::Null)
-    })
+/// One INSERT in the inbox's transaction; the payload is taken as any JSON.
+async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxError> {
+    let envelope = ctx.envelope();
+    sqlx::query("INSERT INTO effects (saga_id, step) VALUES ($1, $2)")
+        .bind(&envelope.saga_id)
+        .bind(&envelope.step)
+        .execute(ctx.db())
+        .await?;
+    Ok(())
 }
 
 /// The inbox consumer: one transaction per message (inbox key + effect), then the ack.
@@ -177,7 +178,7 @@ async fn inbox_consumer(pool: &PgPool, messages: u64, handlers: usize) -> anyhow
     let started = Instant::now();
     let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", config)
         .on("ReserveStock", reserve)
-        .spawn();
+        .spawn()?;
     loop {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
             .fetch_one(pool)

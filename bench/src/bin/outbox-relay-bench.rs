@@ -271,17 +271,10 @@ async fn memory(pool: &PgPool, backlog: u64) -> anyhow::Result<(f64, f64)> {
     }
     fill(pool, &queue.name, backlog % 100_000).await?;
     let binary = std::env::current_exe()?.with_file_name("outbox-relay");
-    let database = format!(
-        "{}/outbox_bench_relay",
-        std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-            .rsplit_once('/')
-            .map_or("", |(server, _)| server)
-    );
     let started = Instant::now();
     let mut child = tokio::process::Command::new(binary)
         .args(["run", "--http-addr", "127.0.0.1:0"])
-        .env("DATABASE_URL", database)
+        .env("DATABASE_URL", testkit::database_url_of(pool))
         .env("AMQP_URL", amqp_url())
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -300,10 +293,7 @@ async fn memory(pool: &PgPool, backlog: u64) -> anyhow::Result<(f64, f64)> {
     }
     let rate = backlog as f64 / started.elapsed().as_secs_f64();
     peak_kib = peak_kib.max(resident_kib(pid));
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    child.wait().await?;
+    testkit::stop(&mut child, Duration::from_secs(30)).await?;
     queue.remove().await?;
     Ok((peak_kib as f64 / 1024.0, rate))
 }

@@ -7,6 +7,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use outbox::wire::{dead_queue, retry_queue};
 use tokio::process::Command;
 use url::Url;
 
@@ -108,7 +109,7 @@ impl DemoBroker {
         let channel = connection.create_channel().await?;
         let mut total = 0;
         for service in Service::ALL {
-            let dead = format!("{}.dead", queue_name(&self.prefix, service));
+            let dead = dead_queue(&queue_name(&self.prefix, service));
             let queue = channel
                 .queue_declare(
                     dead.as_str().into(),
@@ -135,9 +136,9 @@ impl DemoBroker {
         let channel = connection.create_channel().await?;
         for service in Service::ALL {
             let queue = queue_name(&self.prefix, service);
-            let mut names = vec![queue.clone(), format!("{queue}.dead")];
-            // The consumer's retry delays: 500 ms doubling, capped at 5 s.
-            names.extend([500, 1000, 2000, 4000, 5000].map(|ms| format!("{queue}.retry.{ms}")));
+            let mut names = vec![queue.clone(), dead_queue(&queue)];
+            let retries = consumer_config(&self.prefix, service).retry_delays();
+            names.extend(retries.into_iter().map(|delay| retry_queue(&queue, delay)));
             for name in names {
                 channel
                     .queue_delete(name.as_str().into(), QueueDeleteOptions::default())

@@ -12,13 +12,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::support::*;
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn order_per_key_holds_with_three_relays_and_one_killed_at_random(
     pool: PgPool,
 ) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let mut ids = fill(&pool, 30, 100, "three").await?;
-    let url = database_url(&pool);
+    let url = database_url_of(&pool);
     let mut relays = Vec::new();
     for _ in 0..3 {
         relays.push(spawn_relay(
@@ -52,11 +52,11 @@ async fn order_per_key_holds_with_three_relays_and_one_killed_at_random(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_relay_killed_mid_batch_loses_nothing(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let ids = fill(&pool, 50, 200, "killed").await?;
-    let url = database_url(&pool);
+    let url = database_url_of(&pool);
     let mut first = spawn_relay(&url, &amqp_url(), &sandbox.exchange, &[])?;
     sandbox
         .wait_for_count(1000, Duration::from_secs(30))
@@ -77,10 +77,10 @@ async fn a_relay_killed_mid_batch_loses_nothing(pool: PgPool) -> TestResult {
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn broker_connections_cut_under_load_lose_nothing(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
-    let proxy = FaultyProxy::start("127.0.0.1:5672".parse()?).await?;
+    let proxy = FaultyProxy::to_broker().await?;
     let ids = fill(&pool, 50, 200, "cut").await?;
     let relay = Relay::new(
         pool.clone(),
@@ -105,10 +105,10 @@ async fn broker_connections_cut_under_load_lose_nothing(pool: PgPool) -> TestRes
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn confirms_that_never_come_are_given_up_and_published_again(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
-    let proxy = FaultyProxy::start("127.0.0.1:5672".parse()?).await?;
+    let proxy = FaultyProxy::to_broker().await?;
     let relay = Relay::new(
         pool.clone(),
         proxy.amqp_url(),
@@ -136,11 +136,11 @@ async fn confirms_that_never_come_are_given_up_and_published_again(pool: PgPool)
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn database_connections_dropped_under_load_lose_nothing(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let ids = fill(&pool, 50, 200, "dbdrop").await?;
-    let options: PgConnectOptions = database_url(&pool)
+    let options: PgConnectOptions = database_url_of(&pool)
         .parse::<PgConnectOptions>()?
         .application_name("relay-under-test");
     let relay_pool = PgPoolOptions::new()
@@ -167,7 +167,7 @@ async fn database_connections_dropped_under_load_lose_nothing(pool: PgPool) -> T
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
     pool: PgPool,
 ) -> TestResult {
@@ -179,14 +179,12 @@ async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
     let bad = Message::builder("saga-blocked", "Unroutable", "bad.nowhere")
         .payload(&serde_json::json!({"n": 0}))?;
     let bad_id = outbox::enqueue(&pool, &bad).await?;
-    let dead_deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while outbox_relay::dead_rows(&pool, 10).await?.is_empty() {
-        anyhow::ensure!(
-            std::time::Instant::now() < dead_deadline,
-            "the unroutable row never went dead"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(20),
+        "the unroutable row is dead",
+        async || Ok(!outbox_relay::dead_rows(&pool, 10).await?.is_empty()),
+    )
+    .await?;
     let dead = outbox_relay::dead_rows(&pool, 10).await?;
     assert_eq!(dead[0].id, bad_id);
     assert_eq!(dead[0].attempts, 3);
@@ -221,22 +219,21 @@ async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
         .into_iter()
         .collect();
     sandbox.wait_for_all(&both, Duration::from_secs(20)).await?;
-    let order = first_arrivals_of(&sandbox.received(), &both);
+    let order = sandbox.first_arrivals_of(&both);
     assert_eq!(order, [bad_id.to_string(), behind_id.to_string()]);
     relay.shutdown().await?;
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn sigterm_under_load_drains_records_and_exits_zero(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let ids = fill(&pool, 50, 400, "term").await?;
-    let mut relay = spawn_relay(&database_url(&pool), &amqp_url(), &sandbox.exchange, &[])?;
+    let mut relay = spawn_relay(&database_url_of(&pool), &amqp_url(), &sandbox.exchange, &[])?;
     sandbox
         .wait_for_count(2000, Duration::from_secs(30))
         .await?;
-    terminate(&relay)?;
-    let status = tokio::time::timeout(Duration::from_secs(15), relay.wait()).await??;
+    let status = stop(&mut relay, Duration::from_secs(15)).await?;
     assert_eq!(status.code(), Some(0), "a clean stop exits 0");
 
     // Let the consumer catch up with what the broker already holds.
@@ -263,7 +260,7 @@ async fn sigterm_under_load_drains_records_and_exits_zero(pool: PgPool) -> TestR
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn leases_that_lapse_mid_scan_do_not_reorder_a_key(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let ids = fill(&pool, 40, 250, "lapse").await?;

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use crate::support::*;
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn publishes_and_confirms_every_row_with_its_envelope(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("orders.#").await?;
     let message = Message::builder("saga-envelope", "OrderCreated", "orders.created")
@@ -55,7 +55,7 @@ async fn publishes_and_confirms_every_row_with_its_envelope(pool: PgPool) -> Tes
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_row_committed_late_behind_published_rows_is_still_published(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let relay = Relay::new(pool.clone(), amqp_url(), fast_config(&sandbox.exchange)).spawn();
@@ -80,7 +80,7 @@ async fn a_row_committed_late_behind_published_rows_is_still_published(pool: PgP
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn delayed_rows_wait_for_their_time(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let delayed = Message::builder("saga-delay", "Reminder", "reminders")
@@ -101,7 +101,7 @@ async fn delayed_rows_wait_for_their_time(pool: PgPool) -> TestResult {
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn sent_rows_are_kept_for_the_retention_then_cleaned_up(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let ids = fill(&pool, 2, 10, "kept").await?;
@@ -131,7 +131,7 @@ async fn sent_rows_are_kept_for_the_retention_then_cleaned_up(pool: PgPool) -> T
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn two_relays_share_the_partitions_and_keep_order(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let ids = fill(&pool, 40, 50, "shared").await?;
@@ -140,22 +140,19 @@ async fn two_relays_share_the_partitions_and_keep_order(pool: PgPool) -> TestRes
     sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
 
     // Rebalancing takes a grace period; wait until both hold a fair share.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let held: Vec<usize> = outbox_relay::instances(&pool)
-            .await?
-            .iter()
-            .map(|i| i.partitions.len())
-            .collect();
-        if held == [32, 32] {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "partitions never balanced: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        Duration::from_secs(20),
+        "both hold 32 partitions",
+        async || {
+            let held: Vec<usize> = outbox_relay::instances(&pool)
+                .await?
+                .iter()
+                .map(|i| i.partitions.len())
+                .collect();
+            Ok(held == [32, 32])
+        },
+    )
+    .await?;
     one.shutdown().await?;
     two.shutdown().await?;
     assert_order_per_key(&sandbox.received());

@@ -4,11 +4,8 @@
 //! rows of other keys, which all arrive, in order, without being charged an attempt.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use outbox_relay::{Relay, RelayConfig};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -90,20 +87,13 @@ async fn drain_around(
     let metrics = relay.metrics();
     let relay = relay.spawn();
     sandbox.wait_for_all(good, Duration::from_secs(60)).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let dead = loop {
-        let dead = outbox_relay::dead_rows(pool, 100).await?;
-        if dead.len() >= bad.len() {
-            break dead;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {} bad rows went dead",
-            dead.len(),
-            bad.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    wait_until(
+        Duration::from_secs(60),
+        "every bad row is dead",
+        async || Ok(outbox_relay::dead_rows(pool, 100).await?.len() >= bad.len()),
+    )
+    .await?;
+    let dead = outbox_relay::dead_rows(pool, 100).await?;
     assert!(metrics.ready(), "a refused row made the relay unready");
     let rendered = metrics.render(None);
     relay.shutdown().await?;
@@ -138,37 +128,6 @@ async fn drain_around(
     Ok((dead, rendered))
 }
 
-/// Declares `exchange` (a fanout, gone with its last binding) bound to the sandbox's queue.
-async fn bound_exchange(
-    connection: &Connection,
-    exchange: &str,
-    queue: &str,
-) -> anyhow::Result<()> {
-    let channel = connection.create_channel().await?;
-    let options = ExchangeDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            options,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
-}
-
 fn assert_reason(dead: &[outbox_relay::DeadRow], expected: &[&str]) {
     for row in dead {
         let error = row.last_error.as_deref().unwrap_or("");
@@ -178,7 +137,7 @@ fn assert_reason(dead: &[outbox_relay::DeadRow], expected: &[&str]) {
     }
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_row_for_a_missing_exchange_fails_alone_and_is_redriven_once_it_exists(
     pool: PgPool,
 ) -> TestResult {
@@ -200,20 +159,18 @@ async fn a_row_for_a_missing_exchange_fails_alone_and_is_redriven_once_it_exists
     );
 
     // The exchange is created; `dead retry` re-drives the row, then its follower.
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    bound_exchange(&connection, &missing, &sandbox.queue).await?;
+    sandbox.bind_exchange(&missing).await?;
     outbox_relay::retry_dead(&pool, bad[0].id).await?;
     let relay = Relay::new(pool.clone(), amqp_url(), refusal_config(&sandbox.exchange)).spawn();
     let both: HashSet<String> = [bad[0].id.to_string(), bad[0].follower.to_string()].into();
     sandbox.wait_for_all(&both, Duration::from_secs(20)).await?;
     relay.shutdown().await?;
-    let order = first_arrivals_of(&sandbox.received(), &both);
+    let order = sandbox.first_arrivals_of(&both);
     assert_eq!(order, [bad[0].id.to_string(), bad[0].follower.to_string()]);
-    let _ = connection.close(200, "test done".into()).await;
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_missing_default_exchange_fails_only_the_rows_that_use_it(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     // Good rows name the sandbox's exchange; three rows rely on the default, which is missing.
@@ -240,7 +197,7 @@ async fn a_missing_default_exchange_fails_only_the_rows_that_use_it(pool: PgPool
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn rows_that_cannot_be_framed_are_parked_at_once_without_a_publish(
     pool: PgPool,
 ) -> TestResult {
@@ -299,19 +256,18 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_row_for_an_exchange_the_user_may_not_write_fails_alone(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let suffix = Uuid::now_v7().simple().to_string();
     let forbidden = format!("test-forbidden-{suffix}");
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    bound_exchange(&connection, &forbidden, &sandbox.queue).await?;
+    sandbox.bind_exchange(&forbidden).await?;
     // A user that may write to the sandbox's exchange only.
     let user = format!("test-relay-{suffix}");
     rabbitmqctl(&["add_user", &user, "secret"]).await?;
     let write = format!("^{}$", sandbox.exchange);
     rabbitmqctl(&["set_permissions", "-p", "/", &user, "", &write, ""]).await?;
-    let url = format!("amqp://{user}:secret@127.0.0.1:5672/%2f");
+    let url = amqp_url_as(&user, "secret")?;
 
     let bad = vec![(
         Some(forbidden.as_str()),
@@ -328,7 +284,6 @@ async fn a_row_for_an_exchange_the_user_may_not_write_fails_alone(pool: PgPool) 
         metrics.contains("outbox_relay_failures_total{reason=\"access_refused\"} 3\n"),
         "{metrics}"
     );
-    let _ = connection.close(200, "test done".into()).await;
     sandbox.remove().await
 }
 
@@ -357,7 +312,7 @@ impl Drop for SizeLimit {
     }
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_message_over_the_broker_size_limit_fails_alone(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let limit = SizeLimit::set(1024 * 1024).await?;
@@ -376,7 +331,7 @@ async fn a_message_over_the_broker_size_limit_fails_alone(pool: PgPool) -> TestR
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn batches_are_bounded_by_bytes_and_a_larger_row_goes_alone(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let mut ids = fill(&pool, 10, 20, "small").await?;

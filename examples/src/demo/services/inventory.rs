@@ -1,41 +1,42 @@
 //! The inventory service: reserves stock for a new order, and releases it when the
 //! payment fails (the saga's compensation).
 
-use idempotency::{Envelope, HandlerFuture};
+use idempotency::{BoxError, Context};
 use sqlx::PgConnection;
 
-use super::common::{number, record_handled, reply};
+use super::common::{emit, record_handled};
+use super::messages::{InventoryReleased, InventoryReserved, OrderCreated, PaymentFailed};
 use crate::demo::saga::Event;
 
 /// `OrderCreated`: reserve the order's quantity, then `InventoryReserved`.
-pub(crate) fn order_created<'a>(
-    message: &'a Envelope,
-    conn: &'a mut PgConnection,
-) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let quantity = number(message, "quantity")?;
-        let amount_cents = number(message, "amount_cents")?;
-        record_handled(conn, message).await?;
-        adjust(conn, &message.saga_id, "reserve", quantity).await?;
-        let payload = serde_json::json!({ "quantity": quantity, "amount_cents": amount_cents });
-        reply(conn, &message.saga_id, Event::InventoryReserved, &payload).await?;
-        Ok(serde_json::Value::Null)
-    })
+pub(crate) async fn order_created(
+    mut ctx: Context<'_>,
+    order: OrderCreated,
+) -> Result<(), BoxError> {
+    record_handled(&mut ctx).await?;
+    let order_id = &ctx.envelope().saga_id;
+    adjust(ctx.db(), order_id, "reserve", order.quantity).await?;
+    let reserved = InventoryReserved {
+        quantity: order.quantity,
+        amount_cents: order.amount_cents,
+    };
+    emit(&mut ctx, Event::InventoryReserved, &reserved).await?;
+    Ok(())
 }
 
 /// `PaymentFailed`: put the reserved quantity back, then `InventoryReleased`.
-pub(crate) fn payment_failed<'a>(
-    message: &'a Envelope,
-    conn: &'a mut PgConnection,
-) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let quantity = number(message, "quantity")?;
-        record_handled(conn, message).await?;
-        adjust(conn, &message.saga_id, "release", quantity).await?;
-        let payload = serde_json::json!({ "quantity": quantity });
-        reply(conn, &message.saga_id, Event::InventoryReleased, &payload).await?;
-        Ok(serde_json::Value::Null)
-    })
+pub(crate) async fn payment_failed(
+    mut ctx: Context<'_>,
+    failed: PaymentFailed,
+) -> Result<(), BoxError> {
+    record_handled(&mut ctx).await?;
+    let order_id = &ctx.envelope().saga_id;
+    adjust(ctx.db(), order_id, "release", failed.quantity).await?;
+    let released = InventoryReleased {
+        quantity: failed.quantity,
+    };
+    emit(&mut ctx, Event::InventoryReleased, &released).await?;
+    Ok(())
 }
 
 async fn adjust(
@@ -43,7 +44,7 @@ async fn adjust(
     order_id: &str,
     kind: &str,
     quantity: i64,
-) -> Result<(), idempotency::BoxError> {
+) -> Result<(), BoxError> {
     sqlx::query("INSERT INTO reservations (order_id, kind, quantity) VALUES ($1, $2, $3)")
         .bind(order_id)
         .bind(kind)

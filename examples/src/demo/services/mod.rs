@@ -5,6 +5,7 @@
 
 mod common;
 mod inventory;
+mod messages;
 mod order;
 mod payment;
 mod shipping;
@@ -28,6 +29,7 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
         .await?;
 
     let config = consumer_config(&args.prefix, args.service);
+    config.validate()?;
     let consumer = handlers(
         Consumer::new(pool.clone(), amqp_url, args.service.name(), config),
         &args,
@@ -51,7 +53,7 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
     if let Some(placing) = placing {
         placing.await??;
     }
-    consuming.await?;
+    consuming.await??;
     Ok(())
 }
 
@@ -68,9 +70,11 @@ fn handlers(consumer: Consumer, args: &ServiceArgs) -> Consumer {
                 seed: args.seed,
                 failure_rate: args.payment_failure_rate,
             };
-            consumer.on(Event::InventoryReserved.step(), move |message, conn| {
-                payment::inventory_reserved(message, conn, policy)
-            })
+            consumer.on_with(
+                Event::InventoryReserved.step(),
+                policy,
+                payment::inventory_reserved,
+            )
         }
         Service::Shipping => consumer.on(Event::PaymentCharged.step(), shipping::payment_charged),
     }

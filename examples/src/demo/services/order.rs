@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use idempotency::{Envelope, HandlerFuture};
-use sqlx::{PgConnection, PgPool};
+use idempotency::{BoxError, Context};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{record_handled, reply};
+use super::common::{record_handled, start};
+use super::messages::{InventoryReleased, OrderCreated, ShipmentCreated};
 use crate::demo::saga::{Event, order_id};
 
 /// Places orders 1 to `orders`, `rate` per second. A restarted service goes on from
@@ -57,52 +58,46 @@ async fn place(pool: &PgPool, number: u32) -> anyhow::Result<()> {
     .await?
     .rows_affected();
     if inserted == 1 {
-        let payload = serde_json::json!({ "quantity": quantity, "amount_cents": amount_cents });
-        reply(&mut tx, &id, Event::OrderCreated, &payload)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let created = OrderCreated {
+            quantity,
+            amount_cents,
+        };
+        start(&mut tx, &id, Event::OrderCreated, &created).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
 /// `ShipmentCreated`: the order is shipped.
-pub(crate) fn shipment_created<'a>(
-    message: &'a Envelope,
-    conn: &'a mut PgConnection,
-) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        record_handled(conn, message).await?;
-        finish(conn, &message.saga_id, "shipped").await
-    })
+pub(crate) async fn shipment_created(
+    mut ctx: Context<'_>,
+    _: ShipmentCreated,
+) -> Result<(), BoxError> {
+    record_handled(&mut ctx).await?;
+    finish(&mut ctx, "shipped").await
 }
 
 /// `InventoryReleased`: the compensation is complete; the order is cancelled.
-pub(crate) fn inventory_released<'a>(
-    message: &'a Envelope,
-    conn: &'a mut PgConnection,
-) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        record_handled(conn, message).await?;
-        finish(conn, &message.saga_id, "cancelled").await
-    })
+pub(crate) async fn inventory_released(
+    mut ctx: Context<'_>,
+    _: InventoryReleased,
+) -> Result<(), BoxError> {
+    record_handled(&mut ctx).await?;
+    finish(&mut ctx, "cancelled").await
 }
 
-async fn finish(
-    conn: &mut PgConnection,
-    id: &str,
-    status: &str,
-) -> Result<serde_json::Value, idempotency::BoxError> {
+async fn finish(ctx: &mut Context<'_>, status: &str) -> Result<(), BoxError> {
+    let id = &ctx.envelope().saga_id;
     let changed = sqlx::query(
         "UPDATE orders SET status = $2, finished_at = now() WHERE id = $1 AND status = 'placed'",
     )
     .bind(id)
     .bind(status)
-    .execute(&mut *conn)
+    .execute(ctx.db())
     .await?
     .rows_affected();
     if changed == 0 {
-        tracing::warn!(saga_id = id, status, "order was not waiting to be finished");
+        tracing::warn!(saga_id = %id, status, "order was not waiting to be finished");
     }
-    Ok(serde_json::Value::Null)
+    Ok(())
 }

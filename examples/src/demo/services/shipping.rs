@@ -1,29 +1,21 @@
 //! The shipping service: ships a paid order.
 
-use idempotency::{Envelope, HandlerFuture};
-use sqlx::PgConnection;
+use idempotency::{BoxError, Context};
 
-use super::common::{record_handled, reply};
+use super::common::{emit, record_handled};
+use super::messages::{PaymentCharged, ShipmentCreated};
 use crate::demo::saga::Event;
 
 /// `PaymentCharged`: create the shipment, then `ShipmentCreated`.
-pub(crate) fn payment_charged<'a>(
-    message: &'a Envelope,
-    conn: &'a mut PgConnection,
-) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        record_handled(conn, message).await?;
-        sqlx::query("INSERT INTO shipments (order_id) VALUES ($1)")
-            .bind(&message.saga_id)
-            .execute(&mut *conn)
-            .await?;
-        reply(
-            conn,
-            &message.saga_id,
-            Event::ShipmentCreated,
-            &serde_json::json!({}),
-        )
+pub(crate) async fn payment_charged(
+    mut ctx: Context<'_>,
+    _: PaymentCharged,
+) -> Result<(), BoxError> {
+    record_handled(&mut ctx).await?;
+    sqlx::query("INSERT INTO shipments (order_id) VALUES ($1)")
+        .bind(&ctx.envelope().saga_id)
+        .execute(ctx.db())
         .await?;
-        Ok(serde_json::Value::Null)
-    })
+    emit(&mut ctx, Event::ShipmentCreated, &ShipmentCreated {}).await?;
+    Ok(())
 }

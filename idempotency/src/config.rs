@@ -1,0 +1,196 @@
+//! How a consumer reads its queue and what it does with failures, checked before
+//! the consumer starts.
+
+use std::time::Duration;
+
+use lapin::Channel;
+
+use crate::topology;
+
+/// How a consumer reads its queue and what it does with failures.
+///
+/// The fields are public so that a service can set the few it cares about after
+/// [`ConsumerConfig::new`]; [`ConsumerConfig::validate`] says which values cannot
+/// work, and the consumer calls it before it connects.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumerConfig {
+    /// The durable queue to consume; declared if missing, with its dead-letter queue
+    /// ([`outbox::wire::dead_queue`]).
+    pub queue: String,
+    /// `(exchange, routing pattern)` pairs to bind the queue to.
+    pub bindings: Vec<(String, String)>,
+    /// Unacknowledged deliveries the broker may send ahead.
+    pub prefetch: u16,
+    /// Deliveries handled at once.
+    pub concurrency: usize,
+    /// Handler failures before a message is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles per attempt up to `retry_max`.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+/// A [`ConsumerConfig`] value that cannot work; the message names the field and
+/// what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidConfig {
+    /// `queue` is empty: the broker would make up a name no producer routes to.
+    #[error("consumer config: `queue` is empty; name the queue to consume")]
+    EmptyQueue,
+    /// A count or a delay that must be positive is zero.
+    #[error("consumer config: `{0}` is zero; it must be at least 1")]
+    Zero(&'static str),
+    /// The first retry would wait longer than the longest retry may.
+    #[error(
+        "consumer config: `retry_base` ({base:?}) is longer than `retry_max` ({max:?}); \
+         raise `retry_max` or lower `retry_base`"
+    )]
+    RetryBaseAboveMax {
+        /// The configured `retry_base`.
+        base: Duration,
+        /// The configured `retry_max`.
+        max: Duration,
+    },
+}
+
+impl ConsumerConfig {
+    /// Defaults for `queue`: prefetch 32, 4 at once, 5 attempts, retries after 1 s,
+    /// 2 s, 4 s, ... up to a minute.
+    pub fn new(queue: impl Into<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            bindings: Vec::new(),
+            prefetch: 32,
+            concurrency: 4,
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+
+    /// Binds the queue to `exchange` with a routing `pattern` (declared at start).
+    pub fn bind(mut self, exchange: impl Into<String>, pattern: impl Into<String>) -> Self {
+        self.bindings.push((exchange.into(), pattern.into()));
+        self
+    }
+
+    /// Checks every value, so a bad one is an error the caller can print before
+    /// anything connects, not a stuck or spinning consumer later.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.queue.is_empty() {
+            return Err(InvalidConfig::EmptyQueue);
+        }
+        let zero = [
+            ("prefetch", self.prefetch == 0),
+            ("concurrency", self.concurrency == 0),
+            ("max_attempts", self.max_attempts == 0),
+            ("retry_base", self.retry_base.is_zero()),
+        ];
+        if let Some((field, _)) = zero.into_iter().find(|(_, is_zero)| *is_zero) {
+            return Err(InvalidConfig::Zero(field));
+        }
+        if self.retry_base > self.retry_max {
+            return Err(InvalidConfig::RetryBaseAboveMax {
+                base: self.retry_base,
+                max: self.retry_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// How long a message waits before attempt `failed + 1`, after `failed` handler
+    /// failures: `retry_base`, doubled per earlier failure, at most `retry_max`.
+    pub fn retry_delay(&self, failed: u32) -> Duration {
+        let exponent = failed.saturating_sub(1).min(20);
+        self.retry_base
+            .saturating_mul(1 << exponent)
+            .min(self.retry_max)
+    }
+
+    /// Every delay a retry can wait, shortest first. Each has a retry queue of its
+    /// own ([`outbox::wire::retry_queue`]), declared on first use: these are the
+    /// names to remove when tearing a consumer's queues down.
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        let mut delays: Vec<Duration> = (1..self.max_attempts.max(2))
+            .map(|failed| self.retry_delay(failed))
+            .collect();
+        delays.dedup();
+        delays
+    }
+
+    /// Declares the queue, its dead-letter queue and the bindings, as the consumer
+    /// does when it starts. Call it ahead of time so that nothing published before
+    /// the first consumer connects is unroutable.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        topology::declare(channel, &self.queue, &self.bindings).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ConsumerConfig {
+        ConsumerConfig::new("payments")
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_empty_queue_name_is_refused() {
+        assert_eq!(
+            ConsumerConfig::new("").validate(),
+            Err(InvalidConfig::EmptyQueue)
+        );
+    }
+
+    #[test]
+    fn each_zero_is_refused_by_name() {
+        type Zeroing = fn(&mut ConsumerConfig);
+        let cases: [(&str, Zeroing); 4] = [
+            ("prefetch", |c| c.prefetch = 0),
+            ("concurrency", |c| c.concurrency = 0),
+            ("max_attempts", |c| c.max_attempts = 0),
+            ("retry_base", |c| c.retry_base = Duration::ZERO),
+        ];
+        for (field, zero) in cases {
+            let mut config = config();
+            zero(&mut config);
+            assert_eq!(config.validate(), Err(InvalidConfig::Zero(field)));
+            assert!(config.validate().unwrap_err().to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_longest() {
+        let mut config = config();
+        config.retry_base = Duration::from_millis(500);
+        config.retry_max = Duration::from_secs(3);
+        config.max_attempts = 6;
+        let ms = |delays: Vec<Duration>| delays.iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+        assert_eq!(ms(config.retry_delays()), [500, 1000, 2000, 3000]);
+        config.max_attempts = 1;
+        assert_eq!(
+            ms(config.retry_delays()),
+            [500],
+            "a database outage still retries"
+        );
+    }
+
+    #[test]
+    fn a_first_retry_longer_than_the_longest_is_refused() {
+        let mut config = config();
+        config.retry_base = Duration::from_secs(2);
+        config.retry_max = Duration::from_secs(1);
+        assert!(matches!(
+            config.validate(),
+            Err(InvalidConfig::RetryBaseAboveMax { .. })
+        ));
+    }
+}

@@ -1,0 +1,104 @@
+//! A TCP proxy that can cut or stall every connection through it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+
+use crate::servers::{self, AMQP_PORT};
+
+/// A TCP proxy in front of a server (RabbitMQ, PostgreSQL) that the test controls: it can cut every
+/// connection through it, or stall them (a black hole: nothing moves, nothing closes).
+pub struct FaultyProxy {
+    /// The local port to connect to instead of the server's.
+    pub port: u16,
+    cut: broadcast::Sender<()>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl FaultyProxy {
+    /// Listens on a free local port and forwards every connection to the RabbitMQ of
+    /// `AMQP_URL`; [`FaultyProxy::amqp_url`] is the way through.
+    pub async fn to_broker() -> anyhow::Result<Self> {
+        let upstream = servers::address(&servers::amqp_url(), AMQP_PORT)
+            .ok_or_else(|| anyhow::anyhow!("AMQP_URL names no host"))?;
+        let upstream = tokio::net::lookup_host(&upstream)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("AMQP_URL names no address: {upstream}"))?;
+        Self::start(upstream).await
+    }
+
+    /// Listens on a free local port and forwards every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (cut, _) = broadcast::channel(4);
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (cut_tx, stalled_flag) = (cut.clone(), Arc::clone(&stalled));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut cut_rx = cut_tx.subscribe();
+                let stalled = Arc::clone(&stalled_flag);
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        _ = pump(client_read, server_write, Arc::clone(&stalled)) => {}
+                        _ = pump(server_read, client_write, stalled) => {}
+                        _ = cut_rx.recv() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { port, cut, stalled })
+    }
+
+    /// `AMQP_URL` (its user, password and vhost) with the proxy in place of the server.
+    pub fn amqp_url(&self) -> String {
+        let mut url = url::Url::parse(&servers::amqp_url())
+            .unwrap_or_else(|_| url::Url::parse(servers::DEFAULT_AMQP_URL).expect("a URL"));
+        // An AMQP URL has a host, so both setters succeed.
+        let _ = url.set_host(Some("127.0.0.1"));
+        let _ = url.set_port(Some(self.port));
+        url.to_string()
+    }
+
+    /// Drops every connection through the proxy, as a network failure would.
+    pub fn cut_all(&self) {
+        let _ = self.cut.send(());
+    }
+
+    /// While stalled, no byte moves in either direction and no socket closes.
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+}

@@ -1,0 +1,158 @@
+//! One clear line, and an end to the test binary, when a server the tests need is down:
+//! what the README asks a newcomer to start, and how, instead of a panic per test.
+
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::Deref;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+
+use crate::servers::{self, AMQP_PORT, POSTGRES_PORT};
+
+/// How long a server may take to accept a TCP connection before it counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Makes sure PostgreSQL (`DATABASE_URL`) and RabbitMQ (`AMQP_URL`) accept connections.
+///
+/// The first call in a process checks; later calls return at once. If a server is
+/// down, it writes one line naming it and how to start it, past the test harness's
+/// output capture, and ends the process with exit code 1: every test of the binary
+/// would fail the same way, so none runs. A server reached through a Unix socket is not
+/// checked.
+pub fn require_servers() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        if let Some(line) = servers_down() {
+            // Straight to stderr: `eprintln!` in a test is captured and shown only per test.
+            let _ = writeln!(std::io::stderr(), "{line}");
+            // Inside the initialiser, so callers on other threads wait here and only
+            // this one exits.
+            std::process::exit(1);
+        }
+    });
+}
+
+/// The line to print when a server is down, or `None` when both answer.
+fn servers_down() -> Option<String> {
+    let checks = [
+        (
+            "PostgreSQL",
+            "DATABASE_URL",
+            servers::database_url(),
+            POSTGRES_PORT,
+        ),
+        ("RabbitMQ", "AMQP_URL", servers::amqp_url(), AMQP_PORT),
+    ];
+    let down: Vec<Down> = checks
+        .into_iter()
+        .filter_map(|(server, variable, url, port)| {
+            let address = servers::address(&url, port)?;
+            (!accepts(&address)).then_some((server, variable, address))
+        })
+        .collect();
+    line(&down)
+}
+
+/// A server that is down: its name, the variable that names it, its `host:port`.
+type Down = (&'static str, &'static str, String);
+
+/// The one line that says which servers are down and how to start them.
+fn line(down: &[Down]) -> Option<String> {
+    match down {
+        [] => None,
+        [(server, variable, address)] => Some(format!(
+            "{server} is not reachable at {address} ({variable}): start it with \
+             scripts/services.sh, or set {variable} to a running server"
+        )),
+        _ => Some(format!(
+            "{}: start them with scripts/services.sh",
+            down.iter()
+                .map(|(server, variable, address)| format!(
+                    "{server} is not reachable at {address} ({variable})"
+                ))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )),
+    }
+}
+
+/// Whether something accepts a TCP connection at `address` (`host:port`).
+fn accepts(address: &str) -> bool {
+    let Ok(candidates) = address.to_socket_addrs() else {
+        return false;
+    };
+    candidates
+        .into_iter()
+        .any(|addr| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).is_ok())
+}
+
+/// A migrator for `#[sqlx::test(migrator = "...")]` that first calls
+/// [`require_servers`].
+///
+/// `#[sqlx::test]` connects to `DATABASE_URL` before the test body runs, and a refused
+/// connection makes it retry for 30 seconds and then panic, in every test. It reads its
+/// migrator before connecting, so a migrator that checks the servers turns that into the
+/// one line of [`require_servers`]:
+///
+/// ```rust,no_run
+/// # mod outbox { pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT; }
+/// static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&outbox::MIGRATOR);
+///
+/// #[sqlx::test(migrator = "MIGRATOR")]
+/// async fn publishes(pool: sqlx::PgPool) -> anyhow::Result<()> {
+///     Ok(())
+/// }
+/// ```
+pub struct CheckedMigrator(&'static Migrator);
+
+impl CheckedMigrator {
+    /// Wraps `migrator`.
+    pub const fn new(migrator: &'static Migrator) -> Self {
+        Self(migrator)
+    }
+}
+
+impl Deref for CheckedMigrator {
+    type Target = Migrator;
+
+    fn deref(&self) -> &Migrator {
+        require_servers();
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_names_the_servers_that_are_down() {
+        assert_eq!(line(&[]), None);
+        let rabbit = ("RabbitMQ", "AMQP_URL", "127.0.0.1:1".to_owned());
+        assert_eq!(
+            line(std::slice::from_ref(&rabbit)).as_deref(),
+            Some(
+                "RabbitMQ is not reachable at 127.0.0.1:1 (AMQP_URL): start it with \
+                 scripts/services.sh, or set AMQP_URL to a running server"
+            )
+        );
+        let postgres = ("PostgreSQL", "DATABASE_URL", "db:5432".to_owned());
+        let both = line(&[postgres, rabbit]).unwrap();
+        assert!(!both.contains('\n'), "{both}");
+        assert!(
+            both.contains("db:5432 (DATABASE_URL) and RabbitMQ"),
+            "{both}"
+        );
+    }
+
+    #[test]
+    fn a_closed_port_does_not_accept() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().to_string();
+        assert!(accepts(&open));
+        drop(listener);
+        assert!(!accepts(&open));
+    }
+}
