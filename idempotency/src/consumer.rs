@@ -98,6 +98,11 @@ impl Consumer {
         self
     }
 
+    /// The name of the consumer's inbox, as given to [`Consumer::new`].
+    pub fn name(&self) -> &str {
+        self.inbox.consumer()
+    }
+
     /// Like [`Consumer::on`], for a handler that also takes a state:
     /// `async fn(Context<'_>, T, S) -> Result<R, E>`, called with a clone of `state`
     /// each time (put what must be shared behind an `Arc`).
@@ -199,6 +204,12 @@ pub struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
+    /// Stops at once, like a crash: deliveries in hand are neither finished nor
+    /// acked, and the broker redelivers them.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Stops taking deliveries, finishes those in hand (bounded), and waits.
     pub async fn shutdown(self) {
         self.shutdown.cancel();

@@ -42,6 +42,11 @@ impl Inbox {
         }
     }
 
+    /// The consumer's name: the first part of each of its keys.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
     /// Runs `handler` in a transaction that also records `key`, and commits both, or
     /// neither. If the key is already recorded, the handler does not run and the
     /// outcome is [`Outcome::Duplicate`].

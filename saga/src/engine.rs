@@ -238,9 +238,9 @@ pub async fn apply_reply(
 /// Applies the timeout of sagas whose deadline has passed, at most `limit`, each in a
 /// transaction of its own. `SKIP LOCKED`: any number of orchestrators sweep together,
 /// each saga is taken by one, and a saga being moved by a reply is left to it.
-pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<usize> {
-    let mut swept = 0;
-    while swept < limit {
+pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<Vec<Swept>> {
+    let mut swept = Vec::new();
+    while swept.len() < limit {
         let mut tx = pool.begin().await?;
         let due: Option<(String, String, i32, Option<String>)> = sqlx::query_as(
             "SELECT saga_id, state, current_step, operator_request FROM saga_instance
@@ -275,7 +275,7 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
             },
         };
         let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
-        if let Applied::Ignored(why) = applied {
+        if let Applied::Ignored(why) = &applied {
             // An operator's request that did not apply leaves a finished saga without
             // a deadline; a timeout that did not apply (it cannot, while deadlines
             // follow states) is looked at again later rather than spun on.
@@ -292,9 +292,25 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
             tracing::warn!(%saga_id, why, "a due saga's event did not apply");
         }
         tx.commit().await?;
-        swept += 1;
+        let timed_out = matches!(event, Event::Timeout { .. });
+        swept.push(Swept {
+            saga_id,
+            timed_out,
+            applied,
+        });
     }
     Ok(swept)
+}
+
+/// One due saga a sweep handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The saga.
+    pub saga_id: String,
+    /// Its deadline passed (rather than an operator's request being carried out).
+    pub timed_out: bool,
+    /// What came of it.
+    pub applied: Applied,
 }
 
 /// A deadline whose timeout did not apply is looked at again after this long.

@@ -9,22 +9,28 @@
 //! The rules are one pure function, [`transition`], from a saga's [`Position`] and
 //! an [`Event`] to where it goes next.
 
+pub mod admin;
 mod definition;
+mod effects;
 mod engine;
 mod error;
 mod history;
+mod metrics;
+mod orchestrator;
+pub mod participant;
 mod registry;
 mod state;
 mod transition;
-pub mod admin;
 pub mod wire;
 
 pub use definition::{
     CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, Saga,
     SagaBuilder, StepBuilder, StepDef,
 };
-pub use engine::{Applied, Incoming, apply, apply_reply, start, sweep_due};
+pub use engine::{Applied, Incoming, Swept, apply, apply_reply, start, sweep_due};
 pub use error::{Error, Result};
+pub use metrics::Metrics;
+pub use orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorHandle};
 pub use registry::Registry;
 pub use state::SagaState;
 pub use transition::{Command, Event, Next, Outcome, Phase, Plan, Position, transition};

@@ -24,6 +24,7 @@ pub(crate) trait Definition: Send + Sync {
         data: &serde_json::Value,
     ) -> Result<serde_json::Value, serde_json::Error>;
     fn command_named(&self, name: &str) -> Option<(usize, Phase)>;
+    fn command_names(&self) -> Vec<&str>;
 }
 
 impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
@@ -61,6 +62,14 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
     fn command_named(&self, name: &str) -> Option<(usize, Phase)> {
         Saga::command_named(self, name)
     }
+
+    fn command_names(&self) -> Vec<&str> {
+        self.steps()
+            .iter()
+            .flat_map(|s| std::iter::once(s.action()).chain(s.compensation()))
+            .map(|c| c.name())
+            .collect()
+    }
 }
 
 /// The saga definitions an orchestrator knows, by type and version.
@@ -87,6 +96,24 @@ impl Registry {
         self.definitions
             .get(&(saga_type.to_owned(), version))
             .cloned()
+    }
+
+    /// The steps replies arrive under, `{command}.reply`, each once: what the
+    /// orchestrator's consumer routes.
+    pub fn reply_routes(&self) -> Vec<String> {
+        let mut routes: Vec<String> = self
+            .definitions
+            .values()
+            .flat_map(|d| {
+                d.command_names()
+                    .into_iter()
+                    .map(|c| format!("{c}.reply"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        routes.sort();
+        routes.dedup();
+        routes
     }
 
     /// The saga types registered, each once.

@@ -252,10 +252,9 @@ async fn a_timed_out_step_is_compensated_and_its_late_reply_changes_nothing(
     start(&pool, "order-3").await?;
     reply(&pool, "order-3", "inventory.reserve", 1, ok(None)).await?;
     expire(&pool, "order-3").await?;
-    assert_eq!(saga::sweep_due(&pool, &registry(), 10).await?, 1);
-    assert_eq!(
-        saga::sweep_due(&pool, &registry(), 10).await?,
-        0,
+    assert_eq!(saga::sweep_due(&pool, &registry(), 10).await?.len(), 1);
+    assert!(
+        saga::sweep_due(&pool, &registry(), 10).await?.is_empty(),
         "one timeout, once"
     );
     let sent = commands(&pool, "order-3").await?;

@@ -1,0 +1,135 @@
+//! An orchestrator's counters, in the Prometheus text format. Figures that live in
+//! the database (sagas by state, the oldest unfinished one) come from
+//! [`admin::stats`](crate::admin), read when scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::engine::{Applied, Swept};
+use crate::state::SagaState;
+
+/// What one orchestrator instance did since it started. Relaxed atomics: cheap on
+/// the hot path.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    replies_applied: AtomicU64,
+    replies_ignored: AtomicU64,
+    timeouts: AtomicU64,
+    completed: AtomicU64,
+    compensated: AtomicU64,
+    failed: AtomicU64,
+    compensations_resent: AtomicU64,
+    definitions_missing: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn replied(&self, applied: &Applied) {
+        match applied {
+            Applied::Ignored(_) => self.replies_ignored.fetch_add(1, Relaxed),
+            _ => self.replies_applied.fetch_add(1, Relaxed),
+        };
+        self.moved(applied);
+    }
+
+    pub(crate) fn swept(&self, swept: &Swept) {
+        if swept.timed_out && matches!(swept.applied, Applied::Moved { .. }) {
+            self.timeouts.fetch_add(1, Relaxed);
+        }
+        self.moved(&swept.applied);
+    }
+
+    fn moved(&self, applied: &Applied) {
+        match applied {
+            Applied::Moved {
+                to: SagaState::Completed,
+                ..
+            } => self.completed.fetch_add(1, Relaxed),
+            Applied::Moved {
+                to: SagaState::Compensated,
+                ..
+            } => self.compensated.fetch_add(1, Relaxed),
+            Applied::Moved {
+                to: SagaState::Failed,
+                ..
+            } => self.failed.fetch_add(1, Relaxed),
+            Applied::Moved {
+                from: SagaState::Compensating,
+                to: SagaState::Compensating,
+            } => self.compensations_resent.fetch_add(1, Relaxed),
+            Applied::DefinitionMissing => self.definitions_missing.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// Sagas this instance finished in `state` (completed, compensated or failed).
+    pub fn finished(&self, state: SagaState) -> u64 {
+        match state {
+            SagaState::Completed => self.completed.load(Relaxed),
+            SagaState::Compensated => self.compensated.load(Relaxed),
+            SagaState::Failed => self.failed.load(Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// Timeouts this instance applied.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.load(Relaxed)
+    }
+
+    /// The counters as Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, labels: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {value}"
+            );
+        };
+        counter(
+            "saga_replies_applied_total",
+            "Replies that moved a saga.",
+            "",
+            self.replies_applied.load(Relaxed),
+        );
+        counter(
+            "saga_replies_ignored_total",
+            "Late or duplicate replies, recorded in the history, that changed nothing.",
+            "",
+            self.replies_ignored.load(Relaxed),
+        );
+        counter(
+            "saga_timeouts_total",
+            "Commands whose deadline passed without a reply.",
+            "",
+            self.timeouts(),
+        );
+        counter(
+            "saga_compensations_resent_total",
+            "Compensations that failed or timed out and were sent again.",
+            "",
+            self.compensations_resent.load(Relaxed),
+        );
+        counter(
+            "saga_definitions_missing_total",
+            "Sagas failed because their definition version is not registered.",
+            "",
+            self.definitions_missing.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP saga_finished_total Sagas finished by this instance, by state.\n# TYPE saga_finished_total counter"
+        );
+        for state in [
+            SagaState::Completed,
+            SagaState::Compensated,
+            SagaState::Failed,
+        ] {
+            let _ = writeln!(
+                out,
+                "saga_finished_total{{state=\"{state}\"}} {}",
+                self.finished(state)
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,244 @@
+//! The services that execute a saga's commands: a handler per command, run through
+//! the inbox, whose reply goes back to the orchestrator through the outbox in the
+//! same transaction.
+//!
+//! ```rust,no_run
+//! use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
+//! use saga::participant::{SagaCommands, Verdict};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Charge { order_id: i64, amount_cents: i64 }
+//!
+//! async fn charge(mut ctx: Context<'_>, cmd: Charge) -> Result<Verdict<serde_json::Value>, BoxError> {
+//!     if cmd.amount_cents > 100_000 {
+//!         return Ok(Verdict::Declined("over the card limit".into())); // replied as a failure
+//!     }
+//!     sqlx::query("INSERT INTO charges (order_id, cents) VALUES ($1, $2)")
+//!         .bind(cmd.order_id).bind(cmd.amount_cents).execute(ctx.db()).await?;
+//!     Ok(Verdict::Done(serde_json::json!({ "charged": cmd.amount_cents }))) // merged into the saga's data
+//! }
+//!
+//! async fn refund(mut ctx: Context<'_>, cmd: Charge) -> Result<(), BoxError> {
+//!     sqlx::query("DELETE FROM charges WHERE order_id = $1").bind(cmd.order_id).execute(ctx.db()).await?;
+//!     Ok(())
+//! }
+//!
+//! # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ConsumerConfig::new("payment").bind("events", "payment.*");
+//! let payments = Consumer::new(pool, "amqp://127.0.0.1:5672/%2f", "payment", config)
+//!     .action("payment.charge", charge)
+//!     .compensation("payment.refund", refund)
+//!     .spawn()?;
+//! # Ok(()) }
+//! ```
+//!
+//! What the helper guarantees, per `saga_id` and command:
+//! - An action takes effect at most once, however often it is delivered or resent, and
+//!   every delivery is answered with the same reply.
+//! - A compensation that arrives before its action (the action timed out at the
+//!   orchestrator, then came late) fences it: the action will never take effect, and
+//!   the compensation has nothing to undo. So does a compensation of an action that
+//!   was declined.
+//! - A compensation that fails (returns an error) rolls back and is retried by the
+//!   consumer; the orchestrator resends it after its timeout, up to its attempts.
+
+use std::sync::Arc;
+
+use idempotency::{BoxError, Consumer, Context, Handler, Reject};
+use outbox::wire::step_route;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::effects::{self, Claim};
+use crate::wire::{self, Reply};
+
+/// What an action decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict<R> {
+    /// It took effect; `R` is merged into the saga's data.
+    Done(R),
+    /// It refuses, for this reason (a payment declined): a business answer, recorded
+    /// like an effect, replied as a failure. The orchestrator compensates the steps
+    /// before it.
+    Declined(String),
+}
+
+/// Registers saga command handlers on a [`Consumer`].
+pub trait SagaCommands: Sized {
+    /// Handles action `command` with `handler`, an
+    /// `async fn(Context<'_>, T) -> Result<Verdict<R>, E>`. An error `E` (or a panic)
+    /// rolls back and is retried by the consumer; it is not a reply.
+    fn action<H, T, R, E>(self, command: &str, handler: H) -> Self
+    where
+        H: for<'a> Handler<'a, T, Verdict<R>, E>,
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<BoxError> + Send + 'static;
+
+    /// Handles compensation `command` with `handler`, an
+    /// `async fn(Context<'_>, T) -> Result<(), E>`, called only when its action took
+    /// effect. An error rolls back and is retried.
+    fn compensation<H, T, E>(self, command: &str, handler: H) -> Self
+    where
+        H: for<'a> Handler<'a, T, (), E>,
+        T: DeserializeOwned + Send + 'static,
+        E: Into<BoxError> + Send + 'static;
+}
+
+/// A handler with the consumer's name, under which its effects are recorded.
+struct Route<H> {
+    handler: H,
+    consumer: String,
+}
+
+impl SagaCommands for Consumer {
+    fn action<H, T, R, E>(self, command: &str, handler: H) -> Self
+    where
+        H: for<'a> Handler<'a, T, Verdict<R>, E>,
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let route = Arc::new(Route {
+            handler,
+            consumer: self.name().to_owned(),
+        });
+        self.on_with(command, route, run_action::<H, T, R, E>)
+    }
+
+    fn compensation<H, T, E>(self, command: &str, handler: H) -> Self
+    where
+        H: for<'a> Handler<'a, T, (), E>,
+        T: DeserializeOwned + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let route = Arc::new(Route {
+            handler,
+            consumer: self.name().to_owned(),
+        });
+        self.on_with(command, route, run_compensation::<H, T, E>)
+    }
+}
+
+async fn run_action<H, T, R, E>(
+    mut ctx: Context<'_>,
+    payload: T,
+    route: Arc<Route<H>>,
+) -> Result<Reply, BoxError>
+where
+    H: for<'a> Handler<'a, T, Verdict<R>, E>,
+    R: Serialize,
+    E: Into<BoxError>,
+{
+    let envelope = ctx.envelope();
+    let command = step_route(&envelope.step);
+    let reply_to = reply_to(&ctx)?;
+    let reply = match effects::claim(ctx.db(), &route.consumer, &envelope.saga_id, command).await? {
+        Claim::Answered(reply) => reply,
+        Claim::First => {
+            let verdict = route
+                .handler
+                .call(Context::new(envelope, ctx.db()), payload)
+                .await
+                .map_err(Into::into)?;
+            let reply = match verdict {
+                Verdict::Done(result) => Reply {
+                    succeeded: true,
+                    result: Some(serde_json::to_value(result)?),
+                    reason: None,
+                },
+                Verdict::Declined(reason) => Reply {
+                    succeeded: false,
+                    result: None,
+                    reason: Some(reason),
+                },
+            };
+            effects::record(
+                ctx.db(),
+                &route.consumer,
+                &envelope.saga_id,
+                command,
+                &reply,
+            )
+            .await?;
+            reply
+        }
+    };
+    send_reply(&mut ctx, &reply_to, &reply).await?;
+    Ok(reply)
+}
+
+async fn run_compensation<H, T, E>(
+    mut ctx: Context<'_>,
+    payload: T,
+    route: Arc<Route<H>>,
+) -> Result<Reply, BoxError>
+where
+    H: for<'a> Handler<'a, T, (), E>,
+    E: Into<BoxError>,
+{
+    let envelope = ctx.envelope();
+    let command = step_route(&envelope.step);
+    let reply_to = reply_to(&ctx)?;
+    let Some(action) = envelope
+        .header_str(wire::COMPENSATES_HEADER)
+        .map(str::to_owned)
+    else {
+        return Err(Reject::new(format!(
+            "{command} names no action to compensate ({})",
+            wire::COMPENSATES_HEADER
+        ))
+        .into());
+    };
+    let saga_id = &envelope.saga_id;
+    let reply = match effects::claim(ctx.db(), &route.consumer, saga_id, command).await? {
+        Claim::Answered(reply) => reply,
+        Claim::First => {
+            let undone = match effects::fence(ctx.db(), &route.consumer, saga_id, &action).await? {
+                None => Some("nothing to undo: its action never ran, and now never will"),
+                Some(action) if !action.succeeded => {
+                    Some("nothing to undo: its action took no effect")
+                }
+                Some(_) => None,
+            };
+            if undone.is_none() {
+                route
+                    .handler
+                    .call(Context::new(envelope, ctx.db()), payload)
+                    .await
+                    .map_err(Into::into)?;
+            }
+            let reply = Reply {
+                succeeded: true,
+                result: None,
+                reason: undone.map(str::to_owned),
+            };
+            effects::record(ctx.db(), &route.consumer, saga_id, command, &reply).await?;
+            reply
+        }
+    };
+    send_reply(&mut ctx, &reply_to, &reply).await?;
+    Ok(reply)
+}
+
+/// Where the orchestrator wants the reply: a command without it is not a saga's.
+fn reply_to(ctx: &Context<'_>) -> Result<String, Reject> {
+    ctx.envelope()
+        .header_str(wire::REPLY_TO_HEADER)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Reject::new(format!(
+                "not a saga command: no {} header",
+                wire::REPLY_TO_HEADER
+            ))
+        })
+}
+
+/// The reply, through the outbox, in the handler's transaction.
+async fn send_reply(ctx: &mut Context<'_>, reply_to: &str, reply: &Reply) -> Result<(), BoxError> {
+    let step = wire::reply_step(&ctx.envelope().step);
+    let message = ctx.message(step, reply_to).payload(reply)?;
+    ctx.enqueue(&message).await?;
+    Ok(())
+}

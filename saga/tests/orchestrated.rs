@@ -1,0 +1,372 @@
+//! Orchestrated sagas end to end on a real PostgreSQL and RabbitMQ: a relay publishes
+//! the outbox, an orchestrator consumes replies and sweeps deadlines, participants
+//! handle commands through their inbox. Each test has its own database, exchange and
+//! queues.
+
+use std::time::Duration;
+
+use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
+use outbox_relay::{Relay, RelayConfig, RelayHandle};
+use saga::participant::{SagaCommands, Verdict};
+use saga::{Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry, Saga, SagaState};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use testkit::{Sandbox, amqp_url, wait_until};
+
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&outbox::MIGRATOR);
+
+type TestResult = anyhow::Result<()>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    order_id: i64,
+    amount_cents: i64,
+    #[serde(default)]
+    charge: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderCommand {
+    order_id: i64,
+    #[serde(default)]
+    amount_cents: i64,
+}
+
+fn order_saga(charge_timeout: Duration) -> Saga<Order> {
+    let command =
+        |o: &Order| serde_json::json!({ "order_id": o.order_id, "amount_cents": o.amount_cents });
+    Saga::<Order>::define("order", 1)
+        .compensation_attempts(3)
+        .step("reserve_inventory")
+        .action("inventory.reserve", command)
+        .compensate("inventory.release", command)
+        .step("charge_payment")
+        .action("payment.charge", command)
+        .compensate("payment.refund", command)
+        .timeout(charge_timeout)
+        .step("schedule_shipping")
+        .action("shipping.schedule", command)
+        .build()
+        .expect("a valid definition")
+}
+
+/// Every effect a participant had, in the order they committed.
+async fn effects(pool: &PgPool, order_id: i64) -> anyhow::Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT effect FROM effects WHERE order_id = $1 ORDER BY id")
+            .bind(order_id)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+async fn effect(ctx: &mut Context<'_>, order_id: i64, effect: &str) -> Result<(), BoxError> {
+    sqlx::query("INSERT INTO effects (order_id, effect) VALUES ($1, $2)")
+        .bind(order_id)
+        .bind(effect)
+        .execute(ctx.db())
+        .await?;
+    Ok(())
+}
+
+async fn reserve(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<Verdict<()>, BoxError> {
+    effect(&mut ctx, cmd.order_id, "reserved").await?;
+    Ok(Verdict::Done(()))
+}
+
+async fn release(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<(), BoxError> {
+    effect(&mut ctx, cmd.order_id, "released").await
+}
+
+/// Declines amounts over 1,000; the first delivery of order 3's charge fails (a
+/// transient error), so that its retry comes after its step's timeout.
+async fn charge(
+    mut ctx: Context<'_>,
+    cmd: OrderCommand,
+) -> Result<Verdict<serde_json::Value>, BoxError> {
+    if cmd.order_id == 3 && ctx.envelope().attempt == 1 {
+        return Err("card network unreachable".into());
+    }
+    if cmd.amount_cents > 1_000 {
+        return Ok(Verdict::Declined("over the card limit".into()));
+    }
+    effect(&mut ctx, cmd.order_id, "charged").await?;
+    Ok(Verdict::Done(
+        serde_json::json!({ "charge": cmd.amount_cents }),
+    ))
+}
+
+async fn refund(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<(), BoxError> {
+    effect(&mut ctx, cmd.order_id, "refunded").await
+}
+
+async fn schedule(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<Verdict<()>, BoxError> {
+    if cmd.order_id == 2 {
+        return Ok(Verdict::Declined("no courier".into()));
+    }
+    effect(&mut ctx, cmd.order_id, "scheduled").await?;
+    Ok(Verdict::Done(()))
+}
+
+/// The relay, participants and orchestrators of one test.
+struct Services {
+    sandbox: Sandbox,
+    relay: RelayHandle,
+    participants: ConsumerHandle,
+    orchestrators: Vec<OrchestratorHandle>,
+}
+
+impl Services {
+    async fn start(
+        pool: &PgPool,
+        orchestrators: usize,
+        charge_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        sqlx::query("CREATE TABLE effects (id bigserial PRIMARY KEY, order_id bigint NOT NULL, effect text NOT NULL)")
+            .execute(pool)
+            .await?;
+        let sandbox = Sandbox::new("#").await?;
+        let mut relay_config = RelayConfig::default();
+        relay_config.exchange = sandbox.exchange.clone();
+        relay_config.poll_interval = Duration::from_millis(100);
+        let relay = Relay::new(pool.clone(), amqp_url(), relay_config).spawn();
+
+        let mut config = ConsumerConfig::new(format!("{}-participants", sandbox.queue));
+        for pattern in ["inventory.*", "payment.*", "shipping.*"] {
+            config = config.bind(&sandbox.exchange, pattern);
+        }
+        config.retry_base = Duration::from_millis(1500);
+        let participants = Consumer::new(pool.clone(), amqp_url(), "participants", config)
+            .action("inventory.reserve", reserve)
+            .compensation("inventory.release", release)
+            .action("payment.charge", charge)
+            .compensation("payment.refund", refund)
+            .action("shipping.schedule", schedule)
+            .spawn()?;
+
+        let registry = Registry::new().register(order_saga(charge_timeout));
+        let mut handles = Vec::new();
+        for _ in 0..orchestrators {
+            let mut config = OrchestratorConfig::new(&sandbox.exchange);
+            config.consumer = ConsumerConfig::new(format!("{}-orchestrator", sandbox.queue));
+            config.sweep_interval = Duration::from_millis(100);
+            let orchestrator =
+                Orchestrator::new(pool.clone(), amqp_url(), registry.clone(), config);
+            handles.push(orchestrator.spawn()?);
+        }
+        Ok(Self {
+            sandbox,
+            relay,
+            participants,
+            orchestrators: handles,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        for orchestrator in self.orchestrators {
+            orchestrator.shutdown().await;
+        }
+        self.participants.shutdown().await;
+        self.relay.shutdown().await?;
+        self.sandbox.remove().await
+    }
+}
+
+async fn start_order(
+    pool: &PgPool,
+    registry_saga: &Saga<Order>,
+    order_id: i64,
+    amount_cents: i64,
+) -> anyhow::Result<String> {
+    let saga_id = format!("order-{order_id}");
+    let mut tx = pool.begin().await?;
+    let order = Order {
+        order_id,
+        amount_cents,
+        charge: None,
+    };
+    saga::start(&mut tx, registry_saga, &saga_id, &order).await?;
+    tx.commit().await?;
+    Ok(saga_id)
+}
+
+async fn state_of(pool: &PgPool, saga_id: &str) -> anyhow::Result<SagaState> {
+    let state: String = sqlx::query_scalar("SELECT state FROM saga_instance WHERE saga_id = $1")
+        .bind(saga_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(SagaState::parse(&state).expect("a known state"))
+}
+
+async fn wait_for(pool: &PgPool, saga_id: &str, state: SagaState) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{saga_id} is {state}"),
+        async || Ok(state_of(pool, saga_id).await? == state),
+    )
+    .await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_order_runs_every_step_once_and_completes(pool: PgPool) -> TestResult {
+    let services = Services::start(&pool, 1, Duration::from_secs(30)).await?;
+    let saga_id = start_order(&pool, &order_saga(Duration::from_secs(30)), 1, 500).await?;
+    wait_for(&pool, &saga_id, SagaState::Completed).await?;
+    assert_eq!(
+        effects(&pool, 1).await?,
+        ["reserved", "charged", "scheduled"]
+    );
+    let data: serde_json::Value =
+        sqlx::query_scalar("SELECT data FROM saga_instance WHERE saga_id = $1")
+            .bind(&saga_id)
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(
+        data["charge"], 500,
+        "the charge's result merged into the saga"
+    );
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_declined_step_compensates_the_completed_ones_once_in_reverse(
+    pool: PgPool,
+) -> TestResult {
+    let services = Services::start(&pool, 1, Duration::from_secs(30)).await?;
+    let definition = order_saga(Duration::from_secs(30));
+    // Order 2's shipping is declined: refund, then release.
+    let declined_late = start_order(&pool, &definition, 2, 500).await?;
+    // Order 4's charge is declined: only the release.
+    let declined_early = start_order(&pool, &definition, 4, 5_000).await?;
+    wait_for(&pool, &declined_late, SagaState::Compensated).await?;
+    wait_for(&pool, &declined_early, SagaState::Compensated).await?;
+    assert_eq!(
+        effects(&pool, 2).await?,
+        ["reserved", "charged", "refunded", "released"]
+    );
+    assert_eq!(effects(&pool, 4).await?, ["reserved", "released"]);
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_timed_out_step_is_compensated_and_its_late_action_is_fenced(pool: PgPool) -> TestResult {
+    // The charge's first delivery fails and is retried after 1.5 s; its step times out
+    // after 0.5 s, so the refund reaches the participant before the charge's retry.
+    let timeout = Duration::from_millis(500);
+    let services = Services::start(&pool, 1, timeout).await?;
+    let saga_id = start_order(&pool, &order_saga(timeout), 3, 500).await?;
+    wait_for(&pool, &saga_id, SagaState::Compensated).await?;
+    // The charge's retry comes after the refund: fenced, it is answered with a failure
+    // that the orchestrator records and ignores.
+    let history = async || -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT kind || ':' || coalesce(detail, '') FROM saga_event WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(&saga_id)
+        .fetch_all(&pool)
+        .await?)
+    };
+    let late_reply_ignored = async || -> anyhow::Result<bool> {
+        Ok(history()
+            .await?
+            .iter()
+            .any(|h| h.contains("fenced: its compensation came first") && h.contains("ignored")))
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the late charge's reply is recorded",
+        late_reply_ignored,
+    )
+    .await?;
+    assert_eq!(
+        effects(&pool, 3).await?,
+        ["reserved", "released"],
+        "no charge, no refund"
+    );
+    let history = history().await?;
+    assert!(
+        history.iter().any(|h| h.starts_with("timeout")),
+        "{history:?}"
+    );
+    assert_eq!(state_of(&pool, &saga_id).await?, SagaState::Compensated);
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn sagas_finish_on_the_other_orchestrator_when_one_is_killed(pool: PgPool) -> TestResult {
+    let mut services = Services::start(&pool, 2, Duration::from_secs(30)).await?;
+    let definition = order_saga(Duration::from_secs(30));
+    let mut ids = Vec::new();
+    for order_id in 100..140 {
+        ids.push(start_order(&pool, &definition, order_id, 500).await?);
+        if order_id == 110 {
+            services.orchestrators.remove(0).abort();
+        }
+    }
+    for saga_id in &ids {
+        wait_for(&pool, saga_id, SagaState::Completed).await?;
+    }
+    for order_id in 100..140 {
+        assert_eq!(
+            effects(&pool, order_id).await?,
+            ["reserved", "charged", "scheduled"],
+            "order {order_id}"
+        );
+    }
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_duplicate_reply_delivered_twice_at_once_applies_once(pool: PgPool) -> TestResult {
+    let services = Services::start(&pool, 2, Duration::from_secs(30)).await?;
+    let saga_id = start_order(&pool, &order_saga(Duration::from_secs(30)), 5, 500).await?;
+    wait_for(&pool, &saga_id, SagaState::Completed).await?;
+    let events_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM saga_event WHERE saga_id = $1")
+            .bind(&saga_id)
+            .fetch_one(&pool)
+            .await?;
+    // The shipping reply again, twice in one statement, through the outbox: two
+    // orchestrators may take the copies at the same moment.
+    let shipping_reply: String = sqlx::query_scalar(
+        "SELECT step FROM inbox WHERE consumer = 'saga-orchestrator' AND saga_id = $1 AND step LIKE 'shipping.schedule.reply#%'",
+    )
+    .bind(&saga_id)
+    .fetch_one(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO outbox (saga_id, step, routing_key, payload)
+         SELECT $1, $2, 'saga.order.reply', '{\"succeeded\": true}' FROM generate_series(1, 2)",
+    )
+    .bind(&saga_id)
+    .bind(&shipping_reply)
+    .execute(&pool)
+    .await?;
+    let duplicates = async || -> anyhow::Result<bool> {
+        let counted: i32 = sqlx::query_scalar(
+            "SELECT duplicates FROM inbox WHERE consumer = 'saga-orchestrator' AND saga_id = $1 AND step = $2",
+        )
+        .bind(&saga_id)
+        .bind(&shipping_reply)
+        .fetch_one(&pool)
+        .await?;
+        Ok(counted == 2)
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "both copies were seen as duplicates",
+        duplicates,
+    )
+    .await?;
+    let events_after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM saga_event WHERE saga_id = $1")
+            .bind(&saga_id)
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(
+        events_before, events_after,
+        "a duplicate reply leaves no trace in the saga"
+    );
+    assert_eq!(state_of(&pool, &saga_id).await?, SagaState::Completed);
+    services.stop().await
+}
