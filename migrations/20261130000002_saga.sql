@@ -23,8 +23,9 @@ CREATE TABLE saga_instance (
     data               jsonb       NOT NULL,
     last_error         text,
     -- An operator's request (`outbox-relay saga retry|abort`), carried out by the next
-    -- orchestrator that sweeps the saga: only the orchestrators know the definitions
-    -- that commands are built from. Set with deadline_at = now().
+    -- orchestrator that sweeps: only the orchestrators know the definitions that
+    -- commands are built from. It leaves deadline_at alone, so a request that no
+    -- longer applies costs the saga nothing.
     operator_request   text
                        CONSTRAINT saga_instance_operator_request_known CHECK (operator_request IN ('retry', 'abort')),
     created_at         timestamptz NOT NULL DEFAULT now(),
@@ -32,13 +33,13 @@ CREATE TABLE saga_instance (
     finished_at        timestamptz,
     -- Nothing is stuck silently: a saga that is not finished always has a deadline.
     CONSTRAINT saga_instance_deadline_while_active CHECK (
-        state IN ('completed', 'compensated', 'failed') OR deadline_at IS NOT NULL),
-    CONSTRAINT saga_instance_request_has_deadline CHECK (
-        operator_request IS NULL OR deadline_at IS NOT NULL)
+        state IN ('completed', 'compensated', 'failed') OR deadline_at IS NOT NULL)
 );
 
 -- The orchestrators' sweep: due sagas, soonest first.
 CREATE INDEX saga_instance_due ON saga_instance (deadline_at) WHERE deadline_at IS NOT NULL;
+-- Operators' requests waiting for a sweep: normally none.
+CREATE INDEX saga_instance_requested ON saga_instance (saga_id) WHERE operator_request IS NOT NULL;
 -- `saga list --state S`, newest first.
 CREATE INDEX saga_instance_by_state ON saga_instance (state, updated_at);
 

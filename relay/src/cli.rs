@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use outbox_relay::RelayConfig;
+use saga::SagaState;
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +74,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// Sagas: list them, show one whole, ask the orchestrators to retry or abort one.
+    Saga {
+        #[command(subcommand)]
+        command: SagaCommand,
+    },
     /// Delete sent rows older than the retention, in bounded batches.
     Cleanup {
         /// Keep sent rows this long (e.g. 7d, 12h, 30m).
@@ -103,6 +110,53 @@ pub(crate) enum DeadCommand {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// Operators' commands for sagas. A retry or an abort is a request: the next
+/// orchestrator sweep carries it out, since only orchestrators know the definitions.
+#[derive(Subcommand)]
+pub(crate) enum SagaCommand {
+    /// Sagas, most recently changed first.
+    List {
+        /// Only sagas in this state.
+        #[arg(long, value_parser = saga_state())]
+        state: Option<SagaState>,
+        /// Only unfinished sagas whose deadline has passed.
+        #[arg(long)]
+        overdue: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// One saga whole: its state, its history, its outbox rows and inbox records.
+    Show {
+        /// The saga's id.
+        saga_id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Ask the orchestrators to resume compensating a failed saga.
+    Retry {
+        /// The saga's id.
+        saga_id: String,
+    },
+    /// Ask the orchestrators to abort a pending or running saga: its steps are
+    /// compensated, last first.
+    Abort {
+        /// The saga's id.
+        saga_id: String,
+        /// Why, for the saga's history.
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
+    },
+}
+
+/// A saga state by its stored name; `--help` and errors list the names.
+fn saga_state() -> impl TypedValueParser<Value = SagaState> {
+    PossibleValuesParser::new(SagaState::ALL.map(SagaState::as_str))
+        .try_map(|name| SagaState::parse(&name).ok_or("not a saga state"))
 }
 
 #[derive(Args)]
@@ -356,6 +410,22 @@ mod tests {
         from_flags.instance_id.clear();
         library.instance_id.clear();
         assert_eq!(format!("{from_flags:?}"), format!("{library:?}"));
+    }
+
+    #[test]
+    fn a_saga_state_is_given_by_its_stored_name() {
+        for state in SagaState::ALL {
+            let cli =
+                Cli::try_parse_from(["outbox-relay", "saga", "list", "--state", state.as_str()])
+                    .expect("a known state");
+            assert!(matches!(
+                cli.command,
+                Some(Command::Saga { command: SagaCommand::List { state: Some(s), .. } }) if s == state
+            ));
+        }
+        assert!(
+            Cli::try_parse_from(["outbox-relay", "saga", "list", "--state", "started"]).is_err()
+        );
     }
 
     #[test]

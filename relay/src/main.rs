@@ -97,6 +97,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
             commands::inspect(pool, &saga_id, output.json).await?
         }
         Command::Dead { command } => commands::dead(pool, command).await?,
+        Command::Saga { command } => commands::saga(pool, command).await?,
         Command::Cleanup {
             retention,
             batch_size,

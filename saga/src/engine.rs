@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
+use crate::admin::OperatorRequest;
 use crate::definition::Saga;
 use crate::error::{Error, Result};
 use crate::history::{self, Entry};
@@ -148,7 +149,7 @@ pub async fn apply(
             sqlx::query(
                 "UPDATE saga_instance
                  SET state = $2, current_step = $3, attempts = $4, version = version + 1,
-                     deadline_at = now() + $5, data = $6, operator_request = NULL,
+                     deadline_at = now() + $5, data = $6,
                      last_error = coalesce($7, last_error), updated_at = now(),
                      finished_at = CASE WHEN $8 THEN now() END
                  WHERE saga_id = $1",
@@ -242,54 +243,63 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
     let mut swept = Vec::new();
     while swept.len() < limit {
         let mut tx = pool.begin().await?;
-        let due: Option<(String, String, i32, Option<String>)> = sqlx::query_as(
-            "SELECT saga_id, state, current_step, operator_request FROM saga_instance
-             WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        // Operators' requests first (normally none), then deadlines, soonest first.
+        let requested: Option<(String, String)> = sqlx::query_as(
+            "SELECT saga_id, operator_request FROM saga_instance
+             WHERE operator_request IS NOT NULL LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((saga_id, state, step, request)) = due else {
-            break;
-        };
-        let event = match request.as_deref() {
-            Some(request) => {
+        let (saga_id, event, reason) = match requested {
+            Some((saga_id, request)) => {
                 // Taken whether or not it applies: the history says what came of it.
                 sqlx::query("UPDATE saga_instance SET operator_request = NULL WHERE saga_id = $1")
                     .bind(&saga_id)
                     .execute(&mut *tx)
                     .await?;
-                if request == "retry" {
-                    Event::Retry
-                } else {
-                    Event::Abort {
-                        reason: "requested with `saga abort`",
-                    }
-                }
+                let reason = operator_reason(&mut tx, &saga_id).await?;
+                (saga_id, Due::Request(request), reason)
             }
-            None => Event::Timeout {
-                step: usize::try_from(step).unwrap_or(0),
-                phase: match SagaState::parse(&state) {
+            None => {
+                let due: Option<(String, String, i32)> = sqlx::query_as(
+                    "SELECT saga_id, state, current_step FROM saga_instance
+                     WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((saga_id, state, step)) = due else {
+                    break;
+                };
+                let phase = match SagaState::parse(&state) {
                     Some(SagaState::Compensating) => Phase::Compensation,
                     _ => Phase::Action,
-                },
+                };
+                let step = usize::try_from(step).unwrap_or(0);
+                (saga_id, Due::Timeout(step, phase), String::new())
+            }
+        };
+        let event = match &event {
+            Due::Timeout(step, phase) => Event::Timeout {
+                step: *step,
+                phase: *phase,
             },
+            Due::Request(request)
+                if OperatorRequest::parse(request) == Some(OperatorRequest::Retry) =>
+            {
+                Event::Retry
+            }
+            Due::Request(_) => Event::Abort { reason: &reason },
         };
         let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
-        if let Applied::Ignored(why) = &applied {
-            // An operator's request that did not apply leaves a finished saga without
-            // a deadline; a timeout that did not apply (it cannot, while deadlines
-            // follow states) is looked at again later rather than spun on.
-            sqlx::query(
-                "UPDATE saga_instance
-                 SET deadline_at = CASE WHEN state IN ('completed', 'compensated', 'failed')
-                                        THEN NULL ELSE now() + $2 END
-                 WHERE saga_id = $1",
-            )
-            .bind(&saga_id)
-            .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
-            .execute(&mut *tx)
-            .await?;
-            tracing::warn!(%saga_id, why, "a due saga's event did not apply");
+        if let (Applied::Ignored(why), Event::Timeout { .. }) = (&applied, &event) {
+            // Cannot happen while deadlines follow states; should it, look again later
+            // rather than spin on it.
+            sqlx::query("UPDATE saga_instance SET deadline_at = now() + $2 WHERE saga_id = $1")
+                .bind(&saga_id)
+                .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
+                .execute(&mut *tx)
+                .await?;
+            tracing::warn!(%saga_id, why, "a due saga's timeout did not apply");
         }
         tx.commit().await?;
         let timed_out = matches!(event, Event::Timeout { .. });
@@ -311,6 +321,28 @@ pub struct Swept {
     pub timed_out: bool,
     /// What came of it.
     pub applied: Applied,
+}
+
+/// What made a saga due.
+enum Due {
+    Timeout(usize, Phase),
+    Request(String),
+}
+
+/// The reason an operator gave with the latest request (`abort requested: <reason>`).
+async fn operator_reason(conn: &mut PgConnection, saga_id: &str) -> Result<String> {
+    let detail: Option<String> = sqlx::query_scalar(
+        "SELECT detail FROM saga_event WHERE saga_id = $1 AND kind = 'operator' ORDER BY id DESC LIMIT 1",
+    )
+    .bind(saga_id)
+    .fetch_optional(conn)
+    .await?
+    .flatten();
+    let detail = detail.unwrap_or_default();
+    Ok(detail
+        .strip_prefix("abort requested: ")
+        .unwrap_or("requested with `saga abort`")
+        .to_owned())
 }
 
 /// A deadline whose timeout did not apply is looked at again after this long.

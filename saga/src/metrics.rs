@@ -79,42 +79,40 @@ impl Metrics {
     /// The counters as Prometheus text.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, labels: &str, value: u64| {
+        let counters = [
+            (
+                "saga_replies_applied_total",
+                "Replies that moved a saga.",
+                &self.replies_applied,
+            ),
+            (
+                "saga_replies_ignored_total",
+                "Late or duplicate replies, recorded in the history, that changed nothing.",
+                &self.replies_ignored,
+            ),
+            (
+                "saga_timeouts_total",
+                "Commands whose deadline passed without a reply.",
+                &self.timeouts,
+            ),
+            (
+                "saga_compensations_resent_total",
+                "Compensations that failed or timed out and were sent again.",
+                &self.compensations_resent,
+            ),
+            (
+                "saga_definitions_missing_total",
+                "Sagas failed because their definition version is not registered.",
+                &self.definitions_missing,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let value = value.load(Relaxed);
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {value}"
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
-        };
-        counter(
-            "saga_replies_applied_total",
-            "Replies that moved a saga.",
-            "",
-            self.replies_applied.load(Relaxed),
-        );
-        counter(
-            "saga_replies_ignored_total",
-            "Late or duplicate replies, recorded in the history, that changed nothing.",
-            "",
-            self.replies_ignored.load(Relaxed),
-        );
-        counter(
-            "saga_timeouts_total",
-            "Commands whose deadline passed without a reply.",
-            "",
-            self.timeouts(),
-        );
-        counter(
-            "saga_compensations_resent_total",
-            "Compensations that failed or timed out and were sent again.",
-            "",
-            self.compensations_resent.load(Relaxed),
-        );
-        counter(
-            "saga_definitions_missing_total",
-            "Sagas failed because their definition version is not registered.",
-            "",
-            self.definitions_missing.load(Relaxed),
-        );
+        }
         let _ = writeln!(
             out,
             "# HELP saga_finished_total Sagas finished by this instance, by state.\n# TYPE saga_finished_total counter"
@@ -131,5 +129,36 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_what_the_orchestrator_did() {
+        let metrics = Metrics::default();
+        metrics.replied(&Applied::Moved {
+            from: SagaState::Running,
+            to: SagaState::Completed,
+        });
+        metrics.replied(&Applied::Ignored("late"));
+        metrics.swept(&Swept {
+            saga_id: "s".into(),
+            timed_out: true,
+            applied: Applied::Moved {
+                from: SagaState::Running,
+                to: SagaState::Compensating,
+            },
+        });
+        let text = metrics.render();
+        assert!(text.contains("saga_replies_applied_total 1\n"), "{text}");
+        assert!(text.contains("saga_replies_ignored_total 1\n"), "{text}");
+        assert!(text.contains("saga_timeouts_total 1\n"), "{text}");
+        assert!(
+            text.contains("saga_finished_total{state=\"completed\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -260,7 +260,7 @@ fn compensate_from(plan: &Plan<'_>, step: usize, error: String) -> Next {
         .rev()
         .find(|s| plan.compensable.get(*s) == Some(&true))
     {
-        Some(first) => compensating(first, 1, error),
+        Some(first) => compensating(first, 1, Some(error)),
         None => compensated(error),
     }
 }
@@ -276,19 +276,7 @@ fn compensate_below(plan: &Plan<'_>, step: usize, error: String) -> Next {
 /// After `step`'s compensation succeeded: the next one down, or done.
 fn next_compensation(plan: &Plan<'_>, step: usize, error: Option<String>) -> Next {
     match (0..step).rev().find(|s| plan.compensable[*s]) {
-        Some(next) => Next::Moved {
-            to: Position {
-                state: SagaState::Compensating,
-                step: next,
-                attempts: 1,
-            },
-            send: Some(Command {
-                step: next,
-                phase: Phase::Compensation,
-            }),
-            merge_result: false,
-            error,
-        },
+        Some(next) => compensating(next, 1, error),
         None => Next::Moved {
             to: Position {
                 state: SagaState::Compensated,
@@ -330,7 +318,7 @@ fn compensate_again(plan: &Plan<'_>, at: Position, error: String) -> Next {
     }
 }
 
-fn compensating(step: usize, attempts: u32, error: String) -> Next {
+fn compensating(step: usize, attempts: u32, error: Option<String>) -> Next {
     Next::Moved {
         to: Position {
             state: SagaState::Compensating,
@@ -342,7 +330,7 @@ fn compensating(step: usize, attempts: u32, error: String) -> Next {
             phase: Phase::Compensation,
         }),
         merge_result: false,
-        error: Some(error),
+        error,
     }
 }
 

@@ -199,12 +199,30 @@ async fn state_of(pool: &PgPool, saga_id: &str) -> anyhow::Result<SagaState> {
 }
 
 async fn wait_for(pool: &PgPool, saga_id: &str, state: SagaState) -> anyhow::Result<()> {
-    wait_until(
+    let reached = wait_until(
         Duration::from_secs(30),
         &format!("{saga_id} is {state}"),
         async || Ok(state_of(pool, saga_id).await? == state),
     )
-    .await
+    .await;
+    if reached.is_err() {
+        // Say where the saga stopped, for a failure that is hard to reproduce.
+        let history: Vec<String> = sqlx::query_scalar(
+            "SELECT occurred_at::text || ' ' || kind || ' ' || coalesce(detail, '') FROM saga_event
+             WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(saga_id)
+        .fetch_all(pool)
+        .await?;
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'sent'")
+            .fetch_one(pool)
+            .await?;
+        eprintln!(
+            "{saga_id}: {unsent} outbox rows unsent; history:\n  {}",
+            history.join("\n  ")
+        );
+    }
+    reached
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -6,4 +6,5 @@ mod failures;
 mod operating;
 mod publishing;
 mod refusals;
+mod saga_commands;
 mod support;
