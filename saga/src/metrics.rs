@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::admin::SagaStats;
 use crate::engine::{Applied, Swept};
 use crate::state::SagaState;
 
@@ -74,6 +75,38 @@ impl Metrics {
     /// Timeouts this instance applied.
     pub fn timeouts(&self) -> u64 {
         self.timeouts.load(Relaxed)
+    }
+
+    /// The counters, and the database's figures in `stats` (read with
+    /// [`admin::stats`](crate::admin::stats) when scraped), as Prometheus text.
+    pub fn render_with(&self, stats: &SagaStats) -> String {
+        let mut out = self.render();
+        let _ = writeln!(
+            out,
+            "# HELP saga_instances Sagas in the database, by state.\n# TYPE saga_instances gauge"
+        );
+        for (state, count) in &stats.by_state {
+            let _ = writeln!(out, "saga_instances{{state=\"{state}\"}} {count}");
+        }
+        let gauges = [
+            (
+                "saga_oldest_active_age_seconds",
+                "Age of the oldest saga not yet finished: nothing is stuck silently.",
+                stats.oldest_active_age_seconds,
+            ),
+            (
+                "saga_overdue",
+                "Unfinished sagas past their deadline and not yet swept.",
+                stats.overdue as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        out
     }
 
     /// The counters as Prometheus text.

@@ -101,6 +101,9 @@ async fn refund(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<(), BoxError>
 }
 
 async fn schedule(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<Verdict<()>, BoxError> {
+    if cmd.order_id == 6 {
+        return Err("the courier's system is down".into());
+    }
     if cmd.order_id == 2 {
         return Ok(Verdict::Declined("no courier".into()));
     }
@@ -168,6 +171,33 @@ impl Services {
         }
         self.participants.shutdown().await;
         self.relay.shutdown().await?;
+        // The consumers' queues, their dead-letter and retry queues: none outlives the test.
+        let connection =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for role in ["participants", "orchestrator"] {
+            let queue = format!("{}-{role}", self.sandbox.queue);
+            let retries = ConsumerConfig::new(queue.as_str()).retry_delays();
+            let mut names = vec![outbox::wire::dead_queue(&queue), queue.clone()];
+            names.extend(
+                retries
+                    .into_iter()
+                    .map(|delay| outbox::wire::retry_queue(&queue, delay)),
+            );
+            names.extend(
+                [1500, 3000, 6000, 12000, 24000]
+                    .map(|ms| outbox::wire::retry_queue(&queue, Duration::from_millis(ms))),
+            );
+            for name in names {
+                channel
+                    .queue_delete(
+                        name.as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await?;
+            }
+        }
+        let _ = connection.close(200, "test done".into()).await;
         self.sandbox.remove().await
     }
 }
@@ -386,5 +416,95 @@ async fn a_duplicate_reply_delivered_twice_at_once_applies_once(pool: PgPool) ->
         "a duplicate reply leaves no trace in the saga"
     );
     assert_eq!(state_of(&pool, &saga_id).await?, SagaState::Completed);
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_operator_aborts_a_running_saga_while_orchestrators_run(pool: PgPool) -> TestResult {
+    let services = Services::start(&pool, 2, Duration::from_secs(30)).await?;
+    // Order 6's shipping keeps failing: the saga waits at its last step.
+    let saga_id = start_order(&pool, &order_saga(Duration::from_secs(30)), 6, 500).await?;
+    let waiting_to_ship = async || -> anyhow::Result<bool> {
+        Ok(effects(&pool, 6).await? == ["reserved", "charged"])
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "order 6 is charged",
+        waiting_to_ship,
+    )
+    .await?;
+    saga::admin::request_abort(&pool, &saga_id, "customer called").await?;
+    wait_for(&pool, &saga_id, SagaState::Compensated).await?;
+    assert_eq!(
+        effects(&pool, 6).await?,
+        ["reserved", "charged", "refunded", "released"]
+    );
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM saga_instance WHERE saga_id = $1")
+            .bind(&saga_id)
+            .fetch_one(&pool)
+            .await?;
+    assert!(reason.unwrap_or_default().contains("customer called"));
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_reply_for_an_unknown_saga_is_dead_lettered_at_once_with_its_reason(
+    pool: PgPool,
+) -> TestResult {
+    let services = Services::start(&pool, 1, Duration::from_secs(30)).await?;
+    sqlx::query(
+        "INSERT INTO outbox (saga_id, step, routing_key, payload)
+         VALUES ('order-404', 'inventory.reserve.reply#x', 'saga.order.reply', '{\"succeeded\": true}')",
+    )
+    .execute(&pool)
+    .await?;
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let dead = outbox::wire::dead_queue(&format!("{}-orchestrator", services.sandbox.queue));
+    // Declared the way the orchestrator's consumer declares it, in case it has not yet.
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(
+            dead.as_str().into(),
+            durable,
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let headers = loop {
+        let options = lapin::options::BasicGetOptions { no_ack: true };
+        if let Some(message) = channel.basic_get(dead.as_str().into(), options).await? {
+            break message
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the reply was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = match headers.inner().get(outbox::wire::DEAD_REASON_HEADER) {
+        Some(lapin::types::AMQPValue::LongString(text)) => {
+            String::from_utf8_lossy(text.as_bytes()).into_owned()
+        }
+        other => format!("{other:?}"),
+    };
+    assert_eq!(reason, "rejected: no saga with id order-404");
+    let attempts = headers.inner().get(outbox::wire::ATTEMPTS_HEADER);
+    assert_eq!(
+        attempts,
+        Some(&lapin::types::AMQPValue::LongLongInt(1)),
+        "dead at its first attempt"
+    );
+    let _ = connection.close(200, "test done".into()).await;
     services.stop().await
 }
