@@ -1,4 +1,5 @@
 //! Examples of the outbox toolkit, split into a library so tests can drive them.
 
 pub mod demo;
+pub mod order_saga;
 pub mod quickstart;

@@ -9,16 +9,11 @@ use sqlx::PgPool;
 
 type TestResult = anyhow::Result<()>;
 
-fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
 /// Four fresh databases holding two finished orders: one shipped, one cancelled and
 /// compensated, with every outbox row sent and every inbox key recorded.
 async fn two_finished_orders() -> anyhow::Result<DemoDatabases> {
     let prefix = format!("eod_test_{}", uuid::Uuid::now_v7().simple());
-    let databases = DemoDatabases::create(&server_url(), &prefix).await?;
+    let databases = DemoDatabases::create(&testkit::database_url(), &prefix).await?;
     let order = databases.pool(Service::Order);
     sqlx::query(
         "INSERT INTO orders (id, number, quantity, amount_cents, status) VALUES

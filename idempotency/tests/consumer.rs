@@ -16,13 +16,12 @@ use outbox::wire::{ATTEMPTS_HEADER, TRACEPARENT_HEADER, dead_queue, retry_queue}
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use testkit::FaultyProxy;
+use testkit::{FaultyProxy, amqp_url, wait_until};
 
 type TestResult = anyhow::Result<()>;
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+/// How long a test waits for the consumer to get somewhere.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A queue of the test's own, a publisher, and the dead-letter queue to read.
 struct Sandbox {
@@ -276,18 +275,6 @@ fn config(queue: &str) -> ConsumerConfig {
     config
 }
 
-async fn wait_until<F: AsyncFn() -> anyhow::Result<bool>>(
-    what: &str,
-    check: F,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await? {
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 #[sqlx::test(migrator = "idempotency::MIGRATOR")]
 async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
@@ -311,7 +298,7 @@ async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> Test
     .on("ReserveStock", record)
     .spawn()?;
 
-    wait_until("all three are acked", async || {
+    wait_until(WAIT, "all three are acked", async || {
         Ok(sandbox.waiting(&sandbox.queue).await? == 0 && effects(&pool).await? == 2)
     })
     .await?;
@@ -341,7 +328,7 @@ async fn the_same_message_to_two_consumers_at_once_takes_effect_once(pool: PgPoo
     for _ in 0..10 {
         sandbox.publish(Some("order-7"), "Charge", b"{}").await?;
     }
-    wait_until("all copies are acked", async || {
+    wait_until(WAIT, "all copies are acked", async || {
         Ok(sandbox.waiting(&sandbox.queue).await? == 0)
     })
     .await?;
@@ -362,7 +349,7 @@ async fn a_failing_handler_is_retried_later_not_at_once(pool: PgPool) -> TestRes
         .on_with("Charge", seen, flaky)
         .spawn()?;
     sandbox.publish(Some("order-9"), "Charge", b"{}").await?;
-    wait_until("the third attempt succeeds", async || {
+    wait_until(WAIT, "the third attempt succeeds", async || {
         Ok(effects(&pool).await? == 2)
     })
     .await?;
@@ -397,7 +384,7 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgP
         .spawn()?;
     sandbox.publish(Some("order-5"), "Charge", b"{}").await?;
     let dead = dead_queue(&sandbox.queue);
-    wait_until("it is dead-lettered", async || {
+    wait_until(WAIT, "it is dead-lettered", async || {
         Ok(sandbox.waiting(&dead).await? == 1)
     })
     .await?;
@@ -443,6 +430,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
     }
     let dead = dead_queue(&sandbox.queue);
     wait_until(
+        WAIT,
         "the good ones take effect and the bad one is dead",
         async || Ok(effects(&pool).await? == 20 && sandbox.waiting(&dead).await? == 1),
     )
@@ -503,7 +491,7 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
         .publish(Some("order-2"), "ReserveStock", b"{}")
         .await?;
     let dead = dead_queue(&sandbox.queue);
-    wait_until("three are dead and one processed", async || {
+    wait_until(WAIT, "three are dead and one processed", async || {
         Ok(sandbox.waiting(&dead).await? == 3 && effects(&pool).await? == 1)
     })
     .await?;
@@ -530,7 +518,7 @@ async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
 ) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
-    let proxy = Arc::new(FaultyProxy::start("127.0.0.1:5672".parse()?).await?);
+    let proxy = Arc::new(FaultyProxy::to_broker().await?);
     let stalled_once = Arc::new(AtomicBool::new(false));
     let stall = (Arc::clone(&proxy), Arc::clone(&stalled_once));
     // The first time, the handler's broker link goes dark before the commit: the
@@ -546,16 +534,15 @@ async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
     sandbox
         .publish(Some("order-3"), "ReserveStock", b"{}")
         .await?;
-    wait_until(
-        "the effect commits",
-        async || Ok(effects(&pool).await? == 1),
-    )
+    wait_until(WAIT, "the effect commits", async || {
+        Ok(effects(&pool).await? == 1)
+    })
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut_all(); // the connection dies with the delivery unacked
     proxy.stall(false);
 
-    wait_until("the redelivery is acked", async || {
+    wait_until(WAIT, "the redelivery is acked", async || {
         Ok(sandbox.waiting(&sandbox.queue).await? == 0)
     })
     .await?;
@@ -594,7 +581,7 @@ async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> T
             .await?;
     }
     for at in [50, 150] {
-        wait_until("some are processed", async || {
+        wait_until(WAIT, "some are processed", async || {
             Ok(effects(&pool).await? >= at)
         })
         .await?;
@@ -602,7 +589,7 @@ async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> T
             .execute(&pool)
             .await?;
     }
-    wait_until("all are processed", async || {
+    wait_until(WAIT, "all are processed", async || {
         Ok(effects(&pool).await? >= 300 && sandbox.waiting(&sandbox.queue).await? == 0)
     })
     .await?;
@@ -661,7 +648,7 @@ async fn a_payload_that_does_not_fit_the_handler_is_dead_lettered_at_once(
         .publish(Some("order-3"), "ReserveStock", br#"{"quantity": 2}"#)
         .await?;
     let dead = dead_queue(&sandbox.queue);
-    wait_until("two are dead and one processed", async || {
+    wait_until(WAIT, "two are dead and one processed", async || {
         Ok(sandbox.waiting(&dead).await? == 2 && effects(&pool).await? == 1)
     })
     .await?;
@@ -758,7 +745,7 @@ async fn emit_carries_the_saga_id_and_the_traceparent_and_commits_with_the_key(
     sandbox
         .publish_with(properties, br#"{"quantity": 3}"#)
         .await?;
-    wait_until("the second attempt commits", async || {
+    wait_until(WAIT, "the second attempt commits", async || {
         let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
             .fetch_one(&pool)
             .await?;

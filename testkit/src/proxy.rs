@@ -23,12 +23,18 @@ impl FaultyProxy {
     /// Listens on a free local port and forwards every connection to the RabbitMQ of
     /// `AMQP_URL`; [`FaultyProxy::amqp_url`] is the way through.
     pub async fn to_broker() -> anyhow::Result<Self> {
-        let upstream = servers::address(&servers::amqp_url(), AMQP_PORT)
-            .ok_or_else(|| anyhow::anyhow!("AMQP_URL names no host"))?;
+        Self::in_front_of(&servers::amqp_url()).await
+    }
+
+    /// Listens on a free local port and forwards every connection to the broker of
+    /// `amqp_url` (its host and port; 5672 when it names none).
+    pub async fn in_front_of(amqp_url: &str) -> anyhow::Result<Self> {
+        let upstream = servers::address(amqp_url, AMQP_PORT)
+            .ok_or_else(|| anyhow::anyhow!("the AMQP URL names no host"))?;
         let upstream = tokio::net::lookup_host(&upstream)
             .await?
             .next()
-            .ok_or_else(|| anyhow::anyhow!("AMQP_URL names no address: {upstream}"))?;
+            .ok_or_else(|| anyhow::anyhow!("the AMQP URL names no address: {upstream}"))?;
         Self::start(upstream).await
     }
 

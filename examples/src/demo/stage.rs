@@ -2,12 +2,10 @@
 //! of its own to RabbitMQ, so a fault can hit one process's connections.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use testkit::FaultyProxy;
-use url::Url;
 
 use super::broker::DemoBroker;
 use super::cli::DemoArgs;
@@ -50,7 +48,6 @@ impl Stage {
     ) -> anyhow::Result<Self> {
         let logs = std::env::temp_dir().join(format!("exactly-once-demo-{prefix}"));
         std::fs::create_dir_all(&logs)?;
-        let upstream = broker_address(&broker.url).await?;
         let mut stage = Self {
             fleet: Fleet::default(),
             proxies: BTreeMap::new(),
@@ -60,7 +57,7 @@ impl Stage {
         for service in Service::ALL {
             for relay in [false, true] {
                 let name = Target { service, relay }.to_string();
-                let proxy = Arc::new(FaultyProxy::start(upstream).await?);
+                let proxy = Arc::new(FaultyProxy::in_front_of(broker.url.as_str()).await?);
                 let mut amqp = broker.url.clone();
                 amqp.set_host(Some("127.0.0.1"))?;
                 amqp.set_port(Some(proxy.port))
@@ -126,15 +123,6 @@ fn service_args(args: &DemoArgs, prefix: &str, service: Service) -> Vec<String> 
         "--payment-failure-rate".to_owned(),
         args.payment_failure_rate.to_string(),
     ]
-}
-
-async fn broker_address(url: &Url) -> anyhow::Result<SocketAddr> {
-    let host = url.host_str().unwrap_or("127.0.0.1");
-    let port = url.port().unwrap_or(5672);
-    tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{host}:{port} does not resolve"))
 }
 
 /// The `outbox-relay` binary: `OUTBOX_RELAY_BIN`, or the one built next to this
