@@ -107,20 +107,16 @@ pub(crate) fn decode(delivery: &Delivery) -> Result<Envelope, DecodeError> {
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };
-    let saga_id = props
-        .correlation_id()
-        .as_ref()
-        .map(|s| s.to_string())
-        .or_else(|| text(SAGA_ID_HEADER))
-        .filter(|s| !s.is_empty())
-        .ok_or(DecodeError::NoSagaId)?;
-    let step = props
-        .kind()
-        .as_ref()
-        .map(|s| s.to_string())
-        .or_else(|| text(STEP_HEADER))
-        .filter(|s| !s.is_empty())
-        .ok_or(DecodeError::NoStep)?;
+    // The AMQP property, else the header of the same meaning; empty is missing.
+    let either = |property: &Option<lapin::types::ShortString>, header: &str| {
+        property
+            .as_ref()
+            .map(|s| s.to_string())
+            .or_else(|| text(header))
+            .filter(|s| !s.is_empty())
+    };
+    let saga_id = either(props.correlation_id(), SAGA_ID_HEADER).ok_or(DecodeError::NoSagaId)?;
+    let step = either(props.kind(), STEP_HEADER).ok_or(DecodeError::NoStep)?;
     let payload = serde_json::from_slice(&delivery.data).map_err(DecodeError::NotJson)?;
     Ok(Envelope {
         saga_id,

@@ -5,16 +5,16 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sqlx::PgConnection;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
 
-use crate::admin::OperatorRequest;
+use crate::command::{send, send_erased};
 use crate::definition::Saga;
 use crate::error::{Error, Result};
 use crate::history::{self, Entry};
-use crate::registry::{Definition, Registry};
+use crate::registry::Registry;
 use crate::state::SagaState;
-use crate::transition::{Command, Event, Next, Outcome, Phase, Position, transition};
+use crate::transition::{Event, Next, Outcome, Position, transition};
 use crate::wire;
 
 /// Starts saga `saga_id` of type `saga` with `data`, in the caller's transaction:
@@ -236,118 +236,6 @@ pub async fn apply_reply(
     apply(conn, registry, saga_id, &event, incoming).await
 }
 
-/// Applies the timeout of sagas whose deadline has passed, at most `limit`, each in a
-/// transaction of its own. `SKIP LOCKED`: any number of orchestrators sweep together,
-/// each saga is taken by one, and a saga being moved by a reply is left to it.
-pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<Vec<Swept>> {
-    let mut swept = Vec::new();
-    while swept.len() < limit {
-        let mut tx = pool.begin().await?;
-        // Operators' requests first (normally none), then deadlines, soonest first.
-        let requested: Option<(String, String)> = sqlx::query_as(
-            "SELECT saga_id, operator_request FROM saga_instance
-             WHERE operator_request IS NOT NULL LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (saga_id, event, reason) = match requested {
-            Some((saga_id, request)) => {
-                // Taken whether or not it applies: the history says what came of it.
-                sqlx::query("UPDATE saga_instance SET operator_request = NULL WHERE saga_id = $1")
-                    .bind(&saga_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let reason = operator_reason(&mut tx, &saga_id).await?;
-                (saga_id, Due::Request(request), reason)
-            }
-            None => {
-                let due: Option<(String, String, i32)> = sqlx::query_as(
-                    "SELECT saga_id, state, current_step FROM saga_instance
-                     WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((saga_id, state, step)) = due else {
-                    break;
-                };
-                let phase = match SagaState::parse(&state) {
-                    Some(SagaState::Compensating) => Phase::Compensation,
-                    _ => Phase::Action,
-                };
-                let step = usize::try_from(step).unwrap_or(0);
-                (saga_id, Due::Timeout(step, phase), String::new())
-            }
-        };
-        let event = match &event {
-            Due::Timeout(step, phase) => Event::Timeout {
-                step: *step,
-                phase: *phase,
-            },
-            Due::Request(request)
-                if OperatorRequest::parse(request) == Some(OperatorRequest::Retry) =>
-            {
-                Event::Retry
-            }
-            Due::Request(_) => Event::Abort { reason: &reason },
-        };
-        let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
-        if let (Applied::Ignored(why), Event::Timeout { .. }) = (&applied, &event) {
-            // Cannot happen while deadlines follow states; should it, look again later
-            // rather than spin on it.
-            sqlx::query("UPDATE saga_instance SET deadline_at = now() + $2 WHERE saga_id = $1")
-                .bind(&saga_id)
-                .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
-                .execute(&mut *tx)
-                .await?;
-            tracing::warn!(%saga_id, why, "a due saga's timeout did not apply");
-        }
-        tx.commit().await?;
-        let timed_out = matches!(event, Event::Timeout { .. });
-        swept.push(Swept {
-            saga_id,
-            timed_out,
-            applied,
-        });
-    }
-    Ok(swept)
-}
-
-/// One due saga a sweep handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Swept {
-    /// The saga.
-    pub saga_id: String,
-    /// Its deadline passed (rather than an operator's request being carried out).
-    pub timed_out: bool,
-    /// What came of it.
-    pub applied: Applied,
-}
-
-/// What made a saga due.
-enum Due {
-    Timeout(usize, Phase),
-    Request(String),
-}
-
-/// The reason an operator gave with the latest request (`abort requested: <reason>`).
-async fn operator_reason(conn: &mut PgConnection, saga_id: &str) -> Result<String> {
-    let detail: Option<String> = sqlx::query_scalar(
-        "SELECT detail FROM saga_event WHERE saga_id = $1 AND kind = 'operator' ORDER BY id DESC LIMIT 1",
-    )
-    .bind(saga_id)
-    .fetch_optional(conn)
-    .await?
-    .flatten();
-    let detail = detail.unwrap_or_default();
-    Ok(detail
-        .strip_prefix("abort requested: ")
-        .unwrap_or("requested with `saga abort`")
-        .to_owned())
-}
-
-/// A deadline whose timeout did not apply is looked at again after this long.
-const STUCK_DEADLINE_PUSH: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// A saga whose definition is not registered cannot move: it is `failed`, with the
 /// reason, and waits for an operator (register the version, then `saga retry`).
 async fn definition_missing(
@@ -392,58 +280,6 @@ fn merge(data: &mut serde_json::Value, result: &serde_json::Value) {
             data.insert(key.clone(), value.clone());
         }
     }
-}
-
-async fn send<D>(
-    conn: &mut PgConnection,
-    saga: &Saga<D>,
-    saga_id: &str,
-    data: &serde_json::Value,
-    command: Command,
-    attempt: u32,
-) -> Result<()>
-where
-    D: DeserializeOwned + Send + Sync + 'static,
-{
-    send_erased(conn, saga, saga_id, data, command, attempt).await
-}
-
-/// Enqueues `command` through the outbox and records it in the history.
-async fn send_erased(
-    conn: &mut PgConnection,
-    definition: &dyn Definition,
-    saga_id: &str,
-    data: &serde_json::Value,
-    command: Command,
-    attempt: u32,
-) -> Result<()> {
-    let name = definition
-        .command_name(command.step, command.phase)
-        .expect("the transition function only sends commands a step has");
-    let payload = definition
-        .payload(command.step, command.phase, data)
-        .map_err(Error::Data)?;
-    let saga_type = definition.name();
-    let id = uuid::Uuid::now_v7();
-    let step = wire::command_step(name, &id.simple().to_string());
-    let mut message = outbox::Message::builder(saga_id, step, name)
-        .id(id)
-        .header(wire::SAGA_TYPE_HEADER, saga_type)
-        .header(wire::ATTEMPT_HEADER, attempt.to_string())
-        .header(wire::REPLY_TO_HEADER, wire::reply_routing_key(saga_type));
-    if command.phase == Phase::Compensation
-        && let Some(action) = definition.command_name(command.step, Phase::Action)
-    {
-        message = message.header(wire::COMPENSATES_HEADER, action);
-    }
-    let message = message.payload(&payload)?;
-    let id = outbox::enqueue(&mut *conn, &message).await?;
-    let mut entry = Entry::new("command_sent");
-    entry.step = Some(command.step);
-    entry.phase = Some(command.phase);
-    entry.message_id = Some(id.to_string());
-    entry.detail = Some(format!("{name} (attempt {attempt})"));
-    history::append(&mut *conn, saga_id, entry).await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! an [`Event`] to where it goes next.
 
 pub mod admin;
+mod command;
 mod definition;
 mod effects;
 mod engine;
@@ -20,6 +21,7 @@ mod orchestrator;
 pub mod participant;
 mod registry;
 mod state;
+mod sweep;
 mod transition;
 pub mod wire;
 
@@ -27,10 +29,11 @@ pub use definition::{
     CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, Saga,
     SagaBuilder, StepBuilder, StepDef,
 };
-pub use engine::{Applied, Incoming, Swept, apply, apply_reply, start, sweep_due};
+pub use engine::{Applied, Incoming, apply, apply_reply, start};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorHandle};
 pub use registry::Registry;
 pub use state::SagaState;
+pub use sweep::{Swept, sweep_due};
 pub use transition::{Command, Event, Next, Outcome, Phase, Plan, Position, transition};

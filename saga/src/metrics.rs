@@ -6,8 +6,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::admin::SagaStats;
-use crate::engine::{Applied, Swept};
+use crate::engine::Applied;
 use crate::state::SagaState;
+use crate::sweep::Swept;
 
 /// What one orchestrator instance did since it started. Relaxed atomics: cheap on
 /// the hot path.

@@ -17,6 +17,7 @@ use crate::engine;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::sweep::sweep_due;
 use crate::wire::{self, Reply};
 
 /// How an orchestrator reads replies and sweeps deadlines.
@@ -165,7 +166,7 @@ async fn sweep(
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
         }
-        match engine::sweep_due(&pool, &shared.registry, batch).await {
+        match sweep_due(&pool, &shared.registry, batch).await {
             Ok(outcomes) => {
                 backoff = outbox::backoff::reconnect();
                 for swept in &outcomes {

@@ -1,0 +1,65 @@
+//! Sending a saga's command: an outbox message carrying the saga's headers, enqueued
+//! in the saga's transaction, and its line in the history.
+
+use serde::de::DeserializeOwned;
+use sqlx::PgConnection;
+
+use crate::definition::Saga;
+use crate::error::{Error, Result};
+use crate::history::{self, Entry};
+use crate::registry::Definition;
+use crate::transition::{Command, Phase};
+use crate::wire;
+
+/// [`send_erased`] for a saga whose data type is known.
+pub(crate) async fn send<D>(
+    conn: &mut PgConnection,
+    saga: &Saga<D>,
+    saga_id: &str,
+    data: &serde_json::Value,
+    command: Command,
+    attempt: u32,
+) -> Result<()>
+where
+    D: DeserializeOwned + Send + Sync + 'static,
+{
+    send_erased(conn, saga, saga_id, data, command, attempt).await
+}
+
+/// Enqueues `command` through the outbox and records it in the history.
+pub(crate) async fn send_erased(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    data: &serde_json::Value,
+    command: Command,
+    attempt: u32,
+) -> Result<()> {
+    let name = definition
+        .command_name(command.step, command.phase)
+        .expect("the transition function only sends commands a step has");
+    let payload = definition
+        .payload(command.step, command.phase, data)
+        .map_err(Error::Data)?;
+    let saga_type = definition.name();
+    let id = uuid::Uuid::now_v7();
+    let step = wire::command_step(name, &id.simple().to_string());
+    let mut message = outbox::Message::builder(saga_id, step, name)
+        .id(id)
+        .header(wire::SAGA_TYPE_HEADER, saga_type)
+        .header(wire::ATTEMPT_HEADER, attempt.to_string())
+        .header(wire::REPLY_TO_HEADER, wire::reply_routing_key(saga_type));
+    if command.phase == Phase::Compensation
+        && let Some(action) = definition.command_name(command.step, Phase::Action)
+    {
+        message = message.header(wire::COMPENSATES_HEADER, action);
+    }
+    let message = message.payload(&payload)?;
+    let id = outbox::enqueue(&mut *conn, &message).await?;
+    let mut entry = Entry::new("command_sent");
+    entry.step = Some(command.step);
+    entry.phase = Some(command.phase);
+    entry.message_id = Some(id.to_string());
+    entry.detail = Some(format!("{name} (attempt {attempt})"));
+    history::append(&mut *conn, saga_id, entry).await
+}

@@ -1,0 +1,123 @@
+//! The due sweep: operators' requests and passed deadlines, each applied to its saga
+//! in a transaction of its own, by whichever orchestrator takes the row first.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::admin::OperatorRequest;
+use crate::engine::{Applied, Incoming, apply};
+use crate::error::Result;
+use crate::registry::Registry;
+use crate::state::SagaState;
+use crate::transition::{Event, Phase};
+
+/// Applies the timeout of sagas whose deadline has passed, at most `limit`, each in a
+/// transaction of its own. `SKIP LOCKED`: any number of orchestrators sweep together,
+/// each saga is taken by one, and a saga being moved by a reply is left to it.
+pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<Vec<Swept>> {
+    let mut swept = Vec::new();
+    while swept.len() < limit {
+        let mut tx = pool.begin().await?;
+        // Operators' requests first (normally none), then deadlines, soonest first.
+        let requested: Option<(String, String)> = sqlx::query_as(
+            "SELECT saga_id, operator_request FROM saga_instance
+             WHERE operator_request IS NOT NULL LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (saga_id, event, reason) = match requested {
+            Some((saga_id, request)) => {
+                // Taken whether or not it applies: the history says what came of it.
+                sqlx::query("UPDATE saga_instance SET operator_request = NULL WHERE saga_id = $1")
+                    .bind(&saga_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let reason = operator_reason(&mut tx, &saga_id).await?;
+                (saga_id, Due::Request(request), reason)
+            }
+            None => {
+                let due: Option<(String, String, i32)> = sqlx::query_as(
+                    "SELECT saga_id, state, current_step FROM saga_instance
+                     WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((saga_id, state, step)) = due else {
+                    break;
+                };
+                let phase = match SagaState::parse(&state) {
+                    Some(SagaState::Compensating) => Phase::Compensation,
+                    _ => Phase::Action,
+                };
+                let step = usize::try_from(step).unwrap_or(0);
+                (saga_id, Due::Timeout(step, phase), String::new())
+            }
+        };
+        let event = match &event {
+            Due::Timeout(step, phase) => Event::Timeout {
+                step: *step,
+                phase: *phase,
+            },
+            Due::Request(request)
+                if OperatorRequest::parse(request) == Some(OperatorRequest::Retry) =>
+            {
+                Event::Retry
+            }
+            Due::Request(_) => Event::Abort { reason: &reason },
+        };
+        let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
+        if let (Applied::Ignored(why), Event::Timeout { .. }) = (&applied, &event) {
+            // Cannot happen while deadlines follow states; should it, look again later
+            // rather than spin on it.
+            sqlx::query("UPDATE saga_instance SET deadline_at = now() + $2 WHERE saga_id = $1")
+                .bind(&saga_id)
+                .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
+                .execute(&mut *tx)
+                .await?;
+            tracing::warn!(%saga_id, why, "a due saga's timeout did not apply");
+        }
+        tx.commit().await?;
+        let timed_out = matches!(event, Event::Timeout { .. });
+        swept.push(Swept {
+            saga_id,
+            timed_out,
+            applied,
+        });
+    }
+    Ok(swept)
+}
+
+/// One due saga a sweep handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The saga.
+    pub saga_id: String,
+    /// Its deadline passed (rather than an operator's request being carried out).
+    pub timed_out: bool,
+    /// What came of it.
+    pub applied: Applied,
+}
+
+/// What made a saga due.
+enum Due {
+    Timeout(usize, Phase),
+    Request(String),
+}
+
+/// The reason an operator gave with the latest request (`abort requested: <reason>`).
+async fn operator_reason(conn: &mut PgConnection, saga_id: &str) -> Result<String> {
+    let detail: Option<String> = sqlx::query_scalar(
+        "SELECT detail FROM saga_event WHERE saga_id = $1 AND kind = 'operator' ORDER BY id DESC LIMIT 1",
+    )
+    .bind(saga_id)
+    .fetch_optional(conn)
+    .await?
+    .flatten();
+    let detail = detail.unwrap_or_default();
+    Ok(detail
+        .strip_prefix("abort requested: ")
+        .unwrap_or("requested with `saga abort`")
+        .to_owned())
+}
+
+/// A deadline whose timeout did not apply is looked at again after this long.
+const STUCK_DEADLINE_PUSH: std::time::Duration = std::time::Duration::from_secs(60);
