@@ -168,7 +168,9 @@ pub async fn apply(
             entry.to_state = Some(to.state);
             if let Some(error) = &error {
                 entry.detail = Some(match entry.detail.take() {
-                    Some(detail) if detail != *error => format!("{detail}; {error}"),
+                    Some(detail) if !detail.contains(error.as_str()) => {
+                        format!("{detail}; {error}")
+                    }
                     _ => error.clone(),
                 });
             }
