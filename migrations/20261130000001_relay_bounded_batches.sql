@@ -11,7 +11,11 @@
 -- stored and turns it into text only for rows it looks at: a FOR loop fetches a few
 -- rows ahead, and converting those up front would decompress large rows the batch
 -- never takes (measured: 130 ms against 53 ms for 30 rows of 5 MB; for 500 small rows
--- the loop costs about 0.2 ms more than the four-argument version).
+-- the loop costs about 0.2 ms more than the four-argument version). Its query is
+-- planned on every call, as a SQL function's is: PL/pgSQL would otherwise cache a
+-- generic plan, and one made while the outbox was empty looks for blocking rows by
+-- scanning the whole outbox once per candidate (measured: 7.9 s for one claim of 500
+-- rows out of 50,000, against 2-3 ms planned for the call).
 CREATE FUNCTION outbox_ready_batch(p_instance text, p_partitions smallint[], p_after_seq bigint,
                                    p_limit integer, p_max_bytes bigint)
 RETURNS TABLE (id uuid, seq bigint, saga_id text, step text, routing_key text, payload text,
@@ -21,6 +25,7 @@ LANGUAGE plpgsql STABLE
 SET enable_sort = off
 SET enable_bitmapscan = off
 SET jit = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_column
 DECLARE

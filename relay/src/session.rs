@@ -266,8 +266,11 @@ impl<'c> Session<'c> {
                 "the broker refused a message and closed the channel; finding it");
             self.channel = broker::confirm_channel(self.connection).await?;
         }
-        lost.extend(apart);
-        isolate(&self.shared, self.connection, lost).await
+        // The lost rows are halved at once; rows refused before go as one group of
+        // their own, after them.
+        let refused = !lost.is_empty();
+        isolate(&self.shared, self.connection, lost, refused).await?;
+        isolate(&self.shared, self.connection, apart, false).await
     }
 
     async fn drain(&mut self, mut in_flight: InFlight) -> Result<()> {
