@@ -10,10 +10,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox::wire::{dead_queue, retry_queue};
 use outbox_relay::{Relay, RelayConfig};
 use saga::participant::{SagaCommands, Verdict};
 use saga::{Orchestrator, OrchestratorConfig, Registry, Saga, SagaState};
@@ -247,16 +246,7 @@ pub async fn run(
     }
     let outcome = run_orders(pool, amqp_url, &run, &queues, stop).await;
     for config in &queues {
-        let retries = config.retry_delays().into_iter();
-        let names = [config.queue.clone(), dead_queue(&config.queue)];
-        for name in names
-            .into_iter()
-            .chain(retries.map(|d| retry_queue(&config.queue, d)))
-        {
-            channel
-                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
+        config.delete(&channel).await?;
     }
     channel
         .exchange_delete(run.as_str().into(), ExchangeDeleteOptions::default())

@@ -127,6 +127,13 @@ impl ConsumerConfig {
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         topology::declare(channel, &self.queue, &self.bindings).await
     }
+
+    /// Deletes what the consumer declares and creates: the queue, `{queue}.dead` and
+    /// every retry queue this config can make. For tear-downs of tests, benchmarks and
+    /// demos; messages in them are gone.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        topology::delete(channel, &self.queue, &self.retry_delays()).await
+    }
 }
 
 #[cfg(test)]

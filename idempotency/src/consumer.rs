@@ -137,7 +137,7 @@ impl Consumer {
     /// Everything short of settling a delivery with the broker: decode it, run its
     /// handler through the inbox, and decide what becomes of it.
     pub(crate) async fn process(&self, delivery: &Delivery) -> Decision {
-        let attempt = attempts(delivery.properties.headers().as_ref()) + 1;
+        let attempt = attempts(delivery.properties.headers().as_ref()).saturating_add(1);
         decide(self.try_process(delivery).await, attempt, &self.config)
     }
 

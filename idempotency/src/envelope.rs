@@ -129,7 +129,7 @@ pub(crate) fn decode(delivery: &Delivery) -> Result<Envelope, DecodeError> {
         traceparent: text(TRACEPARENT_HEADER),
         headers,
         payload,
-        attempt: attempts(props.headers().as_ref()) + 1,
+        attempt: attempts(props.headers().as_ref()).saturating_add(1),
         redelivered: delivery.redelivered,
     })
 }

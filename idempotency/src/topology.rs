@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use outbox::wire::{
@@ -15,6 +17,24 @@ fn durable() -> QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     }
+}
+
+/// Deletes `queue`, its dead-letter queue and its retry queues (one per delay).
+pub(crate) async fn delete(
+    channel: &Channel,
+    queue: &str,
+    retry_delays: &[Duration],
+) -> lapin::Result<()> {
+    let retries = retry_delays.iter().map(|delay| retry_queue(queue, *delay));
+    for name in [queue.to_owned(), dead_queue(queue)]
+        .into_iter()
+        .chain(retries)
+    {
+        channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
 }
 
 /// Declares the queue, its dead-letter queue, and binds the queue as asked.

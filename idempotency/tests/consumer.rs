@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use idempotency::{BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER, InvalidConfig};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use outbox::wire::{ATTEMPTS_HEADER, TRACEPARENT_HEADER, dead_queue, retry_queue};
+use outbox::wire::{ATTEMPTS_HEADER, TRACEPARENT_HEADER, dead_queue};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -129,14 +128,8 @@ impl Sandbox {
     }
 
     async fn remove(self) -> anyhow::Result<()> {
-        let retries = [100, 200, 400].map(|ms| retry_queue(&self.queue, Duration::from_millis(ms)));
-        let names = [self.queue.clone(), dead_queue(&self.queue)];
-        for name in names.into_iter().chain(retries) {
-            let _ = self
-                .channel
-                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
+        // The queues `config` declares and retries through (also after a test failed).
+        let _ = config(&self.queue).delete(&self.channel).await;
         let _ = self.connection.close(200, "test done".into()).await;
         Ok(())
     }

@@ -23,27 +23,22 @@ use crate::shared::Shared;
 use crate::store::OutboxRow;
 use crate::validate::prepare;
 
-/// Publishes `suspects` (in seq order) so that only refused rows are charged.
-/// `refused`: the suspects were all on a channel the broker closed on one of them,
-/// so the search starts with their halves instead of publishing them all again.
+/// Publishes `lost` then `apart` (each in seq order) so that only refused rows are
+/// charged. `lost` were on a channel the broker closed on one of them, so the search
+/// starts with their halves instead of publishing them all again; `apart` were
+/// refused before and go as one group after them.
 ///
 /// A row of an ordering key whose earlier row was charged here is not published: it
 /// stays pending and waits behind that row, as the claim query makes it wait.
 pub(crate) async fn isolate(
     shared: &Shared,
     connection: &Connection,
-    mut suspects: Vec<OutboxRow>,
-    refused: bool,
+    mut lost: Vec<OutboxRow>,
+    apart: Vec<OutboxRow>,
 ) -> Result<()> {
     let frame_max = connection.configuration().frame_max();
-    let mut groups = VecDeque::new();
-    if refused && suspects.len() > 1 {
-        let second = suspects.split_off(suspects.len() / 2);
-        groups.push_back(suspects);
-        groups.push_back(second);
-    } else {
-        groups.push_back(suspects);
-    }
+    let second = lost.split_off(lost.len() / 2);
+    let mut groups = VecDeque::from([lost, second, apart]);
     let mut held: HashSet<String> = HashSet::new();
     let mut open: Option<Channel> = None;
     while let Some(group) = groups.pop_front() {

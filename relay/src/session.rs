@@ -212,8 +212,8 @@ impl<'c> Session<'c> {
             let shared = &self.shared;
             let parked: Vec<_> = prepared
                 .invalid
-                .iter()
-                .map(|(row, refusal)| settle::park(shared, row, refusal.clone()))
+                .into_iter()
+                .map(|(row, refusal)| settle::park(shared, &row, refusal))
                 .collect();
             settle::record(shared, &parked).await?;
         }
@@ -266,11 +266,7 @@ impl<'c> Session<'c> {
                 "the broker refused a message and closed the channel; finding it");
             self.channel = broker::confirm_channel(self.connection).await?;
         }
-        // The lost rows are halved at once; rows refused before go as one group of
-        // their own, after them.
-        let refused = !lost.is_empty();
-        isolate(&self.shared, self.connection, lost, refused).await?;
-        isolate(&self.shared, self.connection, apart, false).await
+        isolate(&self.shared, self.connection, lost, apart).await
     }
 
     async fn drain(&mut self, mut in_flight: InFlight) -> Result<()> {

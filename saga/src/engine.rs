@@ -12,7 +12,7 @@ use crate::command::{send, send_erased};
 use crate::definition::Saga;
 use crate::error::{Error, Result};
 use crate::history::{self, Entry};
-use crate::registry::Registry;
+use crate::registry::{Definition, Registry};
 use crate::state::SagaState;
 use crate::transition::{Event, Next, Outcome, Position, transition};
 use crate::wire;
@@ -96,6 +96,14 @@ struct Locked {
     data: Json<serde_json::Value>,
 }
 
+impl Locked {
+    /// The stored state; a value this version does not know is treated as `failed`,
+    /// which only an operator moves.
+    fn state(&self) -> SagaState {
+        SagaState::parse(&self.state).unwrap_or(SagaState::Failed)
+    }
+}
+
 /// Applies `event` to saga `saga_id` inside the caller's transaction (`conn` must be
 /// in one: the row lock lasts until it ends).
 pub async fn apply(
@@ -105,6 +113,15 @@ pub async fn apply(
     event: &Event<'_>,
     incoming: Incoming<'_>,
 ) -> Result<Applied> {
+    let locked = lock(conn, saga_id).await?;
+    let Some(definition) = registry.get(&locked.saga_type, locked.definition_version) else {
+        return definition_missing(conn, saga_id, &locked).await;
+    };
+    apply_locked(conn, &*definition, saga_id, locked, event, incoming).await
+}
+
+/// Locks saga `saga_id`'s row until the caller's transaction ends.
+async fn lock(conn: &mut PgConnection, saga_id: &str) -> Result<Locked> {
     let locked: Option<Locked> = sqlx::query_as(
         "SELECT saga_type, definition_version, state, current_step, attempts, data
          FROM saga_instance WHERE saga_id = $1 FOR UPDATE",
@@ -112,13 +129,19 @@ pub async fn apply(
     .bind(saga_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(locked) = locked else {
-        return Err(Error::NotFound(saga_id.to_owned()));
-    };
-    let state = SagaState::parse(&locked.state).unwrap_or(SagaState::Failed);
-    let Some(definition) = registry.get(&locked.saga_type, locked.definition_version) else {
-        return definition_missing(conn, saga_id, &locked, state).await;
-    };
+    locked.ok_or_else(|| Error::NotFound(saga_id.to_owned()))
+}
+
+/// Applies `event` to a saga locked with [`lock`], whose definition is `definition`.
+async fn apply_locked(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    locked: Locked,
+    event: &Event<'_>,
+    incoming: Incoming<'_>,
+) -> Result<Applied> {
+    let state = locked.state();
     let at = Position {
         state,
         step: usize::try_from(locked.current_step).unwrap_or(0),
@@ -177,7 +200,7 @@ pub async fn apply(
             history::append(&mut *conn, saga_id, entry).await?;
             if let Some(command) = command {
                 let attempt = to.attempts.max(1);
-                send_erased(&mut *conn, &*definition, saga_id, &data, command, attempt).await?;
+                send_erased(&mut *conn, definition, saga_id, &data, command, attempt).await?;
             }
             Ok(Applied::Moved {
                 from: state,
@@ -200,25 +223,15 @@ pub async fn apply_reply(
 ) -> Result<Applied> {
     let command = wire::parse_reply_step(reply_step)
         .ok_or_else(|| Error::NotAReply(reply_step.to_owned()))?;
-    // A saga's type and version never change: reading them before the lock is safe.
-    let kind: Option<(String, i32)> = sqlx::query_as(
-        "SELECT saga_type, definition_version FROM saga_instance WHERE saga_id = $1",
-    )
-    .bind(saga_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((saga_type, version)) = kind else {
-        return Err(Error::NotFound(saga_id.to_owned()));
-    };
-    let Some(definition) = registry.get(&saga_type, version) else {
-        // Let `apply` record it and fail the saga.
-        return apply(conn, registry, saga_id, &Event::Retry, Incoming::default()).await;
+    let locked = lock(conn, saga_id).await?;
+    let Some(definition) = registry.get(&locked.saga_type, locked.definition_version) else {
+        return definition_missing(conn, saga_id, &locked).await;
     };
     let Some((step, phase)) = definition.command_named(command) else {
         return Err(Error::UnknownCommand {
             saga_id: saga_id.to_owned(),
-            saga_type,
-            version,
+            saga_type: locked.saga_type,
+            version: locked.definition_version,
             command: command.to_owned(),
         });
     };
@@ -235,7 +248,7 @@ pub async fn apply_reply(
         message_id,
         result: reply.result.as_ref(),
     };
-    apply(conn, registry, saga_id, &event, incoming).await
+    apply_locked(conn, &*definition, saga_id, locked, &event, incoming).await
 }
 
 /// A saga whose definition is not registered cannot move: it is `failed`, with the
@@ -244,8 +257,8 @@ async fn definition_missing(
     conn: &mut PgConnection,
     saga_id: &str,
     locked: &Locked,
-    state: SagaState,
 ) -> Result<Applied> {
+    let state = locked.state();
     let reason = format!(
         "saga type {} version {} is not registered with this orchestrator",
         locked.saga_type, locked.definition_version

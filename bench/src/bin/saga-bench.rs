@@ -29,10 +29,9 @@ use bench::{fresh_database, median};
 use clap::Parser;
 use futures_util::{StreamExt, TryStreamExt};
 use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox::wire::{dead_queue, retry_queue};
 use outbox_relay::{Relay, RelayConfig, RelayHandle};
 use saga::participant::{SagaCommands, Verdict};
 use saga::{Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry, Saga, SagaState};
@@ -226,17 +225,7 @@ impl Rig {
         }
         let channel = self.broker.create_channel().await?;
         for config in &self.queues {
-            let queue = &config.queue;
-            let retries = config.retry_delays().into_iter();
-            let names = [queue.clone(), dead_queue(queue)];
-            for name in names
-                .into_iter()
-                .chain(retries.map(|d| retry_queue(queue, d)))
-            {
-                channel
-                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                    .await?;
-            }
+            config.delete(&channel).await?;
         }
         channel
             .exchange_delete(

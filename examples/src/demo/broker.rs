@@ -2,12 +2,10 @@
 //! connection of the demo" from the broker's side touches nothing else, and removing
 //! it removes every queue the run made), its exchange, and each service's queues.
 
-use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox::wire::{dead_queue, retry_queue};
+use outbox::wire::dead_queue;
 use tokio::process::Command;
 use url::Url;
 
@@ -135,15 +133,9 @@ impl DemoBroker {
         let connection = self.connect().await?;
         let channel = connection.create_channel().await?;
         for service in Service::ALL {
-            let queue = queue_name(&self.prefix, service);
-            let mut names = vec![queue.clone(), dead_queue(&queue)];
-            let retries = consumer_config(&self.prefix, service).retry_delays();
-            names.extend(retries.into_iter().map(|delay| retry_queue(&queue, delay)));
-            for name in names {
-                channel
-                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                    .await?;
-            }
+            consumer_config(&self.prefix, service)
+                .delete(&channel)
+                .await?;
         }
         channel
             .exchange_delete(
