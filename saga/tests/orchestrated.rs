@@ -117,6 +117,8 @@ struct Services {
     relay: RelayHandle,
     participants: ConsumerHandle,
     orchestrators: Vec<OrchestratorHandle>,
+    /// The consumers' queues, to delete at the end.
+    queues: Vec<ConsumerConfig>,
 }
 
 impl Services {
@@ -139,6 +141,8 @@ impl Services {
             config = config.bind(&sandbox.exchange, pattern);
         }
         config.retry_base = Duration::from_millis(1500);
+        let orchestrator_queue = ConsumerConfig::new(format!("{}-orchestrator", sandbox.queue));
+        let queues = vec![config.clone(), orchestrator_queue.clone()];
         let participants = Consumer::new(pool.clone(), amqp_url(), "participants", config)
             .action("inventory.reserve", reserve)
             .compensation("inventory.release", release)
@@ -151,7 +155,7 @@ impl Services {
         let mut handles = Vec::new();
         for _ in 0..orchestrators {
             let mut config = OrchestratorConfig::new(&sandbox.exchange);
-            config.consumer = ConsumerConfig::new(format!("{}-orchestrator", sandbox.queue));
+            config.consumer = orchestrator_queue.clone();
             config.sweep_interval = Duration::from_millis(100);
             let orchestrator =
                 Orchestrator::new(pool.clone(), amqp_url(), registry.clone(), config);
@@ -162,6 +166,7 @@ impl Services {
             relay,
             participants,
             orchestrators: handles,
+            queues,
         })
     }
 
@@ -175,27 +180,8 @@ impl Services {
         let connection =
             lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        for role in ["participants", "orchestrator"] {
-            let queue = format!("{}-{role}", self.sandbox.queue);
-            let retries = ConsumerConfig::new(queue.as_str()).retry_delays();
-            let mut names = vec![outbox::wire::dead_queue(&queue), queue.clone()];
-            names.extend(
-                retries
-                    .into_iter()
-                    .map(|delay| outbox::wire::retry_queue(&queue, delay)),
-            );
-            names.extend(
-                [1500, 3000, 6000, 12000, 24000]
-                    .map(|ms| outbox::wire::retry_queue(&queue, Duration::from_millis(ms))),
-            );
-            for name in names {
-                channel
-                    .queue_delete(
-                        name.as_str().into(),
-                        lapin::options::QueueDeleteOptions::default(),
-                    )
-                    .await?;
-            }
+        for queue in &self.queues {
+            queue.delete(&channel).await?;
         }
         let _ = connection.close(200, "test done".into()).await;
         self.sandbox.remove().await
