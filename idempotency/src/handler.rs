@@ -68,10 +68,19 @@ where
     }
 }
 
-/// A stateful handler with its state: a [`Handler`] like any other.
-pub(crate) struct WithState<H, S> {
+/// A stateful handler with its state: a [`Handler`] like any other, for APIs that
+/// take a `Handler` and have no `_with` variant (the saga crate's participant
+/// helpers): `.action("payment.charge", WithState::new(charge, policy))`.
+pub struct WithState<H, S> {
     pub(crate) handler: H,
     pub(crate) state: S,
+}
+
+impl<H, S> WithState<H, S> {
+    /// `handler`, called with a clone of `state` each time.
+    pub fn new(handler: H, state: S) -> Self {
+        Self { handler, state }
+    }
 }
 
 impl<'a, H, S, T, R, E> Handler<'a, T, R, E> for WithState<H, S>

@@ -100,7 +100,7 @@ pub use consumer::{Consumer, ConsumerHandle};
 pub use context::Context;
 pub use envelope::Envelope;
 pub use error::Error;
-pub use handler::{BoxError, Handler, StatefulHandler};
+pub use handler::{BoxError, Handler, StatefulHandler, WithState};
 pub use inbox::{Inbox, InboxKey, Outcome};
 pub use outbox::wire::DEAD_REASON_HEADER;
 pub use outbox::{MIGRATOR, migrate};

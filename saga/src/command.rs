@@ -19,14 +19,18 @@ pub(crate) async fn send<D>(
     data: &serde_json::Value,
     command: Command,
     attempt: u32,
+    deadline_ms: i64,
 ) -> Result<()>
 where
     D: DeserializeOwned + Send + Sync + 'static,
 {
-    send_erased(conn, saga, saga_id, data, command, attempt).await
+    send_erased(conn, saga, saga_id, data, command, attempt, deadline_ms).await
 }
 
-/// Enqueues `command` through the outbox and records it in the history.
+/// Enqueues `command` through the outbox and records it in the history. The command
+/// carries its deadline (`deadline_ms`, milliseconds since the Unix epoch, as stored
+/// with the saga): a participant that receives an action after it does not run it,
+/// because by then the orchestrator has moved on to compensate or cancel it.
 pub(crate) async fn send_erased(
     conn: &mut PgConnection,
     definition: &dyn Definition,
@@ -34,6 +38,7 @@ pub(crate) async fn send_erased(
     data: &serde_json::Value,
     command: Command,
     attempt: u32,
+    deadline_ms: i64,
 ) -> Result<()> {
     let name = definition
         .command_name(command.step, command.phase)
@@ -44,11 +49,19 @@ pub(crate) async fn send_erased(
     let saga_type = definition.name();
     let id = uuid::Uuid::now_v7();
     let step = wire::command_step(name, &id.simple().to_string());
-    let mut message = outbox::Message::builder(saga_id, step, name)
+    // A cancel goes where its action went: the same participant answers both.
+    let routing_key = match command.phase {
+        Phase::Cancel => definition
+            .command_name(command.step, Phase::Action)
+            .unwrap_or(name),
+        _ => name,
+    };
+    let mut message = outbox::Message::builder(saga_id, step, routing_key)
         .id(id)
         .header(wire::SAGA_TYPE_HEADER, saga_type)
         .header(wire::ATTEMPT_HEADER, attempt.to_string())
-        .header(wire::REPLY_TO_HEADER, wire::reply_routing_key(saga_type));
+        .header(wire::REPLY_TO_HEADER, wire::reply_routing_key(saga_type))
+        .header(wire::DEADLINE_HEADER, deadline_ms.to_string());
     if command.phase == Phase::Compensation
         && let Some(action) = definition.command_name(command.step, Phase::Action)
     {

@@ -39,9 +39,12 @@ pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tries of one compensation before the saga is `failed`, unless told otherwise.
 pub const DEFAULT_COMPENSATION_ATTEMPTS: u32 = 5;
 
-/// The longest name of a step or command: its reply's name must still fit an AMQP
-/// short string (255 bytes) with the reply suffix and an attempt number.
+/// The longest name of a step or command: its reply's step must still fit an AMQP
+/// short string (255 bytes) with `.cancel`, `.reply` and a `#` token (46 bytes).
 const MAX_NAME: usize = 200;
+
+/// What a step's cancel is named after its action.
+const CANCEL_SUFFIX: &str = ".cancel";
 
 type BuildPayload<D> =
     Arc<dyn Fn(&D) -> Result<serde_json::Value, serde_json::Error> + Send + Sync>;
@@ -88,6 +91,7 @@ pub struct StepDef<D> {
     name: String,
     action: CommandDef<D>,
     compensation: Option<CommandDef<D>>,
+    cancel: Option<String>,
     timeout: Duration,
 }
 
@@ -107,11 +111,28 @@ impl<D> StepDef<D> {
         self.compensation.as_ref()
     }
 
-    /// The step's action or compensation.
+    /// The step's action or compensation (a cancel has a name, not a command of its
+    /// own: see [`StepDef::cancel_name`]).
     pub fn command(&self, phase: Phase) -> Option<&CommandDef<D>> {
         match phase {
             Phase::Action => Some(&self.action),
             Phase::Compensation => self.compensation.as_ref(),
+            Phase::Cancel => None,
+        }
+    }
+
+    /// For a step without a compensation, the name of the cancel the orchestrator
+    /// sends when its action times out: `{action}.cancel`, routed like the action, and
+    /// answered by the participant helper with the action's outcome.
+    pub fn cancel_name(&self) -> Option<&str> {
+        self.cancel.as_deref()
+    }
+
+    /// The name `phase`'s command goes out under.
+    pub fn command_name(&self, phase: Phase) -> Option<&str> {
+        match phase {
+            Phase::Cancel => self.cancel_name(),
+            _ => self.command(phase).map(CommandDef::name),
         }
     }
 
@@ -169,13 +190,10 @@ impl<D> Saga<D> {
     /// The step and phase a command of this saga is, by the command's name.
     pub fn command_named(&self, name: &str) -> Option<(usize, Phase)> {
         self.steps.iter().enumerate().find_map(|(i, step)| {
-            if step.action.name == name {
-                Some((i, Phase::Action))
-            } else if step.compensation.as_ref().is_some_and(|c| c.name == name) {
-                Some((i, Phase::Compensation))
-            } else {
-                None
-            }
+            [Phase::Action, Phase::Compensation, Phase::Cancel]
+                .into_iter()
+                .find(|phase| step.command_name(*phase) == Some(name))
+                .map(|phase| (i, phase))
         })
     }
 }
@@ -188,6 +206,7 @@ impl<D> Clone for StepDef<D> {
             name: self.name.clone(),
             action: self.action.clone(),
             compensation: self.compensation.clone(),
+            cancel: self.cancel.clone(),
             timeout: self.timeout,
         }
     }
@@ -322,14 +341,26 @@ impl<D> SagaBuilder<D> {
                 }
                 // A participant's inbox keys a command by saga_id and name: one name
                 // twice in a saga would make its second use look like a duplicate.
-                if !commands.insert(name) {
+                if !commands.insert(name.to_owned()) {
                     return Err(fail(format!("the command '{name}' is used twice")));
                 }
+            }
+            let cancel = part
+                .compensation
+                .is_none()
+                .then(|| format!("{}{CANCEL_SUFFIX}", action.name));
+            if let Some(cancel) = &cancel
+                && !commands.insert(cancel.clone())
+            {
+                return Err(fail(format!(
+                    "the command '{cancel}' is also the cancel of step '{step}'"
+                )));
             }
             steps.push(StepDef {
                 name: step.clone(),
                 action: action.clone(),
                 compensation: part.compensation.clone(),
+                cancel,
                 timeout: part.timeout,
             });
         }

@@ -39,11 +39,12 @@ where
         unreachable!("a built saga has a first step");
     };
     let timeout = outbox::postgres::interval(saga.steps()[0].timeout());
-    let inserted = sqlx::query(
+    let deadline_ms: Option<i64> = sqlx::query_scalar(
         "INSERT INTO saga_instance
              (saga_id, saga_type, definition_version, state, current_step, attempts, deadline_at, data)
          VALUES ($1, $2, $3, $4, 0, 0, now() + $5, $6)
-         ON CONFLICT (saga_id) DO NOTHING",
+         ON CONFLICT (saga_id) DO NOTHING
+         RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint",
     )
     .bind(saga_id)
     .bind(saga.name())
@@ -51,14 +52,14 @@ where
     .bind(to.state.as_str())
     .bind(timeout)
     .bind(Json(&data))
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    if inserted.rows_affected() == 0 {
+    let Some(deadline_ms) = deadline_ms else {
         return Err(Error::AlreadyStarted(saga_id.to_owned()));
-    }
+    };
     let entry = Entry::moved("started", SagaState::Pending, to.state);
     history::append(&mut *conn, saga_id, entry).await?;
-    send(&mut *conn, saga, saga_id, &data, first, 1).await
+    send(&mut *conn, saga, saga_id, &data, first, 1, deadline_ms).await
 }
 
 /// What applying an event did.
@@ -169,13 +170,14 @@ async fn apply_locked(
                 merge(&mut data, result);
             }
             let deadline = command.map(|c| outbox::postgres::interval(definition.timeout(c.step)));
-            sqlx::query(
+            let deadline_ms: Option<i64> = sqlx::query_scalar(
                 "UPDATE saga_instance
                  SET state = $2, current_step = $3, attempts = $4, version = version + 1,
                      deadline_at = now() + $5, data = $6,
                      last_error = coalesce($7, last_error), updated_at = now(),
                      finished_at = CASE WHEN $8 THEN now() END
-                 WHERE saga_id = $1",
+                 WHERE saga_id = $1
+                 RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint",
             )
             .bind(saga_id)
             .bind(to.state.as_str())
@@ -185,7 +187,7 @@ async fn apply_locked(
             .bind(Json(&data))
             .bind(&error)
             .bind(to.state.is_terminal())
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await?;
             entry.from_state = Some(state);
             entry.to_state = Some(to.state);
@@ -200,7 +202,17 @@ async fn apply_locked(
             history::append(&mut *conn, saga_id, entry).await?;
             if let Some(command) = command {
                 let attempt = to.attempts.max(1);
-                send_erased(&mut *conn, definition, saga_id, &data, command, attempt).await?;
+                let deadline_ms = deadline_ms.unwrap_or_default();
+                send_erased(
+                    &mut *conn,
+                    definition,
+                    saga_id,
+                    &data,
+                    command,
+                    attempt,
+                    deadline_ms,
+                )
+                .await?;
             }
             Ok(Applied::Moved {
                 from: state,

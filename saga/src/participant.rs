@@ -42,6 +42,12 @@
 //!   was declined.
 //! - A compensation that fails (returns an error) rolls back and is retried by the
 //!   consumer; the orchestrator resends it after its timeout, up to its attempts.
+//! - An action that arrives after its deadline (the `x-saga-deadline` header) is not
+//!   run: it is answered as fenced, since the orchestrator has stopped waiting for it
+//!   and is compensating or cancelling it.
+//! - Every action also answers `{command}.cancel`, which the orchestrator sends for a
+//!   step that has no compensation when its action times out: the action is fenced
+//!   if it has not run, and the reply is its outcome either way.
 
 use std::sync::Arc;
 
@@ -92,6 +98,12 @@ struct Route<H> {
     consumer: String,
 }
 
+/// The cancel of an action: which action, and whose record to read.
+struct Cancel {
+    action: String,
+    consumer: String,
+}
+
 impl SagaCommands for Consumer {
     fn action<H, T, R, E>(self, command: &str, handler: H) -> Self
     where
@@ -104,7 +116,12 @@ impl SagaCommands for Consumer {
             handler,
             consumer: self.name().to_owned(),
         });
+        let cancel = Arc::new(Cancel {
+            action: command.to_owned(),
+            consumer: self.name().to_owned(),
+        });
         self.on_with(command, route, run_action::<H, T, R, E>)
+            .on_with(format!("{command}.cancel"), cancel, run_cancel)
     }
 
     fn compensation<H, T, E>(self, command: &str, handler: H) -> Self
@@ -136,6 +153,21 @@ where
     let reply_to = reply_to(&ctx)?;
     let reply = match effects::claim(ctx.db(), &route.consumer, &envelope.saga_id, command).await? {
         Claim::Answered(reply) => reply,
+        Claim::First if let Some(late_ms) = past_deadline(&ctx) => {
+            // The orchestrator stopped waiting: it compensates or cancels this action.
+            // Not running it spares an effect and its undo; recording the refusal
+            // makes every later copy, and the compensation, read the same.
+            let reply = Reply {
+                succeeded: false,
+                result: None,
+                reason: Some(format!(
+                    "fenced: arrived {late_ms} ms after its deadline, so it was not run"
+                )),
+            };
+            effects::record(ctx.db(), &route.consumer, &envelope.saga_id, command, &reply)
+                .await?;
+            reply
+        }
         Claim::First => {
             let verdict = route
                 .handler
@@ -220,6 +252,43 @@ where
     };
     send_reply(&mut ctx, &reply_to, &reply).await?;
     Ok(reply)
+}
+
+/// A cancel, for a step without a compensation whose action timed out: fences the
+/// action if it has not run, and answers with its outcome either way. The reply is
+/// the action's own (a success with its result, or a failure), so the orchestrator
+/// goes on or compensates exactly as if the action's reply had come.
+async fn run_cancel(
+    mut ctx: Context<'_>,
+    _payload: serde::de::IgnoredAny,
+    cancel: Arc<Cancel>,
+) -> Result<Reply, BoxError> {
+    let reply_to = reply_to(&ctx)?;
+    let saga_id = &ctx.envelope().saga_id;
+    let reply = effects::fence(ctx.db(), &cancel.consumer, saga_id, &cancel.action)
+        .await?
+        .unwrap_or_else(|| Reply {
+            succeeded: false,
+            result: None,
+            reason: Some("cancelled: the action never ran, and now never will".to_owned()),
+        });
+    send_reply(&mut ctx, &reply_to, &reply).await?;
+    Ok(reply)
+}
+
+/// How long after its deadline an action arrived, if it did; an action without a
+/// readable deadline (an older orchestrator) is never late.
+fn past_deadline(ctx: &Context<'_>) -> Option<u128> {
+    let deadline: u128 = ctx
+        .envelope()
+        .header_str(wire::DEADLINE_HEADER)?
+        .parse()
+        .ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    now.checked_sub(deadline).filter(|late| *late > 0)
 }
 
 /// Where the orchestrator wants the reply: a command without it is not a saga's.

@@ -43,7 +43,7 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
     }
 
     fn command_name(&self, step: usize, phase: Phase) -> Option<&str> {
-        self.steps().get(step)?.command(phase).map(|c| c.name())
+        self.steps().get(step)?.command_name(phase)
     }
 
     fn payload(
@@ -53,6 +53,11 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
         data: &serde_json::Value,
     ) -> Result<serde_json::Value, serde_json::Error> {
         let data: D = serde_json::from_value(data.clone())?;
+        // A cancel carries its action's payload: the participant decodes it the same way.
+        let phase = match phase {
+            Phase::Cancel => Phase::Action,
+            phase => phase,
+        };
         match self.steps().get(step).and_then(|s| s.command(phase)) {
             Some(command) => command.payload(&data),
             None => Ok(serde_json::Value::Null),
@@ -66,8 +71,11 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
     fn command_names(&self) -> Vec<&str> {
         self.steps()
             .iter()
-            .flat_map(|s| std::iter::once(s.action()).chain(s.compensation()))
-            .map(|c| c.name())
+            .flat_map(|s| {
+                [Phase::Action, Phase::Compensation, Phase::Cancel]
+                    .into_iter()
+                    .filter_map(|phase| s.command_name(phase))
+            })
             .collect()
     }
 }

@@ -5,13 +5,18 @@
 
 use crate::state::SagaState;
 
-/// Which command of a step: its action, or the compensation that undoes it.
+/// Which command of a step: its action, the compensation that undoes it, or the
+/// cancel that settles a step that cannot be undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Do the step.
     Action,
     /// Undo the step (or, if its action never ran, fence it so it never will).
     Compensation,
+    /// Of a step without a compensation whose action timed out: fence the action if
+    /// it has not run, and answer with its outcome either way. Its reply counts as the
+    /// action's.
+    Cancel,
 }
 
 impl Phase {
@@ -20,6 +25,7 @@ impl Phase {
         match self {
             Phase::Action => "action",
             Phase::Compensation => "compensation",
+            Phase::Cancel => "cancel",
         }
     }
 }
@@ -133,6 +139,11 @@ pub enum Next {
 ///   compensated, last first, one after another.
 /// - A step's action times out, or an operator aborts it: its outcome is unknown, so
 ///   it is compensated too (the participant fences a late action).
+/// - A step without a compensation cannot be undone, so when its action times out (or
+///   an operator aborts it) it is cancelled instead: the participant fences the
+///   action if it has not run and answers with its outcome, which counts as the
+///   action's reply. Cancels are sent again up to the plan's attempts (`attempts`
+///   counts them); then the saga is `failed`, its outcome unknown.
 /// - A compensation fails or times out: it is sent again, up to the plan's attempts;
 ///   then the saga is `failed`, never `compensated`.
 /// - A reply for any other command than the one in hand changes nothing.
@@ -146,7 +157,7 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
             Running,
             Event::Reply {
                 step,
-                phase: Phase::Action,
+                phase: phase @ (Phase::Action | Phase::Cancel),
                 outcome,
             },
         ) if step == at.step => match outcome {
@@ -161,7 +172,25 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
                 },
                 ignored => ignored,
             },
-            Outcome::Failed(reason) => compensate_below(plan, step, reason.to_owned()),
+            Outcome::Failed(reason) => match phase {
+                // The cancel's answer says only that the action was stopped: the
+                // saga's error stays what made it cancel (a timeout, an abort).
+                Phase::Cancel => match compensate_below(plan, step, String::new()) {
+                    Next::Moved {
+                        to,
+                        send,
+                        merge_result,
+                        ..
+                    } => Next::Moved {
+                        to,
+                        send,
+                        merge_result,
+                        error: None,
+                    },
+                    ignored => ignored,
+                },
+                _ => compensate_below(plan, step, reason.to_owned()),
+            },
         },
         (
             Running,
@@ -169,13 +198,21 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
                 step,
                 phase: Phase::Action,
             },
-        ) if step == at.step => compensate_from(
-            plan,
-            step,
-            format!("step {step} timed out; its outcome is unknown"),
-        ),
+        ) if step == at.step => {
+            let error = format!("step {step} timed out; its outcome is unknown");
+            if plan.compensable.get(step) == Some(&true) {
+                compensate_from(plan, step, error)
+            } else {
+                cancel(plan, at, error)
+            }
+        }
         (Running, Event::Abort { reason }) => {
-            compensate_from(plan, at.step, format!("aborted by an operator: {reason}"))
+            let error = format!("aborted by an operator: {reason}");
+            if plan.compensable.get(at.step) == Some(&false) {
+                cancel(plan, at, error)
+            } else {
+                compensate_from(plan, at.step, error)
+            }
         }
 
         (
@@ -201,6 +238,20 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
             format!("the compensation of step {step} timed out"),
         ),
 
+        // A failed saga stopped at a step without a compensation gave up cancelling it.
+        (Failed, Event::Retry) if plan.compensable.get(at.step) == Some(&false) => Next::Moved {
+            to: Position {
+                state: Running,
+                step: at.step,
+                attempts: 1,
+            },
+            send: Some(Command {
+                step: at.step,
+                phase: Phase::Cancel,
+            }),
+            merge_result: false,
+            error: None,
+        },
         (Failed, Event::Retry) => Next::Moved {
             to: Position {
                 state: Compensating,
@@ -262,6 +313,38 @@ fn compensate_from(plan: &Plan<'_>, step: usize, error: String) -> Next {
     {
         Some(first) => compensating(first, 1, Some(error)),
         None => compensated(error),
+    }
+}
+
+/// Cancel `at.step`, whose action cannot be undone: again, or `failed` once out of
+/// attempts, because the saga cannot go on or back without knowing the outcome.
+fn cancel(plan: &Plan<'_>, at: Position, error: String) -> Next {
+    if at.attempts >= plan.compensation_attempts {
+        let error = format!(
+            "{error}; {} cancels went unanswered, so whether step {} took effect is unknown",
+            at.attempts, at.step
+        );
+        return Next::Moved {
+            to: Position {
+                state: SagaState::Failed,
+                ..at
+            },
+            send: None,
+            merge_result: false,
+            error: Some(error),
+        };
+    }
+    Next::Moved {
+        to: Position {
+            attempts: at.attempts + 1,
+            ..at
+        },
+        send: Some(Command {
+            step: at.step,
+            phase: Phase::Cancel,
+        }),
+        merge_result: false,
+        error: Some(error),
     }
 }
 

@@ -17,6 +17,14 @@ pub const REPLY_TO_HEADER: &str = "x-saga-reply-to";
 /// fence that action if it has not run yet.
 pub const COMPENSATES_HEADER: &str = "x-saga-compensates";
 
+/// Header with a command's deadline, in milliseconds since the Unix epoch: the
+/// moment the orchestrator stops waiting for its reply. An action that arrives later
+/// is not run (the participant helper answers it as fenced), since the orchestrator
+/// is by then compensating or cancelling it. Clocks may differ between hosts; either
+/// way the outcome stays consistent, because the late answer is recorded once and
+/// the compensation or cancel reads it.
+pub const DEADLINE_HEADER: &str = "x-saga-deadline";
+
 /// The routing key replies to sagas of `saga_type` are published with.
 pub fn reply_routing_key(saga_type: &str) -> String {
     format!("saga.{saga_type}.reply")

@@ -33,6 +33,10 @@ struct OrderCommand {
 }
 
 fn order_saga(charge_timeout: Duration) -> Saga<Order> {
+    order_saga_timing(charge_timeout, Duration::from_secs(30))
+}
+
+fn order_saga_timing(charge_timeout: Duration, ship_timeout: Duration) -> Saga<Order> {
     let command =
         |o: &Order| serde_json::json!({ "order_id": o.order_id, "amount_cents": o.amount_cents });
     Saga::<Order>::define("order", 1)
@@ -46,6 +50,7 @@ fn order_saga(charge_timeout: Duration) -> Saga<Order> {
         .timeout(charge_timeout)
         .step("schedule_shipping")
         .action("shipping.schedule", command)
+        .timeout(ship_timeout)
         .build()
         .expect("a valid definition")
 }
@@ -104,6 +109,9 @@ async fn schedule(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<Verdict<()>
     if cmd.order_id == 6 {
         return Err("the courier's system is down".into());
     }
+    if cmd.order_id == 7 && ctx.envelope().attempt == 1 {
+        return Err("the courier's system is slow today".into());
+    }
     if cmd.order_id == 2 {
         return Ok(Verdict::Declined("no courier".into()));
     }
@@ -126,6 +134,14 @@ impl Services {
         pool: &PgPool,
         orchestrators: usize,
         charge_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(pool, orchestrators, order_saga(charge_timeout)).await
+    }
+
+    async fn start_with(
+        pool: &PgPool,
+        orchestrators: usize,
+        definition: Saga<Order>,
     ) -> anyhow::Result<Self> {
         sqlx::query("CREATE TABLE effects (id bigserial PRIMARY KEY, order_id bigint NOT NULL, effect text NOT NULL)")
             .execute(pool)
@@ -151,7 +167,7 @@ impl Services {
             .action("shipping.schedule", schedule)
             .spawn()?;
 
-        let registry = Registry::new().register(order_saga(charge_timeout));
+        let registry = Registry::new().register(definition);
         let mut handles = Vec::new();
         for _ in 0..orchestrators {
             let mut config = OrchestratorConfig::new(&sandbox.exchange);
@@ -492,5 +508,105 @@ async fn a_reply_for_an_unknown_saga_is_dead_lettered_at_once_with_its_reason(
         "dead at its first attempt"
     );
     let _ = connection.close(200, "test done".into()).await;
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_timed_out_step_without_a_compensation_is_cancelled_and_never_takes_effect(
+    pool: PgPool,
+) -> TestResult {
+    // Order 7's shipping fails once and is retried after 1.5 s; its step times out
+    // after 0.5 s. Shipping cannot be undone, so the orchestrator cancels it rather
+    // than refund and release while a shipment may still go out.
+    let definition = || order_saga_timing(Duration::from_secs(30), Duration::from_millis(500));
+    let services = Services::start_with(&pool, 1, definition()).await?;
+    let saga_id = start_order(&pool, &definition(), 7, 500).await?;
+    wait_for(&pool, &saga_id, SagaState::Compensated).await?;
+    // The retried shipment finds its cancel's fence and is answered, not run.
+    let retried = async || -> anyhow::Result<bool> {
+        let deliveries: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM inbox WHERE consumer = 'participants' AND saga_id = $1
+             AND step LIKE 'shipping.schedule#%'",
+        )
+        .bind(&saga_id)
+        .fetch_one(&pool)
+        .await?;
+        Ok(deliveries == 1)
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the shipment's retry is answered",
+        retried,
+    )
+    .await?;
+    assert_eq!(
+        effects(&pool, 7).await?,
+        ["reserved", "charged", "refunded", "released"],
+        "never shipped, and everything before it undone"
+    );
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT kind || ' ' || coalesce(phase, '-') FROM saga_event
+         WHERE saga_id = $1 AND kind IN ('timeout', 'command_sent') ORDER BY id",
+    )
+    .bind(&saga_id)
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(
+        &events[3..],
+        [
+            "timeout action",
+            "command_sent cancel",
+            "command_sent compensation",
+            "command_sent compensation"
+        ],
+        "{events:?}"
+    );
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM saga_instance WHERE saga_id = $1")
+            .bind(&saga_id)
+            .fetch_one(&pool)
+            .await?;
+    assert!(reason.unwrap_or_default().contains("timed out"));
+    services.stop().await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_action_that_arrives_after_its_deadline_is_answered_and_not_run(
+    pool: PgPool,
+) -> TestResult {
+    let services = Services::start(&pool, 1, Duration::from_secs(30)).await?;
+    // A charge whose deadline passed five seconds ago, as a stalled relay or a
+    // participant that was down would deliver it.
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()
+        - 5_000;
+    sqlx::query(
+        "INSERT INTO outbox (saga_id, step, routing_key, payload, headers)
+         VALUES ('order-9', 'payment.charge#late', 'payment.charge',
+                 '{\"order_id\": 9, \"amount_cents\": 500}',
+                 jsonb_build_object('x-saga-reply-to', 'saga.order.reply', 'x-saga-deadline', $1::text))",
+    )
+    .bind(deadline.to_string())
+    .execute(&pool)
+    .await?;
+    let answered = async || -> anyhow::Result<bool> {
+        let reason: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT result->>'reason' FROM inbox
+             WHERE consumer = 'participants' AND saga_id = 'order-9' AND step = 'payment.charge'",
+        )
+        .fetch_optional(&pool)
+        .await?;
+        Ok(reason
+            .flatten()
+            .is_some_and(|r| r.contains("after its deadline")))
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the late charge is answered",
+        answered,
+    )
+    .await?;
+    assert!(effects(&pool, 9).await?.is_empty(), "the late charge ran");
     services.stop().await
 }

@@ -48,7 +48,7 @@ fn send(step: usize, phase: Phase) -> Option<Command> {
     Some(Command { step, phase })
 }
 
-use Phase::{Action, Compensation};
+use Phase::{Action, Cancel, Compensation};
 
 #[test]
 fn the_happy_path_runs_every_step_in_order_then_completes() {
@@ -119,16 +119,45 @@ fn a_timed_out_step_is_compensated_itself_because_its_outcome_is_unknown() {
     )
     .unwrap();
     assert_eq!((p, c), (at(Compensating, 1, 1), send(1, Compensation)));
-    // A step without a compensation cannot be fenced: the ones before it are undone.
-    let (p, c) = step(
-        at(Running, 2, 0),
-        Event::Timeout {
-            step: 2,
-            phase: Action,
-        },
-    )
-    .unwrap();
-    assert_eq!((p, c), (at(Compensating, 1, 1), send(1, Compensation)));
+}
+
+fn timeout(step: usize, phase: Phase) -> Event<'static> {
+    Event::Timeout { step, phase }
+}
+
+#[test]
+fn a_timed_out_step_without_a_compensation_is_cancelled_and_its_answer_decides() {
+    // Shipping cannot be undone: rather than undo the steps before it while it may
+    // still ship, the orchestrator asks for its outcome, fencing it if it never ran.
+    let (p, c) = step(at(Running, 2, 0), timeout(2, Action)).unwrap();
+    assert_eq!((p, c), (at(Running, 2, 1), send(2, Cancel)));
+    // Fenced (or declined): it took no effect, so the steps before it are undone.
+    let (p2, c2) = step(p, failed(2, Cancel)).unwrap();
+    assert_eq!((p2, c2), (at(Compensating, 1, 1), send(1, Compensation)));
+    // Too late to cancel: it shipped, so the saga completes with its result.
+    let next = transition(&ORDER, p, &ok(2, Cancel));
+    assert!(matches!(
+        next,
+        Next::Moved { to, send: None, merge_result: true, .. } if to.state == Completed
+    ));
+    // The late action's own reply says the same and counts as well.
+    assert_eq!(step(p, ok(2, Action)).unwrap().0.state, Completed);
+    // Unanswered cancels are sent again, then the saga fails: its outcome is unknown.
+    let (p, c) = step(p, timeout(2, Action)).unwrap();
+    assert_eq!((p, c), (at(Running, 2, 2), send(2, Cancel)));
+    let (p, _) = step(p, timeout(2, Action)).unwrap();
+    let next = transition(&ORDER, p, &timeout(2, Action));
+    assert!(matches!(
+        next,
+        Next::Moved { to, send: None, error: Some(ref e), .. }
+            if to.state == Failed && e.contains("unknown")
+    ));
+    // An operator's retry cancels again.
+    let (p, c) = step(at(Failed, 2, 3), Event::Retry).unwrap();
+    assert_eq!((p, c), (at(Running, 2, 1), send(2, Cancel)));
+    // An operator's abort of that step cancels it too.
+    let (p, c) = step(at(Running, 2, 0), Event::Abort { reason: "x" }).unwrap();
+    assert_eq!((p, c), (at(Running, 2, 1), send(2, Cancel)));
 }
 
 #[test]
@@ -265,6 +294,8 @@ fn every_non_terminal_move_sends_a_command_so_a_deadline_always_stands() {
         ok(1, Compensation),
         failed(0, Compensation),
         failed(1, Compensation),
+        ok(2, Cancel),
+        failed(2, Cancel),
         Event::Timeout {
             step: 0,
             phase: Action,
