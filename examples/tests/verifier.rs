@@ -3,7 +3,7 @@
 //! report success.
 
 use examples::demo::databases::DemoDatabases;
-use examples::demo::saga::Service;
+use examples::demo::saga::{SagaMode, Service};
 use examples::demo::verify::{Findings, Sources, verify};
 use sqlx::PgPool;
 
@@ -125,6 +125,7 @@ async fn findings(databases: &DemoDatabases) -> anyhow::Result<Findings> {
             shipping: databases.pool(Service::Shipping),
         },
         2,
+        SagaMode::Choreography,
     )
     .await
 }

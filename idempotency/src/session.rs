@@ -26,9 +26,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection may wait for the broker's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A session that lasted this long was healthy: the reconnect backoff starts over.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-
 /// Runs sessions until `shutdown`, pausing between them after failures.
 pub(crate) async fn run(consumer: Arc<Consumer>, shutdown: CancellationToken) {
     let mut backoff = outbox::backoff::reconnect();
@@ -37,7 +34,7 @@ pub(crate) async fn run(consumer: Arc<Consumer>, shutdown: CancellationToken) {
         let Err(error) = session(&consumer, &shutdown).await else {
             return;
         };
-        if started.elapsed() >= HEALTHY_SESSION {
+        if started.elapsed() >= outbox::backoff::HEALTHY_SESSION {
             backoff = outbox::backoff::reconnect();
         }
         let pause = backoff.next().unwrap_or(outbox::backoff::RECONNECT_MAX);

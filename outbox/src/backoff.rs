@@ -8,8 +8,16 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 /// The first pause after a failure.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 
-/// The longest pause: a server back after an outage is found within about this.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// The longest pause (before jitter, which may double it): a server back after an
+/// outage is found within about this. A broker restart takes seconds; a longer cap
+/// would leave a sidecar idle long after its broker is back.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A session (a connection to the broker that did its work) that lasted this long
+/// was healthy: the reconnect backoff starts over. Short, because a broker that fails
+/// often (restarts, forced closes) should not leave clients waiting longer each time,
+/// and long enough that a broker that accepts and drops at once is not hammered.
+pub const HEALTHY_SESSION: Duration = Duration::from_secs(5);
 
 /// Pauses before each reconnect: exponential from [`RECONNECT_MIN`] to
 /// [`RECONNECT_MAX`], jittered so that many processes do not come back in step, and

@@ -19,9 +19,6 @@ use crate::shared::Shared;
 use crate::wake::Doorbell;
 use outbox::backoff::RECONNECT_MAX;
 
-/// A session that lasted this long was healthy: the reconnect backoff starts over.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-
 /// The retention cleanup runs every half retention, within these bounds.
 const CLEANUP_PERIOD_MIN: Duration = Duration::from_secs(1);
 const CLEANUP_PERIOD_MAX: Duration = Duration::from_secs(60);
@@ -183,7 +180,7 @@ impl Relay {
                 shared.metrics.failed(FailureReason::Database, 1);
                 shared.metrics.set_database_ok(false);
             }
-            if started.elapsed() >= HEALTHY_SESSION {
+            if started.elapsed() >= outbox::backoff::HEALTHY_SESSION {
                 backoff = reconnect_backoff();
             }
             let pause = backoff.next().unwrap_or(RECONNECT_MAX);

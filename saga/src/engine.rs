@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::history::{self, Entry};
 use crate::registry::{Definition, Registry};
 use crate::state::SagaState;
-use crate::transition::{Event, Next, Outcome, Position, transition};
+use crate::transition::{Event, Next, Outcome, Position, command_timeout, transition};
 use crate::wire;
 
 /// Starts saga `saga_id` of type `saga` with `data`, in the caller's transaction:
@@ -169,7 +169,10 @@ async fn apply_locked(
             if merge_result && let Some(result) = incoming.result {
                 merge(&mut data, result);
             }
-            let deadline = command.map(|c| outbox::postgres::interval(definition.timeout(c.step)));
+            let deadline = command.map(|c| {
+                let timeout = command_timeout(definition.timeout(c.step), to.attempts);
+                outbox::postgres::interval(timeout)
+            });
             let deadline_ms: Option<i64> = sqlx::query_scalar(
                 "UPDATE saga_instance
                  SET state = $2, current_step = $3, attempts = $4, version = version + 1,

@@ -36,4 +36,6 @@ pub use orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorHandle};
 pub use registry::Registry;
 pub use state::SagaState;
 pub use sweep::{Swept, sweep_due};
-pub use transition::{Command, Event, Next, Outcome, Phase, Plan, Position, transition};
+pub use transition::{
+    Command, Event, Next, Outcome, Phase, Plan, Position, command_timeout, transition,
+};

@@ -3,7 +3,21 @@
 //! transaction that locks the saga row; nothing here touches a server, so every state
 //! and event is unit-tested below.
 
+use std::time::Duration;
+
 use crate::state::SagaState;
+
+/// Longest a resent compensation or cancel waits, as a multiple of its step's timeout.
+const MAX_RESEND_FACTOR: u32 = 8;
+
+/// How long the command sent at `attempts` may go unanswered: its step's timeout for
+/// an action and for a first compensation or cancel; for each one sent again, twice
+/// the last, up to eight times the step's timeout. A participant or a broker that is
+/// down for minutes then uses up a few attempts, not all of them.
+pub fn command_timeout(step_timeout: Duration, attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(MAX_RESEND_FACTOR.ilog2());
+    step_timeout.saturating_mul(1 << doublings)
+}
 
 /// Which command of a step: its action, the compensation that undoes it, or the
 /// cancel that settles a step that cannot be undone.

@@ -22,6 +22,7 @@
 //! start and how.
 
 mod proxy;
+mod rabbit_node;
 mod reachable;
 mod sandbox;
 mod servers;
@@ -29,6 +30,7 @@ mod signal;
 mod wait;
 
 pub use proxy::FaultyProxy;
+pub use rabbit_node::RabbitNode;
 pub use reachable::{CheckedMigrator, require_servers};
 pub use sandbox::{Received, Sandbox};
 pub use servers::{amqp_url, amqp_url_as, database_url, database_url_of};

@@ -9,6 +9,7 @@ use super::broker::DemoBroker;
 use super::databases::DemoDatabases;
 use super::plan::{Fault, FaultKind, FaultPlan};
 use super::progress::Progress;
+use super::saga::SagaMode;
 use super::stage::Stage;
 
 /// How a run's loop ended.
@@ -42,6 +43,7 @@ pub async fn drive(
     broker: &DemoBroker,
     mut plan: FaultPlan,
     orders: u32,
+    mode: SagaMode,
     timeout: Duration,
 ) -> anyhow::Result<Chaos> {
     let start = Instant::now();
@@ -54,6 +56,7 @@ pub async fn drive(
     let mut tried = BTreeSet::new();
     let mut restarts: Vec<(Instant, String)> = Vec::new();
     let mut unstalls: Vec<(Instant, String)> = Vec::new();
+    let mut thaws: Vec<(Instant, String)> = Vec::new();
     let mut next = plan.next_fault();
     // Once the saga is complete and every kind of fault was tried, no new faults:
     // killed processes come back, black holes end, and the run ends when the saga is
@@ -72,16 +75,32 @@ pub async fn drive(
         }
         let now = Instant::now();
         while let Some(fault) = next.filter(|f| !winding_down && start + f.at <= now) {
-            let said = inject(&fault, stage, broker, now, &mut restarts, &mut unstalls).await?;
-            match said {
-                Some(said) => {
+            let mut pending = Pending {
+                restarts: &mut restarts,
+                unstalls: &mut unstalls,
+                thaws: &mut thaws,
+            };
+            match inject(&fault, stage, broker, now, &mut pending).await? {
+                Injected::Now(said) => {
                     *chaos.faults.entry(fault.kind).or_default() += 1;
                     println!("{} fault: {said}", stamp(now));
                 }
-                None => println!("{} fault skipped: {}", stamp(now), fault.kind.label()),
+                Injected::Skipped => {
+                    println!("{} fault skipped: {}", stamp(now), fault.kind.label());
+                }
+                // The broker is still coming back from the last restart: this one is
+                // dropped, and its kind counts as untried until one goes in.
+                Injected::Busy => {
+                    next = plan.next_fault();
+                    continue;
+                }
             }
             tried.insert(fault.kind);
             next = plan.next_fault();
+        }
+        for (_, name) in take_due(&mut thaws, now) {
+            stage.fleet.thaw(&name).await?;
+            println!("{} {name} goes on (kill -CONT)", stamp(now));
         }
         for (_, name) in take_due(&mut restarts, now) {
             stage.fleet.restart(&name)?;
@@ -100,11 +119,15 @@ pub async fn drive(
         }
         if now.duration_since(last_shown) >= Duration::from_secs(2) {
             last_shown = now;
-            let progress = Progress::read(databases).await?;
-            show(&stamp(now), &progress, orders, &chaos.faults);
-            let every_kind = next.is_none() || tried.len() == FaultKind::ALL.len();
+            let progress = Progress::read(databases, mode).await?;
+            show(&stamp(now), &progress, orders, mode, &chaos.faults);
+            let every_kind = next.is_none() || tried.len() == plan.kinds().len();
             if progress.complete(orders) && every_kind {
-                if winding_down && restarts.is_empty() && unstalls.is_empty() {
+                let all_back = restarts.is_empty()
+                    && unstalls.is_empty()
+                    && thaws.is_empty()
+                    && !broker.restarting();
+                if winding_down && all_back {
                     chaos.ending = Ending::Complete;
                     break;
                 }
@@ -126,36 +149,75 @@ pub async fn drive(
     Ok(chaos)
 }
 
+/// Whether a fault went in.
+enum Injected {
+    /// It did; this says what happened.
+    Now(String),
+    /// It cannot be done in this run.
+    Skipped,
+    /// Not now: the broker is restarting.
+    Busy,
+}
+
+/// What the loop must undo later: processes to restart, proxies to unstall,
+/// processes to thaw.
+struct Pending<'a> {
+    restarts: &'a mut Vec<(Instant, String)>,
+    unstalls: &'a mut Vec<(Instant, String)>,
+    thaws: &'a mut Vec<(Instant, String)>,
+}
+
 async fn inject(
     fault: &Fault,
     stage: &mut Stage,
     broker: &DemoBroker,
     now: Instant,
-    restarts: &mut Vec<(Instant, String)>,
-    unstalls: &mut Vec<(Instant, String)>,
-) -> anyhow::Result<Option<String>> {
+    pending: &mut Pending<'_>,
+) -> anyhow::Result<Injected> {
     let target = fault.target.to_string();
     let lasts = format!("{:.1} s", fault.lasts.as_secs_f64());
-    Ok(Some(match fault.kind {
+    Ok(Injected::Now(match fault.kind {
         FaultKind::ConnectionCut => {
             stage.proxies[&target].cut_all();
             format!("the proxy cut every connection of {target} to RabbitMQ")
         }
         FaultKind::BlackHole => {
             stage.proxies[&target].stall(true);
-            unstalls.push((now + fault.lasts, target.clone()));
+            pending.unstalls.push((now + fault.lasts, target.clone()));
             format!("the proxy black-holes {target}'s RabbitMQ traffic for {lasts}")
         }
         FaultKind::BrokerClose => {
+            if broker.restarting() {
+                return Ok(Injected::Busy);
+            }
             if !broker.close_every_connection() {
-                return Ok(None);
+                return Ok(Injected::Skipped);
             }
             "RabbitMQ closed every connection of the demo from its side".to_owned()
         }
-        FaultKind::KillRelay | FaultKind::KillConsumer => {
+        FaultKind::KillRelay | FaultKind::KillConsumer | FaultKind::KillOrchestrator => {
             stage.fleet.kill(&target).await?;
-            restarts.push((now + fault.lasts, target.clone()));
+            pending.restarts.push((now + fault.lasts, target.clone()));
             format!("kill -9 {target} (back in {lasts})")
+        }
+        FaultKind::ParticipantSilent => {
+            if pending.thaws.iter().any(|(_, name)| *name == target) {
+                return Ok(Injected::Skipped);
+            }
+            stage.fleet.freeze(&target).await?;
+            pending.thaws.push((now + fault.lasts, target.clone()));
+            format!("kill -STOP {target}: silent for {lasts}, past its step timeout")
+        }
+        FaultKind::BrokerRestart | FaultKind::BrokerKill => {
+            if !broker.can_restart() {
+                return Ok(Injected::Skipped);
+            }
+            let kill = fault.kind == FaultKind::BrokerKill;
+            if !broker.restart(kill, fault.lasts) {
+                return Ok(Injected::Busy);
+            }
+            let how = if kill { "killed (kill -9)" } else { "stopped" };
+            format!("the run's RabbitMQ node {how}; starting again after {lasts} down")
         }
     }))
 }
@@ -166,13 +228,27 @@ fn take_due(pending: &mut Vec<(Instant, String)>, now: Instant) -> Vec<(Instant,
     due
 }
 
-fn show(stamp: &str, progress: &Progress, orders: u32, faults: &BTreeMap<FaultKind, u32>) {
+fn show(
+    stamp: &str,
+    progress: &Progress,
+    orders: u32,
+    mode: SagaMode,
+    faults: &BTreeMap<FaultKind, u32>,
+) {
+    let finished = match mode {
+        SagaMode::Choreography => format!(
+            "shipped {}, cancelled {}",
+            progress.shipped, progress.cancelled
+        ),
+        SagaMode::Orchestration => format!(
+            "sagas completed {}, compensated {}, failed {}",
+            progress.shipped, progress.cancelled, progress.failed
+        ),
+    };
     println!(
-        "{stamp} orders placed {}/{orders}, finished {} (shipped {}, cancelled {}) | messages sent {}, waiting {} | faults {}",
+        "{stamp} orders placed {}/{orders}, finished {} ({finished}) | messages sent {}, waiting {} | faults {}",
         progress.placed,
         progress.finished(),
-        progress.shipped,
-        progress.cancelled,
         progress.sent,
         progress.unsent,
         faults.values().sum::<u32>()

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use super::saga::Service;
+use super::saga::{SagaMode, Service};
 
 /// An order saga across four services, each with its own database, outbox, inbox and
 /// relay, run under injected broker failures; a verifier then proves from the
@@ -34,6 +34,11 @@ pub enum Command {
 /// How big the run is, how hostile, and how it is seeded.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
+    /// How the saga is coordinated: services reacting to each other's events
+    /// (choreography), or a durable orchestrator in the order service sending commands
+    /// and compensations (orchestration).
+    #[arg(long, value_enum, default_value_t = SagaMode::Choreography)]
+    pub saga: SagaMode,
     /// Orders to place [default: 500; 100 with --short].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub orders: Option<u32>,
@@ -43,6 +48,14 @@ pub struct DemoArgs {
     /// Share of payments that fail, from 0 to 1; those orders are compensated.
     #[arg(long, default_value_t = 0.2, value_parser = share)]
     pub payment_failure_rate: f64,
+    /// Share of compensations that fail (once or twice, then succeed), from 0 to 1: an
+    /// error in the handler, rolled back and retried.
+    #[arg(long, default_value_t = 0.2, value_parser = share)]
+    pub compensation_failure_rate: f64,
+    /// How long the orchestrator waits for each step's reply before it compensates
+    /// (or cancels) the step, in seconds (orchestration) [default: 5; 3 with --short].
+    #[arg(long, value_parser = positive)]
+    pub step_timeout_secs: Option<f64>,
     /// Faults injected per second on average; 0 injects none [default: 0.5; 1 with --short].
     #[arg(long, value_parser = non_negative)]
     pub fault_rate: Option<f64>,
@@ -56,6 +69,10 @@ pub struct DemoArgs {
     /// with --short].
     #[arg(long)]
     pub timeout_secs: Option<u64>,
+    /// Use AMQP_URL's broker even where a RabbitMQ node of the run's own could run
+    /// (`rabbitmq-server` installed); the broker is then never restarted.
+    #[arg(long)]
+    pub shared_broker: bool,
     /// Leave the databases in place afterwards, to inspect them.
     #[arg(long)]
     pub keep_databases: bool,
@@ -79,6 +96,14 @@ impl DemoArgs {
             .unwrap_or(if self.short { 1.0 } else { 0.5 })
     }
 
+    /// Each step's timeout (orchestration).
+    pub fn step_timeout(&self) -> std::time::Duration {
+        let seconds = self
+            .step_timeout_secs
+            .unwrap_or(if self.short { 3.0 } else { 5.0 });
+        std::time::Duration::from_secs_f64(seconds.min(3_600.0))
+    }
+
     /// How long the saga may take.
     pub fn timeout(&self) -> std::time::Duration {
         let seconds = self
@@ -94,6 +119,9 @@ pub struct ServiceArgs {
     /// Which service.
     #[arg(long, value_enum)]
     pub service: Service,
+    /// How the saga is coordinated.
+    #[arg(long, value_enum, default_value_t = SagaMode::Choreography)]
+    pub saga: SagaMode,
     /// The run's exchange, and the prefix of its queues.
     #[arg(long)]
     pub prefix: String,
@@ -109,6 +137,12 @@ pub struct ServiceArgs {
     /// Share of payments declined (payment service).
     #[arg(long, default_value_t = 0.0)]
     pub payment_failure_rate: f64,
+    /// Share of compensations that fail before they succeed (inventory, payment).
+    #[arg(long, default_value_t = 0.0)]
+    pub compensation_failure_rate: f64,
+    /// Each step's timeout in milliseconds (orchestrator).
+    #[arg(long, default_value_t = 5_000)]
+    pub step_timeout_ms: u64,
 }
 
 fn number(text: &str) -> Result<f64, String> {
@@ -162,6 +196,9 @@ mod tests {
             ["--fault-rate", "-1"],
             ["--orders", "0"],
             ["--order-rate", "0"],
+            ["--compensation-failure-rate", "2"],
+            ["--step-timeout-secs", "0"],
+            ["--saga", "sideways"],
         ] {
             let parsed = Cli::try_parse_from(["exactly-once-demo", bad[0], bad[1]]);
             assert!(parsed.is_err(), "{bad:?} was accepted");

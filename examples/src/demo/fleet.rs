@@ -1,7 +1,7 @@
-//! The demo's child processes: four services and four relays, each started, killed
-//! and restarted by name, logging to a file of its own.
+//! The demo's child processes: the services and their relays, each started, killed,
+//! frozen and restarted by name, logging to a file of its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -32,6 +32,7 @@ struct Managed {
 #[derive(Debug, Default)]
 pub struct Fleet {
     processes: BTreeMap<String, Managed>,
+    frozen: BTreeSet<String>,
 }
 
 impl Fleet {
@@ -60,9 +61,41 @@ impl Fleet {
 
     /// `kill -9`: no chance to finish anything.
     pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        self.frozen.remove(name);
         if let Some(mut child) = self.processes.get_mut(name).and_then(|m| m.child.take()) {
             child.start_kill()?;
             child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// `kill -STOP`: the process stays, holding its connections and whatever it had in
+    /// hand, and does nothing until [`Fleet::thaw`].
+    pub async fn freeze(&mut self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, "-STOP").await?;
+        self.frozen.insert(name.to_owned());
+        Ok(())
+    }
+
+    /// `kill -CONT` of a frozen process.
+    pub async fn thaw(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.frozen.remove(name) {
+            self.signal(name, "-CONT").await?;
+        }
+        Ok(())
+    }
+
+    async fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
+        if let Some(pid) = self
+            .processes
+            .get(name)
+            .and_then(|m| m.child.as_ref())
+            .and_then(Child::id)
+        {
+            Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .await?;
         }
         Ok(())
     }
@@ -82,8 +115,12 @@ impl Fleet {
         exited
     }
 
-    /// SIGTERM to every process, then SIGKILL to any still running after `grace`.
+    /// SIGTERM to every process (a frozen one is thawed first), then SIGKILL to any
+    /// still running after `grace`.
     pub async fn stop_all(&mut self, grace: Duration) {
+        for name in self.frozen.clone() {
+            let _ = self.thaw(&name).await;
+        }
         for managed in self.processes.values() {
             if let Some(pid) = managed.child.as_ref().and_then(Child::id) {
                 let _ = Command::new("kill")

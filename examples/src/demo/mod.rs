@@ -11,6 +11,7 @@ pub mod chaos;
 pub mod cli;
 pub mod databases;
 pub mod fleet;
+pub mod orchestration;
 pub mod plan;
 pub mod policy;
 pub mod progress;

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::saga::Service;
+use super::saga::{SagaMode, Service};
 
 /// The kinds of fault the demo injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,17 +23,53 @@ pub enum FaultKind {
     KillRelay,
     /// `kill -9` of one service (a consumer), restarted shortly after.
     KillConsumer,
+    /// A participant frozen (`kill -STOP`) for longer than its step's timeout, then
+    /// let go (`kill -CONT`): timeouts fire, and its late actions must take no effect.
+    /// Orchestration only.
+    ParticipantSilent,
+    /// `kill -9` of one of the two order processes, each an orchestrator instance.
+    /// Orchestration only.
+    KillOrchestrator,
+    /// The run's own RabbitMQ node stopped, then started again. Only where
+    /// `rabbitmq-server` is installed.
+    BrokerRestart,
+    /// The run's own RabbitMQ node killed with `kill -9`, then started again.
+    BrokerKill,
 }
 
 impl FaultKind {
     /// Every kind, in report order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 9] = [
         Self::ConnectionCut,
         Self::BlackHole,
         Self::BrokerClose,
         Self::KillRelay,
         Self::KillConsumer,
+        Self::ParticipantSilent,
+        Self::KillOrchestrator,
+        Self::BrokerRestart,
+        Self::BrokerKill,
     ];
+
+    /// Whether this kind takes the whole broker down for a while.
+    pub fn is_broker_restart(self) -> bool {
+        matches!(self, Self::BrokerRestart | Self::BrokerKill)
+    }
+
+    /// The kinds a run can inject: the orchestrator's only under orchestration, the
+    /// broker's restarts only with a node of the run's own.
+    pub fn available(mode: SagaMode, own_node: bool) -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|kind| match kind {
+                Self::ParticipantSilent | Self::KillOrchestrator => {
+                    mode == SagaMode::Orchestration
+                }
+                kind if kind.is_broker_restart() => own_node,
+                _ => true,
+            })
+            .collect()
+    }
 
     /// How the report names the kind.
     pub fn label(self) -> &'static str {
@@ -43,25 +79,59 @@ impl FaultKind {
             Self::BrokerClose => "closed by the broker",
             Self::KillRelay => "relay kill -9",
             Self::KillConsumer => "consumer kill -9",
+            Self::ParticipantSilent => "participant silent past its timeout",
+            Self::KillOrchestrator => "orchestrator kill -9",
+            Self::BrokerRestart => "broker restart",
+            Self::BrokerKill => "broker kill -9",
         }
     }
 }
 
-/// Which process a fault hits: a service, or the relay beside it.
+/// Which process a fault hits: a service, the relay beside it, or (orchestration)
+/// the order service's second process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The service.
     pub service: Service,
     /// Its relay rather than the service itself.
     pub relay: bool,
+    /// The service's second process rather than its first.
+    pub second: bool,
+}
+
+impl Target {
+    /// The first process of `service`.
+    pub fn service(service: Service) -> Self {
+        Self {
+            service,
+            relay: false,
+            second: false,
+        }
+    }
+
+    /// The relay of `service`.
+    pub fn relay(service: Service) -> Self {
+        Self {
+            relay: true,
+            ..Self::service(service)
+        }
+    }
+
+    /// The second process of `service`.
+    pub fn second(service: Service) -> Self {
+        Self {
+            second: true,
+            ..Self::service(service)
+        }
+    }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.relay {
-            write!(f, "{}-relay", self.service)
-        } else {
-            write!(f, "{}-service", self.service)
+        match (self.relay, self.second) {
+            (true, _) => write!(f, "{}-relay", self.service),
+            (false, true) => write!(f, "{}-service-2", self.service),
+            (false, false) => write!(f, "{}-service", self.service),
         }
     }
 }
@@ -73,9 +143,10 @@ pub struct Fault {
     pub at: Duration,
     /// What.
     pub kind: FaultKind,
-    /// Against which process (ignored by `BrokerClose`, which hits them all).
+    /// Against which process (ignored by the broker's faults, which hit them all).
     pub target: Target,
-    /// How long a black hole lasts, or how long a killed process stays down.
+    /// How long a black hole or a silence lasts, or how long a killed process (or the
+    /// broker) stays down.
     pub lasts: Duration,
 }
 
@@ -87,47 +158,82 @@ pub struct FaultPlan {
     rng: StdRng,
     rate: f64,
     clock: Duration,
+    kinds: Vec<FaultKind>,
     first_of_each: Vec<FaultKind>,
+    step_timeout: Duration,
 }
 
 impl FaultPlan {
-    /// A plan of `rate` faults per second on average; 0 plans none.
-    pub fn new(seed: u64, rate: f64) -> Self {
+    /// A plan of `rate` faults per second on average, of the given kinds; 0 plans
+    /// none. A silent participant stays silent past `step_timeout`.
+    pub fn new(seed: u64, rate: f64, kinds: Vec<FaultKind>, step_timeout: Duration) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut first_of_each = FaultKind::ALL.to_vec();
+        let mut first_of_each = kinds.clone();
         first_of_each.shuffle(&mut rng);
         first_of_each.reverse();
         Self {
             rng,
             rate,
             clock: Duration::from_secs(1),
+            kinds,
             first_of_each,
+            step_timeout,
         }
+    }
+
+    /// A kind at random, a broker restart one time in ten: each takes the broker away
+    /// for several seconds, long enough to time out every saga in flight.
+    fn draw_kind(&mut self) -> FaultKind {
+        let (broker, others): (Vec<FaultKind>, Vec<FaultKind>) =
+            self.kinds.iter().partition(|kind| kind.is_broker_restart());
+        let pool = if others.is_empty() || (!broker.is_empty() && self.rng.random_bool(0.1)) {
+            broker
+        } else {
+            others
+        };
+        pool[self.rng.random_range(0..pool.len())]
+    }
+
+    /// The kinds this plan draws from.
+    pub fn kinds(&self) -> &[FaultKind] {
+        &self.kinds
     }
 
     /// The next fault, or `None` when the plan injects none.
     pub fn next_fault(&mut self) -> Option<Fault> {
-        if self.rate <= 0.0 {
+        if self.rate <= 0.0 || self.kinds.is_empty() {
             return None;
         }
         let kind = match self.first_of_each.pop() {
             Some(kind) => kind,
-            None => FaultKind::ALL[self.rng.random_range(0..FaultKind::ALL.len())],
+            None => self.draw_kind(),
         };
         let service = Service::ALL[self.rng.random_range(0..Service::ALL.len())];
-        let relay = match kind {
-            FaultKind::KillRelay => true,
-            FaultKind::KillConsumer => false,
-            _ => self.rng.random_bool(0.5),
+        let participant = Service::ALL[self.rng.random_range(1..Service::ALL.len())];
+        let target = match kind {
+            FaultKind::KillRelay => Target::relay(service),
+            FaultKind::KillConsumer => Target::service(service),
+            FaultKind::ParticipantSilent => Target::service(participant),
+            FaultKind::KillOrchestrator if self.rng.random_bool(0.5) => {
+                Target::second(Service::Order)
+            }
+            FaultKind::KillOrchestrator => Target::service(Service::Order),
+            _ if self.rng.random_bool(0.5) => Target::relay(service),
+            _ => Target::service(service),
         };
-        let lasts = Duration::from_millis(match kind {
-            FaultKind::BlackHole => self.rng.random_range(2_000..=4_000),
-            _ => self.rng.random_range(300..=1_500),
-        });
+        let millis = |rng: &mut StdRng, range: std::ops::RangeInclusive<u64>| {
+            Duration::from_millis(rng.random_range(range))
+        };
+        let lasts = match kind {
+            FaultKind::BlackHole => millis(&mut self.rng, 2_000..=4_000),
+            FaultKind::ParticipantSilent => self.step_timeout + millis(&mut self.rng, 1_000..=2_500),
+            FaultKind::BrokerRestart | FaultKind::BrokerKill => millis(&mut self.rng, 500..=2_000),
+            _ => millis(&mut self.rng, 300..=1_500),
+        };
         let fault = Fault {
             at: self.clock,
             kind,
-            target: Target { service, relay },
+            target,
             lasts,
         };
         // Exponential gaps, at least 200 ms apart so each fault is seen on its own.
@@ -143,7 +249,8 @@ mod tests {
     use super::*;
 
     fn draw(seed: u64, rate: f64, n: usize) -> Vec<Fault> {
-        let mut plan = FaultPlan::new(seed, rate);
+        let kinds = FaultKind::available(SagaMode::Orchestration, true);
+        let mut plan = FaultPlan::new(seed, rate, kinds, Duration::from_secs(3));
         std::iter::from_fn(|| plan.next_fault()).take(n).collect()
     }
 
@@ -154,9 +261,9 @@ mod tests {
     }
 
     #[test]
-    fn the_first_five_faults_are_one_of_each_kind() {
+    fn the_first_faults_are_one_of_each_kind() {
         for seed in 0..20 {
-            let mut kinds: Vec<FaultKind> = draw(seed, 1.0, 5).iter().map(|f| f.kind).collect();
+            let mut kinds: Vec<FaultKind> = draw(seed, 1.0, 9).iter().map(|f| f.kind).collect();
             kinds.sort();
             assert_eq!(kinds, FaultKind::ALL.to_vec(), "seed {seed}");
         }
@@ -172,9 +279,26 @@ mod tests {
             match fault.kind {
                 FaultKind::KillRelay => assert!(fault.target.relay),
                 FaultKind::KillConsumer => assert!(!fault.target.relay),
+                FaultKind::ParticipantSilent => {
+                    assert!(!fault.target.relay && fault.target.service != Service::Order);
+                    assert!(fault.lasts > Duration::from_secs(3), "silent past the timeout");
+                }
+                FaultKind::KillOrchestrator => {
+                    assert!(!fault.target.relay && fault.target.service == Service::Order);
+                }
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn choreography_and_a_shared_broker_leave_out_what_they_cannot_do() {
+        let kinds = FaultKind::available(SagaMode::Choreography, false);
+        assert_eq!(kinds.len(), 5);
+        assert!(!kinds.contains(&FaultKind::ParticipantSilent));
+        assert!(!kinds.contains(&FaultKind::BrokerRestart));
+        let kinds = FaultKind::available(SagaMode::Choreography, true);
+        assert!(kinds.contains(&FaultKind::BrokerKill));
     }
 
     #[test]

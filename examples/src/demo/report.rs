@@ -15,6 +15,8 @@ pub struct Report<'a> {
     pub faults: &'a BTreeMap<FaultKind, u32>,
     /// Messages left in the dead-letter queues.
     pub dead_letters: u32,
+    /// Times the run's RabbitMQ node was stopped or killed and came back.
+    pub broker_restarts: u32,
     /// Processes that exited without being killed.
     pub unexpected_exits: u32,
     /// From the first order to the last one finished.
@@ -39,16 +41,54 @@ impl Report<'_> {
         println!();
         println!("exactly-once-demo report");
         let row = |name: &str, value: String| println!("  {name:<26} {value}");
-        row(
-            "orders",
-            format!(
-                "{}: {} shipped, {} cancelled (compensated), {} unfinished",
-                f.orders,
-                f.shipped,
-                f.cancelled,
-                f.orders - f.shipped - f.cancelled
+        match &f.saga {
+            None => row(
+                "orders",
+                format!(
+                    "{}: {} shipped, {} cancelled (compensated), {} unfinished",
+                    f.orders,
+                    f.shipped,
+                    f.cancelled,
+                    f.orders - f.shipped - f.cancelled
+                ),
             ),
-        );
+            Some(saga) => {
+                let failed = saga.failed.len() as i64;
+                row(
+                    "sagas",
+                    format!(
+                        "{}: {} completed, {} compensated, {failed} failed, {} unfinished",
+                        f.orders,
+                        f.shipped,
+                        f.cancelled,
+                        f.orders - f.shipped - f.cancelled - failed
+                    ),
+                );
+                row(
+                    "timeouts fired",
+                    format!(
+                        "{} ({} cancels of a step that cannot be undone)",
+                        saga.timeouts, saga.cancels
+                    ),
+                );
+                row("late replies ignored", saga.late_replies_ignored.to_string());
+                row(
+                    "late actions fenced",
+                    format!("{} (answered, never run)", saga.late_actions_fenced),
+                );
+                row(
+                    "compensations",
+                    format!(
+                        "{} undid an effect, {} had nothing to undo; {} resent after a \
+                         timeout, {} failed at first and were retried",
+                        saga.compensations_undone,
+                        saga.compensations_empty,
+                        saga.compensations_resent,
+                        saga.compensations_failed
+                    ),
+                );
+            }
+        }
         row(
             "messages published",
             format!(
@@ -74,6 +114,7 @@ impl Report<'_> {
             "faults injected",
             format!("{faults}: {}", by_kind.join(", ")),
         );
+        row("broker restarts", self.broker_restarts.to_string());
         row("unexpected exits", self.unexpected_exits.to_string());
         row("elapsed", format!("{seconds:.1} s"));
         row(
@@ -85,6 +126,15 @@ impl Report<'_> {
             ),
         );
         println!();
+        if self.passed() && f.saga.is_some() {
+            println!(
+                "every invariant held: each saga final, none failed; completed ones did every step \
+                 once; compensated ones undid each done step once, last first, and no action took \
+                 effect after its undo; nothing charged without a shipment or a refund; stock \
+                 balances; each command took effect once; nothing left unsent or dead-lettered"
+            );
+            return;
+        }
         if self.passed() {
             println!(
                 "every invariant held: each order final; charged once if shipped, never if cancelled; \

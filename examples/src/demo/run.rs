@@ -7,9 +7,10 @@ use super::broker::DemoBroker;
 use super::chaos::{self, Ending};
 use super::cli::DemoArgs;
 use super::databases::DemoDatabases;
-use super::plan::FaultPlan;
+use super::plan::{FaultKind, FaultPlan};
 use super::report::Report;
 use super::saga::Service;
+use testkit::RabbitNode;
 use super::stage::{self, Stage};
 use super::verify::{self, Sources};
 
@@ -34,16 +35,20 @@ async fn run_checked(args: DemoArgs) -> anyhow::Result<u8> {
     let relay_program = stage::relay_program()?;
     let prefix = format!("eod_{}", std::process::id());
     println!(
-        "exactly-once-demo: {} orders at {}/s, {:.0}% of payments fail, {} faults/s, seed {}",
+        "exactly-once-demo: {} saga, {} orders at {}/s, {:.0}% of payments fail, {:.0}% of \
+         compensations fail at first, {} faults/s, seed {}",
+        args.saga,
         args.orders(),
         args.order_rate(),
         args.payment_failure_rate * 100.0,
+        args.compensation_failure_rate * 100.0,
         args.fault_rate(),
         args.seed
     );
 
     let databases = DemoDatabases::create(&database_url, &prefix).await?;
-    let broker = match DemoBroker::set_up(&amqp_url, &prefix).await {
+    let node = own_node(&args, &prefix).await;
+    let broker = match DemoBroker::set_up(&amqp_url, &prefix, args.saga, node).await {
         Ok(broker) => broker,
         Err(error) => {
             databases.drop_all().await?;
@@ -82,13 +87,15 @@ async fn run_staged(
         "processes: 4 services and 4 relays, logs in {}",
         stage.logs.display()
     );
-    let plan = FaultPlan::new(args.seed, args.fault_rate());
+    let kinds = FaultKind::available(args.saga, broker.can_restart());
+    let plan = FaultPlan::new(args.seed, args.fault_rate(), kinds, args.step_timeout());
     let chaos = chaos::drive(
         &mut stage,
         databases,
         broker,
         plan,
         args.orders(),
+        args.saga,
         args.timeout(),
     )
     .await;
@@ -100,6 +107,7 @@ async fn run_staged(
         return Ok(130);
     }
 
+    broker.wait_until_up().await;
     let findings = verify::verify(
         Sources {
             order: databases.pool(Service::Order),
@@ -108,12 +116,14 @@ async fn run_staged(
             shipping: databases.pool(Service::Shipping),
         },
         args.orders(),
+        args.saga,
     )
     .await?;
     let report = Report {
         findings: &findings,
         faults: &chaos.faults,
         dead_letters: broker.dead_letters().await?,
+        broker_restarts: broker.restarts(),
         unexpected_exits: chaos.unexpected_exits,
         elapsed: chaos.elapsed,
     };
@@ -124,4 +134,38 @@ async fn run_staged(
     } else {
         1
     })
+}
+
+/// A RabbitMQ node of the run's own, to restart mid-run, where `rabbitmq-server` is
+/// installed; otherwise (or with `--shared-broker`) the run uses AMQP_URL's broker and
+/// says so.
+async fn own_node(args: &DemoArgs, prefix: &str) -> Option<RabbitNode> {
+    if args.shared_broker {
+        println!("RabbitMQ: AMQP_URL's broker (--shared-broker); no broker restarts");
+        return None;
+    }
+    if !RabbitNode::installed() {
+        println!(
+            "note: rabbitmq-server is not installed here: using AMQP_URL's broker, and \
+             skipping broker restarts"
+        );
+        return None;
+    }
+    match RabbitNode::start(prefix).await {
+        Ok(node) => {
+            println!(
+                "RabbitMQ: a node of the run's own, {} on port {}, to restart mid-run",
+                node.node_name(),
+                node.port()
+            );
+            Some(node)
+        }
+        Err(error) => {
+            println!(
+                "note: a RabbitMQ node of the run's own did not start ({error:#}): using \
+                 AMQP_URL's broker, and skipping broker restarts"
+            );
+            None
+        }
+    }
 }

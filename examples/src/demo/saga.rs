@@ -1,7 +1,33 @@
-//! The order saga's vocabulary: its four services, the events between them, and
-//! who listens to what.
+//! The order saga's vocabulary: its two ways of coordination, its four services, the
+//! events between them, and who listens to what.
 
 use std::fmt;
+
+/// How the services coordinate the saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SagaMode {
+    /// Each service reacts to the event before it; compensation is an event too.
+    Choreography,
+    /// The order service's orchestrator (two instances) sends each step's command,
+    /// waits for its reply with a timeout, and compensates in reverse on failure.
+    Orchestration,
+}
+
+impl SagaMode {
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Choreography => "choreography",
+            Self::Orchestration => "orchestration",
+        }
+    }
+}
+
+impl fmt::Display for SagaMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One of the four services of the saga, each with its own database, outbox, inbox
 /// and relay.
@@ -102,11 +128,26 @@ pub fn queue_name(prefix: &str, service: Service) -> String {
 }
 
 /// How a service consumes in a demo run: its queue, bound to the run's exchange for
-/// each event it listens to, with quick retries.
-pub fn consumer_config(prefix: &str, service: Service) -> idempotency::ConsumerConfig {
+/// each event it listens to (choreography), or for its commands and the orchestrator's
+/// replies (orchestration), with quick retries.
+pub fn consumer_config(
+    prefix: &str,
+    service: Service,
+    mode: SagaMode,
+) -> idempotency::ConsumerConfig {
     let mut config = idempotency::ConsumerConfig::new(queue_name(prefix, service));
-    for event in service.subscriptions() {
-        config = config.bind(prefix, event.routing_key());
+    match mode {
+        SagaMode::Choreography => {
+            for event in service.subscriptions() {
+                config = config.bind(prefix, event.routing_key());
+            }
+        }
+        SagaMode::Orchestration if service == Service::Order => {
+            config = config.bind(prefix, saga::wire::reply_routing_key(super::orchestration::SAGA));
+        }
+        SagaMode::Orchestration => {
+            config = config.bind(prefix, format!("{service}.*"));
+        }
     }
     config.retry_base = std::time::Duration::from_millis(500);
     config.retry_max = std::time::Duration::from_secs(5);

@@ -2,7 +2,9 @@
 //!
 //! Effects are kept as append-only rows with no unique constraint on the order, so a
 //! second effect would show as a second row: the verifier counts them instead of
-//! trusting a constraint to have refused it.
+//! trusting a constraint to have refused it. Each is stamped with the clock at the
+//! moment it was written (`clock_timestamp()`, one server for every database), so the
+//! verifier can tell an undo from an effect that came after it.
 
 use sqlx::PgPool;
 
@@ -12,12 +14,22 @@ use super::saga::Service;
 pub const INITIAL_STOCK: i64 = 1_000_000;
 
 /// Every message a handler took effect on, one row per effect; `redelivered` is the
-/// broker's flag on the delivery that took effect.
+/// broker's flag on the delivery that took effect. Under orchestration `step` is the
+/// command (`inventory.reserve`), without the token of the copy that carried it.
 const HANDLED: &str = "CREATE TABLE handled (
     saga_id     text        NOT NULL,
     step        text        NOT NULL,
     redelivered boolean     NOT NULL,
-    handled_at  timestamptz NOT NULL DEFAULT now()
+    handled_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+)";
+
+/// Compensations that failed on purpose (`--compensation-failure-rate`), written
+/// outside the handler's transaction, which rolls back: the report counts them, and
+/// the policy reads them to know when to stop failing.
+const COMPENSATION_FAILURES: &str = "CREATE TABLE compensation_failures (
+    saga_id text        NOT NULL,
+    command text        NOT NULL,
+    at      timestamptz NOT NULL DEFAULT clock_timestamp()
 )";
 
 const ORDER: &[&str] = &["CREATE TABLE orders (
@@ -37,7 +49,7 @@ const INVENTORY: &[&str] = &[
          order_id text        NOT NULL,
          kind     text        NOT NULL CHECK (kind IN ('reserve', 'release')),
          quantity integer     NOT NULL,
-         at       timestamptz NOT NULL DEFAULT now()
+         at       timestamptz NOT NULL DEFAULT clock_timestamp()
      )",
 ];
 
@@ -45,18 +57,29 @@ const PAYMENT: &[&str] = &[
     "CREATE TABLE charges (
          order_id     text        NOT NULL,
          amount_cents bigint      NOT NULL,
-         at           timestamptz NOT NULL DEFAULT now()
+         at           timestamptz NOT NULL DEFAULT clock_timestamp()
      )",
-    "CREATE TABLE declines (order_id text NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE declines (
+         order_id text        NOT NULL,
+         at       timestamptz NOT NULL DEFAULT clock_timestamp()
+     )",
+    "CREATE TABLE refunds (
+         order_id     text        NOT NULL,
+         amount_cents bigint      NOT NULL,
+         at           timestamptz NOT NULL DEFAULT clock_timestamp()
+     )",
 ];
 
-const SHIPPING: &[&str] =
-    &["CREATE TABLE shipments (order_id text NOT NULL, at timestamptz NOT NULL DEFAULT now())"];
+const SHIPPING: &[&str] = &["CREATE TABLE shipments (
+         order_id text        NOT NULL,
+         at       timestamptz NOT NULL DEFAULT clock_timestamp()
+     )"];
 
 /// Applies the toolkit's migrations and the service's own tables to a new database.
 pub async fn prepare(pool: &PgPool, service: Service) -> anyhow::Result<()> {
     outbox::migrate(pool).await?;
     sqlx::query(HANDLED).execute(pool).await?;
+    sqlx::query(COMPENSATION_FAILURES).execute(pool).await?;
     let own = match service {
         Service::Order => ORDER,
         Service::Inventory => INVENTORY,

@@ -1,5 +1,7 @@
 //! The stage of a run: the four services and their relays, each behind a TCP proxy
-//! of its own to RabbitMQ, so a fault can hit one process's connections.
+//! of its own to RabbitMQ, so a fault can hit one process's connections. Under
+//! orchestration the order service runs a second process, so that the saga's
+//! orchestrator has two instances.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use super::cli::DemoArgs;
 use super::databases::DemoDatabases;
 use super::fleet::{Fleet, ProcessSpec};
 use super::plan::Target;
-use super::saga::Service;
+use super::saga::{SagaMode, Service};
 
 /// The processes of a run and the proxies in front of them.
 pub struct Stage {
@@ -54,47 +56,54 @@ impl Stage {
             logs,
         };
         let own_program = std::env::current_exe()?;
+        let mut targets = Vec::new();
         for service in Service::ALL {
-            for relay in [false, true] {
-                let name = Target { service, relay }.to_string();
-                let proxy = Arc::new(FaultyProxy::in_front_of(broker.url.as_str()).await?);
-                let mut amqp = broker.url.clone();
-                amqp.set_host(Some("127.0.0.1"))?;
-                amqp.set_port(Some(proxy.port))
-                    .map_err(|()| anyhow::anyhow!("AMQP_URL cannot take a port"))?;
-                let mut env = vec![
-                    (
-                        "DATABASE_URL".to_owned(),
-                        databases.url(service).to_string(),
-                    ),
-                    ("AMQP_URL".to_owned(), amqp.to_string()),
-                    ("NO_COLOR".to_owned(), "1".to_owned()),
-                ];
-                let spec = if relay {
-                    env.extend(
-                        RELAY_ENV
-                            .iter()
-                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-                    );
-                    env.push(("OUTBOX_EXCHANGE".to_owned(), prefix.to_owned()));
-                    env.push(("OUTBOX_INSTANCE_ID".to_owned(), name.clone()));
-                    ProcessSpec {
-                        program: relay_program.to_owned(),
-                        args: vec!["run".to_owned()],
-                        env,
-                        log: stage.logs.join(format!("{name}.log")),
-                    }
-                } else {
-                    ProcessSpec {
-                        program: own_program.clone(),
-                        args: service_args(args, prefix, service),
-                        env,
-                        log: stage.logs.join(format!("{name}.log")),
-                    }
-                };
-                stage.fleet.start(&name, spec)?;
-                stage.proxies.insert(name, proxy);
-            }
+            targets.push(Target::service(service));
+            targets.push(Target::relay(service));
+        }
+        if args.saga == SagaMode::Orchestration {
+            targets.push(Target::second(Service::Order));
+        }
+        for target in targets {
+            let name = target.to_string();
+            let proxy = Arc::new(FaultyProxy::in_front_of(broker.url.as_str()).await?);
+            let mut amqp = broker.url.clone();
+            amqp.set_host(Some("127.0.0.1"))?;
+            amqp.set_port(Some(proxy.port))
+                .map_err(|()| anyhow::anyhow!("AMQP_URL cannot take a port"))?;
+            let service = target.service;
+            let mut env = vec![
+                (
+                    "DATABASE_URL".to_owned(),
+                    databases.url(service).to_string(),
+                ),
+                ("AMQP_URL".to_owned(), amqp.to_string()),
+                ("NO_COLOR".to_owned(), "1".to_owned()),
+            ];
+            let spec = if target.relay {
+                env.extend(
+                    RELAY_ENV
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                );
+                env.push(("OUTBOX_EXCHANGE".to_owned(), prefix.to_owned()));
+                env.push(("OUTBOX_INSTANCE_ID".to_owned(), name.clone()));
+                ProcessSpec {
+                    program: relay_program.to_owned(),
+                    args: vec!["run".to_owned()],
+                    env,
+                    log: stage.logs.join(format!("{name}.log")),
+                }
+            } else {
+                ProcessSpec {
+                    program: own_program.clone(),
+                    args: service_args(args, prefix, target),
+                    env,
+                    log: stage.logs.join(format!("{name}.log")),
+                }
+            };
+            stage.fleet.start(&name, spec)?;
+            stage.proxies.insert(name, proxy);
         }
         Ok(stage)
     }
@@ -107,21 +116,29 @@ impl Stage {
     }
 }
 
-fn service_args(args: &DemoArgs, prefix: &str, service: Service) -> Vec<String> {
+/// A service process's flags. Only the order service's first process places orders.
+fn service_args(args: &DemoArgs, prefix: &str, target: Target) -> Vec<String> {
+    let orders = if target.second { 0 } else { args.orders() };
     vec![
         "service".to_owned(),
         "--service".to_owned(),
-        service.name().to_owned(),
+        target.service.name().to_owned(),
+        "--saga".to_owned(),
+        args.saga.name().to_owned(),
         "--prefix".to_owned(),
         prefix.to_owned(),
         "--orders".to_owned(),
-        args.orders().to_string(),
+        orders.to_string(),
         "--order-rate".to_owned(),
         args.order_rate().to_string(),
         "--seed".to_owned(),
         args.seed.to_string(),
         "--payment-failure-rate".to_owned(),
         args.payment_failure_rate.to_string(),
+        "--compensation-failure-rate".to_owned(),
+        args.compensation_failure_rate.to_string(),
+        "--step-timeout-ms".to_owned(),
+        args.step_timeout().as_millis().to_string(),
     ]
 }
 

@@ -335,3 +335,13 @@ fn every_non_terminal_move_sends_a_command_so_a_deadline_always_stands() {
         }
     }
 }
+
+#[test]
+fn a_resent_command_waits_twice_as_long_as_the_last_up_to_eight_times_the_step() {
+    let step = std::time::Duration::from_secs(3);
+    let waits: Vec<u64> = (0..7)
+        .map(|attempts| command_timeout(step, attempts).as_secs())
+        .collect();
+    assert_eq!(waits, [3, 3, 6, 12, 24, 24, 24]);
+    assert_eq!(command_timeout(step, u32::MAX).as_secs(), 24);
+}

@@ -4,7 +4,7 @@
 use idempotency::{BoxError, Context};
 use sqlx::PgConnection;
 
-use super::common::{emit, record_handled};
+use super::common::{Compensations, emit, record_handled};
 use super::messages::{InventoryReleased, InventoryReserved, OrderCreated, PaymentFailed};
 use crate::demo::saga::Event;
 
@@ -28,7 +28,12 @@ pub(crate) async fn order_created(
 pub(crate) async fn payment_failed(
     mut ctx: Context<'_>,
     failed: PaymentFailed,
+    compensations: Compensations,
 ) -> Result<(), BoxError> {
+    let step = Event::PaymentFailed.step();
+    compensations
+        .fail_at_first(&ctx.envelope().saga_id, step)
+        .await?;
     record_handled(&mut ctx).await?;
     let order_id = &ctx.envelope().saga_id;
     adjust(ctx.db(), order_id, "release", failed.quantity).await?;
@@ -39,7 +44,8 @@ pub(crate) async fn payment_failed(
     Ok(())
 }
 
-async fn adjust(
+/// Writes the reservation (`reserve` or `release`) and moves the stock with it.
+pub(crate) async fn adjust(
     conn: &mut PgConnection,
     order_id: &str,
     kind: &str,

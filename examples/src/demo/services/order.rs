@@ -1,6 +1,8 @@
-//! The order service: places orders (each with its `OrderCreated`, in one
-//! transaction) and finishes them when the saga reports back.
+//! The order service: places orders, each with the start of its saga in one
+//! transaction (an `OrderCreated` event, or an orchestrated saga's first command), and
+//! finishes them when the choreographed saga reports back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency::{BoxError, Context};
@@ -9,7 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{record_handled, start};
 use super::messages::{InventoryReleased, OrderCreated, ShipmentCreated};
+use crate::demo::orchestration::OrderSaga;
 use crate::demo::saga::{Event, order_id};
+
+/// How a placed order's saga begins.
+#[derive(Clone)]
+pub(crate) enum Announce {
+    /// An `OrderCreated` event, for inventory to react to.
+    Event,
+    /// A saga of this definition, whose first command the orchestrator sends.
+    Saga(Arc<saga::Saga<OrderSaga>>),
+}
 
 /// Places orders 1 to `orders`, `rate` per second. A restarted service goes on from
 /// the last order it placed: the order and its event commit together, so none is
@@ -18,6 +30,7 @@ pub(crate) async fn place_orders(
     pool: PgPool,
     orders: u32,
     rate: f64,
+    announce: Announce,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let placed: i32 = sqlx::query_scalar("SELECT coalesce(max(number), 0) FROM orders")
@@ -29,7 +42,7 @@ pub(crate) async fn place_orders(
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        while let Err(error) = place(&pool, number).await {
+        while let Err(error) = place(&pool, number, &announce).await {
             tracing::warn!(%error, number, "placing an order failed; trying again");
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -41,7 +54,7 @@ pub(crate) async fn place_orders(
     Ok(())
 }
 
-async fn place(pool: &PgPool, number: u32) -> anyhow::Result<()> {
+async fn place(pool: &PgPool, number: u32, announce: &Announce) -> anyhow::Result<()> {
     let id = order_id(number);
     let quantity = 1 + i64::from(number % 3);
     let amount_cents = 1_000 + i64::from(number % 7) * 250;
@@ -58,11 +71,22 @@ async fn place(pool: &PgPool, number: u32) -> anyhow::Result<()> {
     .await?
     .rows_affected();
     if inserted == 1 {
-        let created = OrderCreated {
-            quantity,
-            amount_cents,
-        };
-        start(&mut tx, &id, Event::OrderCreated, &created).await?;
+        match announce {
+            Announce::Event => {
+                let created = OrderCreated {
+                    quantity,
+                    amount_cents,
+                };
+                start(&mut tx, &id, Event::OrderCreated, &created).await?;
+            }
+            Announce::Saga(definition) => {
+                let data = OrderSaga {
+                    quantity,
+                    amount_cents,
+                };
+                saga::start(&mut tx, definition, &id, &data).await?;
+            }
+        }
     }
     tx.commit().await?;
     Ok(())
