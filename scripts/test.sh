@@ -12,7 +12,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-# The exactly-once demo, short: every kind of fault at least once, verified from the
+# The exactly-once demo, short, in both saga modes: every kind of fault at least once
+# (the broker's restarts too, where rabbitmq-server is installed), verified from the
 # databases; a broken invariant fails the run.
 cargo build -p outbox-relay -p examples --bins
-target/debug/exactly-once-demo --short --seed 7
+target/debug/exactly-once-demo --short --seed 7 --saga choreography
+target/debug/exactly-once-demo --short --seed 7 --saga orchestration

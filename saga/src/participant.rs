@@ -164,8 +164,14 @@ where
                     "fenced: arrived {late_ms} ms after its deadline, so it was not run"
                 )),
             };
-            effects::record(ctx.db(), &route.consumer, &envelope.saga_id, command, &reply)
-                .await?;
+            effects::record(
+                ctx.db(),
+                &route.consumer,
+                &envelope.saga_id,
+                command,
+                &reply,
+            )
+            .await?;
             reply
         }
         Claim::First => {

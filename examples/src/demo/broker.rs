@@ -117,7 +117,11 @@ impl DemoBroker {
         let (restarting, restarts) = (Arc::clone(&self.restarting), Arc::clone(&self.restarts));
         tokio::spawn(async move {
             let mut node = node.lock().await;
-            let stopped = if kill { node.kill().await } else { node.stop().await };
+            let stopped = if kill {
+                node.kill().await
+            } else {
+                node.stop().await
+            };
             if let Err(error) = stopped {
                 println!("note: stopping the run's RabbitMQ node failed: {error:#}");
             }

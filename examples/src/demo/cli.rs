@@ -187,6 +187,11 @@ mod tests {
         assert_eq!(cli.demo.orders(), 30);
         assert_eq!(cli.demo.order_rate(), 10.0);
         assert_eq!(cli.demo.fault_rate(), 1.0);
+        assert_eq!(cli.demo.step_timeout().as_secs(), 3);
+        assert_eq!(cli.demo.saga, SagaMode::Choreography);
+        let cli = Cli::try_parse_from(["exactly-once-demo", "--saga", "orchestration"]).unwrap();
+        assert_eq!(cli.demo.saga, SagaMode::Orchestration);
+        assert_eq!(cli.demo.step_timeout().as_secs(), 5);
     }
 
     #[test]

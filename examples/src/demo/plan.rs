@@ -62,9 +62,7 @@ impl FaultKind {
         Self::ALL
             .into_iter()
             .filter(|kind| match kind {
-                Self::ParticipantSilent | Self::KillOrchestrator => {
-                    mode == SagaMode::Orchestration
-                }
+                Self::ParticipantSilent | Self::KillOrchestrator => mode == SagaMode::Orchestration,
                 kind if kind.is_broker_restart() => own_node,
                 _ => true,
             })
@@ -226,7 +224,9 @@ impl FaultPlan {
         };
         let lasts = match kind {
             FaultKind::BlackHole => millis(&mut self.rng, 2_000..=4_000),
-            FaultKind::ParticipantSilent => self.step_timeout + millis(&mut self.rng, 1_000..=2_500),
+            FaultKind::ParticipantSilent => {
+                self.step_timeout + millis(&mut self.rng, 1_000..=2_500)
+            }
             FaultKind::BrokerRestart | FaultKind::BrokerKill => millis(&mut self.rng, 500..=2_000),
             _ => millis(&mut self.rng, 300..=1_500),
         };
@@ -281,7 +281,10 @@ mod tests {
                 FaultKind::KillConsumer => assert!(!fault.target.relay),
                 FaultKind::ParticipantSilent => {
                     assert!(!fault.target.relay && fault.target.service != Service::Order);
-                    assert!(fault.lasts > Duration::from_secs(3), "silent past the timeout");
+                    assert!(
+                        fault.lasts > Duration::from_secs(3),
+                        "silent past the timeout"
+                    );
                 }
                 FaultKind::KillOrchestrator => {
                     assert!(!fault.target.relay && fault.target.service == Service::Order);

@@ -13,6 +13,8 @@ pub struct Report<'a> {
     pub findings: &'a Findings,
     /// Faults injected, by kind.
     pub faults: &'a BTreeMap<FaultKind, u32>,
+    /// The kinds the run could inject.
+    pub kinds: &'a [FaultKind],
     /// Messages left in the dead-letter queues.
     pub dead_letters: u32,
     /// Times the run's RabbitMQ node was stopped or killed and came back.
@@ -34,7 +36,8 @@ impl Report<'_> {
         let f = self.findings;
         let seconds = self.elapsed.as_secs_f64().max(0.001);
         let faults: u32 = self.faults.values().sum();
-        let by_kind: Vec<String> = FaultKind::ALL
+        let by_kind: Vec<String> = self
+            .kinds
             .iter()
             .map(|kind| format!("{} {}", kind.label(), self.faults.get(kind).unwrap_or(&0)))
             .collect();
@@ -71,7 +74,10 @@ impl Report<'_> {
                         saga.timeouts, saga.cancels
                     ),
                 );
-                row("late replies ignored", saga.late_replies_ignored.to_string());
+                row(
+                    "late replies ignored",
+                    saga.late_replies_ignored.to_string(),
+                );
                 row(
                     "late actions fenced",
                     format!("{} (answered, never run)", saga.late_actions_fenced),
@@ -80,11 +86,10 @@ impl Report<'_> {
                     "compensations",
                     format!(
                         "{} undid an effect, {} had nothing to undo; {} resent after a \
-                         timeout, {} failed at first and were retried",
+                         timeout",
                         saga.compensations_undone,
                         saga.compensations_empty,
                         saga.compensations_resent,
-                        saga.compensations_failed
                     ),
                 );
             }
@@ -107,6 +112,13 @@ impl Report<'_> {
                 f.duplicates + f.redelivered_effects,
                 f.duplicates,
                 f.redelivered_effects
+            ),
+        );
+        row(
+            "compensation failures",
+            format!(
+                "{} (failed on purpose, rolled back and retried until they succeeded)",
+                f.compensation_failures
             ),
         );
         row("dead-lettered", self.dead_letters.to_string());

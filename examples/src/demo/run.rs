@@ -10,9 +10,9 @@ use super::databases::DemoDatabases;
 use super::plan::{FaultKind, FaultPlan};
 use super::report::Report;
 use super::saga::Service;
-use testkit::RabbitNode;
 use super::stage::{self, Stage};
 use super::verify::{self, Sources};
+use testkit::RabbitNode;
 
 /// How a run ended, as an exit code: 0 every invariant held, 1 one failed, 2 the
 /// run could not be set up, 130 interrupted.
@@ -88,7 +88,12 @@ async fn run_staged(
         stage.logs.display()
     );
     let kinds = FaultKind::available(args.saga, broker.can_restart());
-    let plan = FaultPlan::new(args.seed, args.fault_rate(), kinds, args.step_timeout());
+    let plan = FaultPlan::new(
+        args.seed,
+        args.fault_rate(),
+        kinds.clone(),
+        args.step_timeout(),
+    );
     let chaos = chaos::drive(
         &mut stage,
         databases,
@@ -122,6 +127,7 @@ async fn run_staged(
     let report = Report {
         findings: &findings,
         faults: &chaos.faults,
+        kinds: &kinds,
         dead_letters: broker.dead_letters().await?,
         broker_restarts: broker.restarts(),
         unexpected_exits: chaos.unexpected_exits,

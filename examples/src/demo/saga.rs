@@ -143,7 +143,10 @@ pub fn consumer_config(
             }
         }
         SagaMode::Orchestration if service == Service::Order => {
-            config = config.bind(prefix, saga::wire::reply_routing_key(super::orchestration::SAGA));
+            config = config.bind(
+                prefix,
+                saga::wire::reply_routing_key(super::orchestration::SAGA),
+            );
         }
         SagaMode::Orchestration => {
             config = config.bind(prefix, format!("{service}.*"));

@@ -61,7 +61,9 @@ pub(crate) async fn refund(
     compensations: Compensations,
 ) -> Result<(), BoxError> {
     let order_id = &ctx.envelope().saga_id;
-    compensations.fail_at_first(order_id, command::REFUND).await?;
+    compensations
+        .fail_at_first(order_id, command::REFUND)
+        .await?;
     record_handled(&mut ctx).await?;
     sqlx::query("INSERT INTO refunds (order_id, amount_cents) VALUES ($1, $2)")
         .bind(order_id)

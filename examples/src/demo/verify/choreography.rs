@@ -91,4 +91,3 @@ pub(super) fn check_messages(findings: &Findings, violations: &mut Vec<String>) 
         ));
     }
 }
-

@@ -56,6 +56,9 @@ pub struct Findings {
     /// Effects whose delivery the broker flagged as a redelivery (an earlier delivery
     /// of it was never acked: a consumer died or its connection dropped first).
     pub redelivered_effects: i64,
+    /// Compensations that failed on purpose (`--compensation-failure-rate`) and were
+    /// retried.
+    pub compensation_failures: i64,
     /// What the orchestrator did (orchestration only).
     pub saga: Option<SagaFigures>,
     /// Broken invariants, in words. Empty when all held.
@@ -173,6 +176,10 @@ async fn read_toolkit_tables(
             .fetch_one(pool)
             .await?;
     findings.redelivered_effects += redelivered;
+    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM compensation_failures")
+        .fetch_one(pool)
+        .await?;
+    findings.compensation_failures += failures;
     // Under orchestration the inbox also keys each copy of a command and each
     // participant's record of it, so only choreography has one key per effect.
     if mode == SagaMode::Choreography && handled != keys {

@@ -29,8 +29,6 @@ pub struct SagaFigures {
     pub compensations_empty: i64,
     /// Compensations sent again by the orchestrator after a timeout.
     pub compensations_resent: i64,
-    /// Compensations that failed on purpose before they succeeded.
-    pub compensations_failed: i64,
 }
 
 /// When each effect of an order was written, in microseconds since the epoch.
@@ -78,9 +76,21 @@ pub(super) async fn check(
                 findings.cancelled += 1;
                 // Each step that took effect is undone exactly once; one that did not
                 // (declined, fenced, never reached) is not undone at all.
-                expect("stock reserved at most once: reserved", reserved.min(2), reserved.min(1));
-                expect("charged at most once: charged", charged.min(2), charged.min(1));
-                expect("stock released (once per reservation)", released, reserved.min(1));
+                expect(
+                    "stock reserved at most once: reserved",
+                    reserved.min(2),
+                    reserved.min(1),
+                );
+                expect(
+                    "charged at most once: charged",
+                    charged.min(2),
+                    charged.min(1),
+                );
+                expect(
+                    "stock released (once per reservation)",
+                    released,
+                    reserved.min(1),
+                );
                 expect("refunded (once per charge)", refunded, charged.min(1));
                 expect("shipped, though compensated:", shipped, 0);
                 expect("declined", declined.min(2), declined.min(1));
@@ -135,7 +145,8 @@ fn check_undone_in_reverse(
     }
     let first = |times: &Times| times.get(id).and_then(|t| t.iter().min().copied());
     let last = |times: &Times| times.get(id).and_then(|t| t.iter().max().copied());
-    if let (Some(refund), Some(release)) = (first(&effects.refund_times), first(&effects.release_times))
+    if let (Some(refund), Some(release)) =
+        (first(&effects.refund_times), first(&effects.release_times))
         && release < refund
     {
         violations.push(format!(
@@ -217,8 +228,7 @@ async fn compensations_sent(order: &PgPool) -> anyhow::Result<HashMap<String, Ve
     Ok(sent)
 }
 
-/// The report's figures: from the saga history, the participants' records and the
-/// failures written on purpose.
+/// The report's figures: from the saga history and the participants' records.
 async fn read_figures(
     sources: Sources<'_>,
     effects: &Effects,
@@ -250,10 +260,6 @@ async fn read_figures(
         .await?;
         figures.late_actions_fenced += fenced;
         figures.compensations_empty += empty;
-        let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM compensation_failures")
-            .fetch_one(pool)
-            .await?;
-        figures.compensations_failed += failed;
     }
     Ok(())
 }
