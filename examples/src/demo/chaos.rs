@@ -89,8 +89,11 @@ pub async fn drive(
                     println!("{} fault skipped: {}", stamp(now), fault.kind.label());
                 }
                 // The broker is still coming back from the last restart: this one is
-                // dropped, and its kind counts as untried until one goes in.
+                // dropped, and a kind never tried yet is planned again for later.
                 Injected::Busy => {
+                    if !tried.contains(&fault.kind) {
+                        plan.again_later(fault.kind);
+                    }
                     next = plan.next_fault();
                     continue;
                 }

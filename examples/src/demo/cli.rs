@@ -53,7 +53,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0.2, value_parser = share)]
     pub compensation_failure_rate: f64,
     /// How long the orchestrator waits for each step's reply before it compensates
-    /// (or cancels) the step, in seconds (orchestration) [default: 5; 3 with --short].
+    /// (or cancels) the step, in seconds (orchestration) [default: 10, longer than a
+    /// broker restart takes; 3 with --short].
     #[arg(long, value_parser = positive)]
     pub step_timeout_secs: Option<f64>,
     /// Faults injected per second on average; 0 injects none [default: 0.5; 1 with --short].
@@ -100,7 +101,7 @@ impl DemoArgs {
     pub fn step_timeout(&self) -> std::time::Duration {
         let seconds = self
             .step_timeout_secs
-            .unwrap_or(if self.short { 3.0 } else { 5.0 });
+            .unwrap_or(if self.short { 3.0 } else { 10.0 });
         std::time::Duration::from_secs_f64(seconds.min(3_600.0))
     }
 
@@ -191,7 +192,7 @@ mod tests {
         assert_eq!(cli.demo.saga, SagaMode::Choreography);
         let cli = Cli::try_parse_from(["exactly-once-demo", "--saga", "orchestration"]).unwrap();
         assert_eq!(cli.demo.saga, SagaMode::Orchestration);
-        assert_eq!(cli.demo.step_timeout().as_secs(), 5);
+        assert_eq!(cli.demo.step_timeout().as_secs(), 10);
     }
 
     #[test]

@@ -192,6 +192,12 @@ impl FaultPlan {
         pool[self.rng.random_range(0..pool.len())]
     }
 
+    /// A fault of `kind` could not go in (the broker was restarting): one of this kind
+    /// comes again once the other kinds not yet drawn had their turn.
+    pub fn again_later(&mut self, kind: FaultKind) {
+        self.first_of_each.insert(0, kind);
+    }
+
     /// The kinds this plan draws from.
     pub fn kinds(&self) -> &[FaultKind] {
         &self.kinds

@@ -84,7 +84,8 @@ async fn run_staged(
 ) -> anyhow::Result<u8> {
     let mut stage = Stage::start(args, prefix, databases, broker, relay_program).await?;
     println!(
-        "processes: 4 services and 4 relays, logs in {}",
+        "processes: {}; logs in {}",
+        stage.proxies.keys().cloned().collect::<Vec<_>>().join(", "),
         stage.logs.display()
     );
     let kinds = FaultKind::available(args.saga, broker.can_restart());
