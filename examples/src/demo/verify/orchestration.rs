@@ -251,10 +251,12 @@ async fn read_figures(
     let sum = |c: &Counts| c.values().sum::<i64>();
     figures.compensations_undone = sum(&effects.releases) + sum(&effects.refunds);
     for pool in [sources.inventory, sources.payment, sources.shipping] {
+        // The participant's record of each command is keyed by its name; the keys of
+        // the copies that carried it (`name#token`) hold the same answer again.
         let (fenced, empty): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE result->>'reason' LIKE 'fenced%'),
                     count(*) FILTER (WHERE result->>'reason' LIKE 'nothing to undo%')
-             FROM inbox WHERE result IS NOT NULL",
+             FROM inbox WHERE result IS NOT NULL AND strpos(step, '#') = 0",
         )
         .fetch_one(pool)
         .await?;
