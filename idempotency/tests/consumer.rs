@@ -535,11 +535,21 @@ async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
     proxy.cut_all(); // the connection dies with the delivery unacked
     proxy.stall(false);
 
+    // Nothing ready in the queue is not enough: the redelivery may be in the
+    // consumer's hands, not yet handled. The inbox counting it as a duplicate is.
+    wait_until(WAIT, "the redelivery is seen as a duplicate", async || {
+        let duplicates: Option<i32> = sqlx::query_scalar(
+            "SELECT duplicates FROM inbox WHERE consumer = 'inventory' AND saga_id = 'order-3'",
+        )
+        .fetch_optional(&pool)
+        .await?;
+        Ok(duplicates == Some(1))
+    })
+    .await?;
     wait_until(WAIT, "the redelivery is acked", async || {
         Ok(sandbox.waiting(&sandbox.queue).await? == 0)
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     consumer.shutdown().await;
     assert!(stalled_once.load(Ordering::SeqCst));
     assert_eq!(effects(&pool).await?, 1, "the redelivery was a duplicate");
