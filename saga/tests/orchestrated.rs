@@ -159,6 +159,19 @@ impl Services {
         config.retry_base = Duration::from_millis(1500);
         let orchestrator_queue = ConsumerConfig::new(format!("{}-orchestrator", sandbox.queue));
         let queues = vec![config.clone(), orchestrator_queue.clone()];
+        // Bound before anything is published: the sandbox's own queue takes every
+        // message, so one published before a consumer's binding exists would be
+        // routed there only, and lost to the consumer.
+        let replies = orchestrator_queue.clone().bind(
+            &sandbox.exchange,
+            saga::wire::reply_routing_key(definition.name()),
+        );
+        let connection =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        config.declare(&channel).await?;
+        replies.declare(&channel).await?;
+        let _ = connection.close(200, "declared".into()).await;
         let participants = Consumer::new(pool.clone(), amqp_url(), "participants", config)
             .action("inventory.reserve", reserve)
             .compensation("inventory.release", release)
