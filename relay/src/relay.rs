@@ -13,7 +13,6 @@ use crate::config::{RelayConfig, hostname};
 use crate::error::{Error, Result};
 use crate::lease::{LeaseReport, Leases};
 use crate::metrics::{FailureReason, Metrics};
-use crate::redact::redact_url;
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::wake::Doorbell;
@@ -149,7 +148,7 @@ impl Relay {
         let shared = &self.shared;
         let mut doorbell = Doorbell::new(shared.pool.clone());
         let mut backoff = reconnect_backoff();
-        let amqp = redact_url(&self.amqp_url);
+        let amqp = outbox::url::redact(&self.amqp_url);
         while !shutdown.is_cancelled() {
             let started = Instant::now();
             let result = async {
