@@ -1,4 +1,4 @@
-//! A TCP proxy that can cut or stall every connection through it.
+//! A TCP proxy that can cut or stall every connection through it, or refuse new ones.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,12 +11,15 @@ use tokio::sync::broadcast;
 use crate::servers::{self, AMQP_PORT};
 
 /// A TCP proxy in front of a server (RabbitMQ, PostgreSQL) that the test controls: it can cut every
-/// connection through it, or stall them (a black hole: nothing moves, nothing closes).
+/// connection through it, stall them (a black hole: nothing moves, nothing closes), or
+/// refuse new ones (a node that went away). Two proxies in front of one broker make two
+/// "nodes" of a cluster.
 pub struct FaultyProxy {
     /// The local port to connect to instead of the server's.
     pub port: u16,
     cut: broadcast::Sender<()>,
     stalled: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
 }
 
 impl FaultyProxy {
@@ -44,9 +47,15 @@ impl FaultyProxy {
         let port = listener.local_addr()?.port();
         let (cut, _) = broadcast::channel(4);
         let stalled = Arc::new(AtomicBool::new(false));
+        let refusing = Arc::new(AtomicBool::new(false));
         let (cut_tx, stalled_flag) = (cut.clone(), Arc::clone(&stalled));
+        let refusing_flag = Arc::clone(&refusing);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if refusing_flag.load(Ordering::SeqCst) {
+                    drop(client); // closed before a byte reaches the server
+                    continue;
+                }
                 let mut cut_rx = cut_tx.subscribe();
                 let stalled = Arc::clone(&stalled_flag);
                 tokio::spawn(async move {
@@ -63,7 +72,12 @@ impl FaultyProxy {
                 });
             }
         });
-        Ok(Self { port, cut, stalled })
+        Ok(Self {
+            port,
+            cut,
+            stalled,
+            refusing,
+        })
     }
 
     /// `AMQP_URL` (its user, password and vhost) with the proxy in place of the server.
@@ -84,6 +98,13 @@ impl FaultyProxy {
     /// While stalled, no byte moves in either direction and no socket closes.
     pub fn stall(&self, on: bool) {
         self.stalled.store(on, Ordering::SeqCst);
+    }
+
+    /// While refusing, a new connection is closed as soon as it is accepted, before it
+    /// reaches the server; connections already through are left alone. With
+    /// [`FaultyProxy::cut_all`], the node behind the proxy is gone.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
     }
 }
 
