@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +20,7 @@ pub struct FaultyProxy {
     cut: broadcast::Sender<()>,
     stalled: Arc<AtomicBool>,
     refusing: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
 }
 
 impl FaultyProxy {
@@ -50,6 +51,8 @@ impl FaultyProxy {
         let refusing = Arc::new(AtomicBool::new(false));
         let (cut_tx, stalled_flag) = (cut.clone(), Arc::clone(&stalled));
         let refusing_flag = Arc::clone(&refusing);
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_count = Arc::clone(&open);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if refusing_flag.load(Ordering::SeqCst) {
@@ -58,10 +61,12 @@ impl FaultyProxy {
                 }
                 let mut cut_rx = cut_tx.subscribe();
                 let stalled = Arc::clone(&stalled_flag);
+                let open = Arc::clone(&open_count);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    open.fetch_add(1, Ordering::SeqCst);
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
                     tokio::select! {
@@ -69,6 +74,7 @@ impl FaultyProxy {
                         _ = pump(server_read, client_write, stalled) => {}
                         _ = cut_rx.recv() => {}
                     }
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -77,6 +83,7 @@ impl FaultyProxy {
             cut,
             stalled,
             refusing,
+            open,
         })
     }
 
@@ -98,6 +105,11 @@ impl FaultyProxy {
     /// While stalled, no byte moves in either direction and no socket closes.
     pub fn stall(&self, on: bool) {
         self.stalled.store(on, Ordering::SeqCst);
+    }
+
+    /// Connections through the proxy now: which "node" a client is on.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// While refusing, a new connection is closed as soon as it is accepted, before it
