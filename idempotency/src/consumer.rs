@@ -8,16 +8,18 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
+use outbox::nodes::Nodes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{ConsumerConfig, InvalidConfig};
+use crate::config::ConsumerConfig;
 use crate::context::Context;
 use crate::decision::{Decision, Failure, decide};
 use crate::envelope::{attempts, decode};
+use crate::error::StartError;
 use crate::handler::{BoxError, Handler, Route, StatefulHandler, Typed, WithState};
 use crate::inbox::{Inbox, InboxKey};
 use crate::session;
@@ -55,14 +57,17 @@ use crate::session;
 /// ```
 pub struct Consumer {
     pool: PgPool,
-    pub(crate) amqp_url: String,
+    amqp_url: String,
     inbox: Inbox,
     pub(crate) config: ConsumerConfig,
     routes: HashMap<String, Box<dyn Route>>,
 }
 
 impl Consumer {
-    /// A consumer whose inbox is named `consumer` (one name per service or handler).
+    /// A consumer whose inbox is named `consumer` (one name per service or handler),
+    /// reading from the broker at `amqp_url`: one `amqp://` or `amqps://` URL, or the
+    /// nodes of one cluster separated by commas (see [`outbox::nodes`]). It connects to
+    /// the first node that answers and, when its node goes away, to the next.
     pub fn new(
         pool: PgPool,
         amqp_url: impl Into<String>,
@@ -119,19 +124,25 @@ impl Consumer {
 
     /// Consumes until `shutdown`, reconnecting after broker failures. Deliveries not
     /// acked when a connection drops are redelivered by the broker. Fails at once,
-    /// before connecting, if the config cannot work.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), InvalidConfig> {
-        self.config.validate()?;
-        session::run(Arc::new(self), shutdown).await;
+    /// before connecting, if the config or the AMQP URL cannot work.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let nodes = self.check()?;
+        session::run(Arc::new(self), nodes, shutdown).await;
         Ok(())
     }
 
-    /// Runs the consumer on a task of its own, once its config is checked.
-    pub fn spawn(self) -> Result<ConsumerHandle, InvalidConfig> {
-        self.config.validate()?;
+    /// Runs the consumer on a task of its own, once its config and AMQP URL are checked.
+    pub fn spawn(self) -> Result<ConsumerHandle, StartError> {
+        let nodes = self.check()?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(session::run(Arc::new(self), shutdown.clone()));
+        let task = tokio::spawn(session::run(Arc::new(self), nodes, shutdown.clone()));
         Ok(ConsumerHandle { shutdown, task })
+    }
+
+    /// The config, then the node list, checked before anything connects.
+    fn check(&self) -> Result<Nodes, StartError> {
+        self.config.validate()?;
+        Ok(Nodes::parse(&self.amqp_url)?)
     }
 
     /// Everything short of settling a delivery with the broker: decode it, run its

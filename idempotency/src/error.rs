@@ -1,5 +1,7 @@
 use thiserror::Error;
 
+use crate::config::InvalidConfig;
+
 /// What can go wrong processing a message through the inbox. `E` is the handler's
 /// own error type.
 ///
@@ -25,4 +27,18 @@ pub enum Error<E> {
     /// PostgreSQL failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+/// Why a [`Consumer`](crate::Consumer) did not start; it connected to nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A [`ConsumerConfig`](crate::ConsumerConfig) value cannot work.
+    #[error(transparent)]
+    Config(#[from] InvalidConfig),
+
+    /// The AMQP URL (one node, or the nodes of a cluster separated by commas) cannot
+    /// work; the message shows it with its password redacted.
+    #[error("consumer AMQP URL: {0}")]
+    AmqpUrl(#[from] outbox::nodes::InvalidNodes),
 }

@@ -99,7 +99,7 @@ pub use config::{ConsumerConfig, InvalidConfig};
 pub use consumer::{Consumer, ConsumerHandle};
 pub use context::Context;
 pub use envelope::Envelope;
-pub use error::Error;
+pub use error::{Error, StartError};
 pub use handler::{BoxError, Handler, StatefulHandler, WithState};
 pub use inbox::{Inbox, InboxKey, Outcome};
 pub use outbox::wire::DEAD_REASON_HEADER;

@@ -1,5 +1,6 @@
 //! The consumer's connection to RabbitMQ: consume, hand each delivery to the
-//! consumer, settle it, and reconnect with backoff when the connection ends.
+//! consumer, settle it, and when the connection ends reconnect, to the next node of
+//! the list at once and with backoff after a round of failures.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
+use outbox::nodes::{Node, Nodes, Rotation};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -26,19 +28,34 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection may wait for the broker's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs sessions until `shutdown`, pausing between them after failures.
-pub(crate) async fn run(consumer: Arc<Consumer>, shutdown: CancellationToken) {
-    let mut backoff = outbox::backoff::reconnect();
+/// How long connecting to one node may take, from TCP to consuming, before the next
+/// node is tried: a black-holed node never answers.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs sessions on the nodes in turn until `shutdown`: a lost node's successor is
+/// tried at once, and only a round of failures on every node waits for the backoff.
+pub(crate) async fn run(consumer: Arc<Consumer>, nodes: Nodes, shutdown: CancellationToken) {
+    let queue = &consumer.config.queue;
+    let mut rotation = Rotation::new(nodes);
     while !shutdown.is_cancelled() {
-        let started = Instant::now();
-        let Err(error) = session(&consumer, &shutdown).await else {
+        let node = rotation.node().clone();
+        let mut connected_at = None;
+        let Err(error) = session(&consumer, &node, &shutdown, &mut connected_at).await else {
             return;
         };
-        if started.elapsed() >= outbox::backoff::HEALTHY_SESSION {
-            backoff = outbox::backoff::reconnect();
+        let pause = match connected_at {
+            Some(at) => rotation.session_ended(at.elapsed()),
+            None => rotation.connect_failed(),
+        };
+        let (next, retry_in_ms) = (rotation.node(), pause.as_millis() as u64);
+        if connected_at.is_some() {
+            tracing::warn!(%error, %queue, %node, %next, retry_in_ms, "consumer session ended; reconnecting");
+        } else {
+            tracing::warn!(%error, %queue, %node, %next, retry_in_ms, "consumer could not connect to the broker node; trying the next");
         }
-        let pause = backoff.next().unwrap_or(outbox::backoff::RECONNECT_MAX);
-        tracing::warn!(%error, queue = %consumer.config.queue, retry_in_ms = pause.as_millis() as u64, "consumer session ended; reconnecting");
+        if pause.is_zero() {
+            continue;
+        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return,
@@ -46,12 +63,25 @@ pub(crate) async fn run(consumer: Arc<Consumer>, shutdown: CancellationToken) {
     }
 }
 
-/// One connection: declare, consume until shutdown or a broker failure, then drain
-/// what is in hand and close.
-async fn session(consumer: &Arc<Consumer>, shutdown: &CancellationToken) -> lapin::Result<()> {
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the broker node did not let the consumer in within {0:?}")]
+    ConnectTimeout(Duration),
+}
+
+/// The channels of a session, once the consumer is in.
+struct Opened {
+    channel: Channel,
+    publisher: Channel,
+    deliveries: lapin::Consumer,
+}
+
+/// Sets up a session on `connection`: declare, prefetch, a confirming publisher, consume.
+async fn open(consumer: &Consumer, connection: &Connection) -> lapin::Result<Opened> {
     let config = &consumer.config;
-    let connection =
-        Connection::connect(&consumer.amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     config.declare(&channel).await?;
     channel
@@ -61,7 +91,7 @@ async fn session(consumer: &Arc<Consumer>, shutdown: &CancellationToken) -> lapi
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut deliveries = channel
+    let deliveries = channel
         .basic_consume(
             config.queue.as_str().into(),
             "".into(),
@@ -69,7 +99,46 @@ async fn session(consumer: &Arc<Consumer>, shutdown: &CancellationToken) -> lapi
             FieldTable::default(),
         )
         .await?;
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    Ok(Opened {
+        channel,
+        publisher,
+        deliveries,
+    })
+}
+
+/// One connection to `node`: declare, consume until shutdown or a broker failure,
+/// then drain what is in hand and close. `connected_at` is set once the consumer is
+/// in: a failure before that is a failed connect, after it the end of a session.
+async fn session(
+    consumer: &Arc<Consumer>,
+    node: &Node,
+    shutdown: &CancellationToken,
+    connected_at: &mut Option<Instant>,
+) -> Result<(), Ended> {
+    let connecting = Connection::connect_uri(node.uri().clone(), ConnectionProperties::default());
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| Ended::ConnectTimeout(CONNECT_TIMEOUT))??;
+    let opening = tokio::time::timeout(CONNECT_TIMEOUT, open(consumer, &connection))
+        .await
+        .map_err(|_| Ended::ConnectTimeout(CONNECT_TIMEOUT))
+        .and_then(|opened| opened.map_err(Ended::from));
+    let opened = match opening {
+        Ok(opened) => opened,
+        Err(error) => {
+            let goodbye = connection.close(200, "consumer could not set up".into());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+            return Err(error);
+        }
+    };
+    *connected_at = Some(Instant::now());
+    tracing::info!(queue = %consumer.config.queue, %node, "consumer connected");
+    let Opened {
+        channel: _channel,
+        publisher,
+        mut deliveries,
+    } = opened;
+    let slots = Arc::new(Semaphore::new(consumer.config.concurrency));
     let mut handling = JoinSet::new();
     let result = loop {
         tokio::select! {
@@ -98,7 +167,7 @@ async fn session(consumer: &Arc<Consumer>, shutdown: &CancellationToken) -> lapi
     .await;
     let goodbye = connection.close(200, "consumer stopping".into());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
-    result
+    result.map_err(Ended::from)
 }
 
 /// Carries out a decision: a copy to a retry or dead queue is confirmed before the

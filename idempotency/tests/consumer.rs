@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotency::{BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER, InvalidConfig};
+use idempotency::{
+    BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER, InvalidConfig, StartError,
+};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
@@ -797,7 +799,10 @@ async fn a_config_that_cannot_work_is_an_error_before_connecting() -> TestResult
     config.concurrency = 0;
     let consumer = Consumer::new(pool.clone(), "amqp://127.0.0.1:1", "payments", config);
     let refused = consumer.on("Charge", record).spawn().err();
-    assert_eq!(refused, Some(InvalidConfig::Zero("concurrency")));
+    assert_eq!(
+        refused,
+        Some(StartError::Config(InvalidConfig::Zero("concurrency")))
+    );
 
     let mut config = ConsumerConfig::new("payments");
     config.retry_max = Duration::from_millis(10);
@@ -808,7 +813,10 @@ async fn a_config_that_cannot_work_is_an_error_before_connecting() -> TestResult
     )
     .await?;
     assert!(
-        matches!(run, Err(InvalidConfig::RetryBaseAboveMax { .. })),
+        matches!(
+            run,
+            Err(StartError::Config(InvalidConfig::RetryBaseAboveMax { .. }))
+        ),
         "{run:?}"
     );
     Ok(())

@@ -45,10 +45,13 @@ mod enqueue;
 mod error;
 mod message;
 mod migrate;
+#[cfg(feature = "amqp")]
+pub mod nodes;
 pub mod postgres;
 mod stored;
 #[cfg(feature = "opentelemetry")]
 pub mod trace;
+pub mod url;
 pub mod wire;
 
 pub use enqueue::{enqueue, enqueue_batch};

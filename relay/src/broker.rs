@@ -2,13 +2,14 @@
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
+use outbox::nodes::Node;
 
-/// Opens a connection named after the instance (visible in the RabbitMQ management
-/// UI and `rabbitmqctl list_connections`).
-pub(crate) async fn connect(url: &str, instance_id: &str) -> lapin::Result<Connection> {
+/// Opens a connection to `node` named after the instance (visible in the RabbitMQ
+/// management UI and `rabbitmqctl list_connections`).
+pub(crate) async fn connect(node: &Node, instance_id: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("outbox-relay {instance_id}").into());
-    Connection::connect(url, properties).await
+    Connection::connect_uri(node.uri().clone(), properties).await
 }
 
 /// A new channel with publisher confirms. The broker closes a channel that a

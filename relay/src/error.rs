@@ -12,6 +12,10 @@ pub enum Error {
     #[error("relay configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
 
+    /// The AMQP URL (a node or a list of nodes) cannot work; nothing was started.
+    #[error("relay AMQP URL: {0}")]
+    AmqpUrl(#[from] outbox::nodes::InvalidNodes),
+
     /// PostgreSQL failed or refused a query.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -56,7 +60,7 @@ impl Error {
             | Error::ConnectTimeout(_)
             | Error::Unconfirmed => true,
             Error::Outbox(error) => error.is_transient(),
-            Error::Config(_) | Error::NotFound(_) | Error::Panicked(_) => false,
+            Error::Config(_) | Error::AmqpUrl(_) | Error::NotFound(_) | Error::Panicked(_) => false,
         }
     }
 }

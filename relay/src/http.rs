@@ -49,6 +49,34 @@ pub async fn serve(
     }
 }
 
+/// 200 naming the RabbitMQ node the relay publishes to, or 503 saying what it waits
+/// for. The node's URL has its password redacted.
+fn readiness(metrics: &Metrics) -> (&'static str, &'static str, String) {
+    let node = metrics.broker_node();
+    let database_ok = metrics.database_ok();
+    if let (Some(node), true) = (&node, database_ok) {
+        return (
+            "200 OK",
+            "text/plain",
+            format!("ready: RabbitMQ node {node}\n"),
+        );
+    }
+    let broker = node.map_or_else(
+        || "RabbitMQ not connected".to_owned(),
+        |node| format!("RabbitMQ node {node}"),
+    );
+    let database = if database_ok {
+        "PostgreSQL ok"
+    } else {
+        "PostgreSQL not reachable"
+    };
+    (
+        "503 Service Unavailable",
+        "text/plain",
+        format!("not ready: {broker}; {database}\n"),
+    )
+}
+
 async fn answer(mut stream: TcpStream, metrics: &Metrics, pool: &PgPool) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -67,12 +95,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, pool: &PgPool) -> std:
 
     let (status, content_type, body) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") if metrics.ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
-        ("GET", "/readyz") => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready: waiting for PostgreSQL or RabbitMQ\n".to_owned(),
-        ),
+        ("GET", "/readyz") => readiness(metrics),
         ("GET", "/metrics") => {
             let backlog = admin::backlog(pool).await.ok();
             (

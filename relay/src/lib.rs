@@ -34,7 +34,6 @@ mod isolate;
 mod lease;
 mod metrics;
 mod publish;
-mod redact;
 mod refusal;
 mod relay;
 mod retry;
@@ -52,5 +51,6 @@ pub use config::{ConfigError, RelayConfig, default_instance_id};
 pub use error::{Error, Result};
 pub use http::serve as serve_http;
 pub use metrics::{Backlog, Metrics};
-pub use redact::redact_url;
+/// A URL with its password replaced by `***` (now [`outbox::url::redact`]).
+pub use outbox::url::redact as redact_url;
 pub use relay::{Relay, RelayHandle};

@@ -69,11 +69,9 @@ async fn start(cli: Cli) -> Result<(), Failure> {
     match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::Run(args) => {
             let amqp = secret("AMQP_URL", cli.global.amqp_url_file.as_deref())?;
-            if let Err(problem) = amqp.parse::<lapin::uri::AMQPUri>() {
-                let url = redact_url(&amqp);
-                return Err(Failure::Config(format!(
-                    "AMQP_URL is not an AMQP URL ({problem}): {url}"
-                )));
+            // One URL, or the nodes of one cluster separated by commas.
+            if let Err(problem) = outbox::nodes::Nodes::parse(&amqp) {
+                return Err(Failure::Config(format!("AMQP_URL: {problem}")));
             }
             let migrate = args.migrate;
             let http_addr = args.http_addr;

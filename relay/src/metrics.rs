@@ -1,8 +1,11 @@
 //! Counters and histograms for `/metrics`, in the Prometheus text format.
 
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use outbox::nodes::Node;
 
 /// Why a publish did not count as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +121,8 @@ pub struct Metrics {
     publish_latency: Histogram,
     batch_size: Histogram,
     partitions_held: AtomicU64,
-    broker_connected: AtomicBool,
+    /// The node of the current broker session, redacted; `None` between sessions.
+    broker_node: Mutex<Option<String>>,
     database_ok: AtomicBool,
 }
 
@@ -131,7 +135,7 @@ impl Default for Metrics {
             publish_latency: Histogram::new(LATENCY_BOUNDS),
             batch_size: Histogram::new(BATCH_BOUNDS),
             partitions_held: AtomicU64::new(0),
-            broker_connected: AtomicBool::new(false),
+            broker_node: Mutex::new(None),
             database_ok: AtomicBool::new(false),
         }
     }
@@ -156,7 +160,21 @@ impl Metrics {
 
     /// Whether the relay currently has a broker channel and a working database.
     pub fn ready(&self) -> bool {
-        self.broker_connected.load(Relaxed) && self.database_ok.load(Relaxed)
+        self.broker_node().is_some() && self.database_ok.load(Relaxed)
+    }
+
+    /// The RabbitMQ node the relay is connected to, as its URL with the password
+    /// replaced by `***`; `None` while it is not connected.
+    pub fn broker_node(&self) -> Option<String> {
+        self.broker_node
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether PostgreSQL answered the relay's last query.
+    pub fn database_ok(&self) -> bool {
+        self.database_ok.load(Relaxed)
     }
 
     pub(crate) fn batch_settled(&self, size: usize, sent: usize, confirm_latency: Duration) {
@@ -179,8 +197,12 @@ impl Metrics {
         self.partitions_held.store(held as u64, Relaxed);
     }
 
-    pub(crate) fn set_broker_connected(&self, connected: bool) {
-        self.broker_connected.store(connected, Relaxed);
+    /// A session on `node` started (`Some`) or ended (`None`).
+    pub(crate) fn set_broker_node(&self, node: Option<&Node>) {
+        *self
+            .broker_node
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = node.map(Node::to_string);
     }
 
     pub(crate) fn set_database_ok(&self, ok: bool) {

@@ -13,11 +13,11 @@ use crate::config::{RelayConfig, hostname};
 use crate::error::{Error, Result};
 use crate::lease::{LeaseReport, Leases};
 use crate::metrics::{FailureReason, Metrics};
-use crate::redact::redact_url;
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::wake::Doorbell;
 use outbox::backoff::RECONNECT_MAX;
+use outbox::nodes::{Node, Nodes, Rotation};
 
 /// The retention cleanup runs every half retention, within these bounds.
 const CLEANUP_PERIOD_MIN: Duration = Duration::from_secs(1);
@@ -46,7 +46,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay publishing the outbox in `pool`'s database to the broker at `amqp_url`.
+    /// A relay publishing the outbox in `pool`'s database to the broker at `amqp_url`:
+    /// one `amqp://` or `amqps://` URL, or the nodes of one cluster separated by commas
+    /// (see [`outbox::nodes`]). It connects to the first node that answers and, when
+    /// its node goes away, to the next.
     pub fn new(pool: PgPool, amqp_url: impl Into<String>, config: RelayConfig) -> Self {
         let grace = config.confirm_timeout + config.heartbeat_interval;
         let leases = Leases::new(
@@ -85,11 +88,13 @@ impl Relay {
     /// records them, and gives its partitions back.
     ///
     /// Fails only at start: a configuration that cannot work
-    /// ([`RelayConfig::validate`]), or a database that refuses to register the
-    /// instance (not migrated). An unreachable database is waited for.
+    /// ([`RelayConfig::validate`]), an AMQP URL or node list that cannot
+    /// ([`Nodes::parse`]), or a database that refuses to register the instance (not
+    /// migrated). An unreachable database or broker is waited for.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let shared = &self.shared;
         shared.config.validate()?;
+        let nodes = Nodes::parse(&self.amqp_url)?;
         let Some(report) = self.register(&shutdown).await? else {
             return Ok(());
         };
@@ -108,7 +113,7 @@ impl Relay {
             ))
         });
 
-        self.publish_until(&shutdown).await;
+        self.publish_until(nodes, &shutdown).await;
 
         background.cancel();
         let _ = lease_task.await;
@@ -145,51 +150,75 @@ impl Relay {
         }
     }
 
-    async fn publish_until(&self, shutdown: &CancellationToken) {
+    /// Sessions on the nodes in turn until shutdown: a lost node's successor is tried
+    /// at once, and only a round of failures on every node waits for the backoff.
+    async fn publish_until(&self, nodes: Nodes, shutdown: &CancellationToken) {
         let shared = &self.shared;
         let mut doorbell = Doorbell::new(shared.pool.clone());
-        let mut backoff = reconnect_backoff();
-        let amqp = redact_url(&self.amqp_url);
+        let mut rotation = Rotation::new(nodes);
         while !shutdown.is_cancelled() {
-            let started = Instant::now();
-            let result = async {
-                // A black-holed network never answers: bound the handshake and the goodbye.
-                let timeout = shared.config.confirm_timeout;
-                let connecting = broker::connect(&self.amqp_url, &shared.config.instance_id);
-                let connection = tokio::time::timeout(timeout, connecting)
-                    .await
-                    .map_err(|_| Error::ConnectTimeout(timeout))??;
-                let result = async {
-                    let opening = Session::open(Arc::clone(shared), &connection);
-                    let session = tokio::time::timeout(timeout, opening)
-                        .await
-                        .map_err(|_| Error::ConnectTimeout(timeout))??;
-                    tracing::info!(%amqp, "connected to the broker");
-                    shared.metrics.set_broker_connected(true);
-                    session.run(&mut doorbell, shutdown).await
-                }
+            let node = rotation.node().clone();
+            let mut connected_at = None;
+            let result = self
+                .session(&node, &mut doorbell, shutdown, &mut connected_at)
                 .await;
-                shared.metrics.set_broker_connected(false);
-                let goodbye = connection.close(200, "outbox-relay session ended".into());
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
-                result
-            }
-            .await;
             let Err(error) = result else { break };
             if matches!(error, Error::Database(_)) {
                 shared.metrics.failed(FailureReason::Database, 1);
                 shared.metrics.set_database_ok(false);
             }
-            if started.elapsed() >= outbox::backoff::HEALTHY_SESSION {
-                backoff = reconnect_backoff();
+            let pause = match connected_at {
+                Some(at) => rotation.session_ended(at.elapsed()),
+                None => rotation.connect_failed(),
+            };
+            let next = rotation.node();
+            if connected_at.is_some() {
+                tracing::warn!(%error, %node, %next, retry_in_ms = pause.as_millis() as u64, "relay session ended; reconnecting");
+            } else {
+                tracing::warn!(%error, %node, %next, retry_in_ms = pause.as_millis() as u64, "could not connect to the broker node; trying the next");
             }
-            let pause = backoff.next().unwrap_or(RECONNECT_MAX);
-            tracing::warn!(%error, %amqp, retry_in_ms = pause.as_millis() as u64, "relay session ended; reconnecting");
+            if pause.is_zero() {
+                continue;
+            }
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => {}
             }
         }
+    }
+
+    /// One connection to `node` and the session on it, until shutdown (`Ok`) or a
+    /// failure. `connected_at` is set once the session is open: a failure before that
+    /// is a failed connect, after it the end of a session.
+    async fn session(
+        &self,
+        node: &Node,
+        doorbell: &mut Doorbell,
+        shutdown: &CancellationToken,
+        connected_at: &mut Option<Instant>,
+    ) -> Result<()> {
+        let shared = &self.shared;
+        // A black-holed node never answers: bound the handshake and the goodbye.
+        let timeout = shared.config.confirm_timeout;
+        let connecting = broker::connect(node, &shared.config.instance_id);
+        let connection = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| Error::ConnectTimeout(timeout))??;
+        let result = async {
+            let opening = Session::open(Arc::clone(shared), &connection);
+            let session = tokio::time::timeout(timeout, opening)
+                .await
+                .map_err(|_| Error::ConnectTimeout(timeout))??;
+            *connected_at = Some(Instant::now());
+            tracing::info!(%node, "connected to the broker");
+            shared.metrics.set_broker_node(Some(node));
+            session.run(doorbell, shutdown).await
+        }
+        .await;
+        shared.metrics.set_broker_node(None);
+        let goodbye = connection.close(200, "outbox-relay session ended".into());
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+        result
     }
 }
 

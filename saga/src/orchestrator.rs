@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency::{
-    BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context, InvalidConfig, Reject,
+    BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context, Reject, StartError,
 };
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -62,7 +62,9 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    /// An orchestrator for the sagas in `registry`, whose state lives in `pool`'s database.
+    /// An orchestrator for the sagas in `registry`, whose state lives in `pool`'s
+    /// database, reading replies from the broker at `amqp_url`: one URL, or the nodes of
+    /// one cluster separated by commas, as [`Consumer::new`] takes it.
     pub fn new(
         pool: PgPool,
         amqp_url: impl Into<String>,
@@ -83,8 +85,9 @@ impl Orchestrator {
         Arc::clone(&self.metrics)
     }
 
-    /// Starts the reply consumer and the sweep on tasks of their own.
-    pub fn spawn(self) -> Result<OrchestratorHandle, InvalidConfig> {
+    /// Starts the reply consumer and the sweep on tasks of their own, once the
+    /// consumer's config and the AMQP URL are checked.
+    pub fn spawn(self) -> Result<OrchestratorHandle, StartError> {
         let state = Arc::new(Shared {
             registry: self.registry.clone(),
             metrics: Arc::clone(&self.metrics),

@@ -1,8 +1,8 @@
-//! A TCP proxy that can cut or stall every connection through it.
+//! A TCP proxy that can cut or stall every connection through it, or refuse new ones.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -11,12 +11,16 @@ use tokio::sync::broadcast;
 use crate::servers::{self, AMQP_PORT};
 
 /// A TCP proxy in front of a server (RabbitMQ, PostgreSQL) that the test controls: it can cut every
-/// connection through it, or stall them (a black hole: nothing moves, nothing closes).
+/// connection through it, stall them (a black hole: nothing moves, nothing closes), or
+/// refuse new ones (a node that went away). Two proxies in front of one broker make two
+/// "nodes" of a cluster.
 pub struct FaultyProxy {
     /// The local port to connect to instead of the server's.
     pub port: u16,
     cut: broadcast::Sender<()>,
     stalled: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
 }
 
 impl FaultyProxy {
@@ -44,15 +48,25 @@ impl FaultyProxy {
         let port = listener.local_addr()?.port();
         let (cut, _) = broadcast::channel(4);
         let stalled = Arc::new(AtomicBool::new(false));
+        let refusing = Arc::new(AtomicBool::new(false));
         let (cut_tx, stalled_flag) = (cut.clone(), Arc::clone(&stalled));
+        let refusing_flag = Arc::clone(&refusing);
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_count = Arc::clone(&open);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if refusing_flag.load(Ordering::SeqCst) {
+                    drop(client); // closed before a byte reaches the server
+                    continue;
+                }
                 let mut cut_rx = cut_tx.subscribe();
                 let stalled = Arc::clone(&stalled_flag);
+                let open = Arc::clone(&open_count);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    open.fetch_add(1, Ordering::SeqCst);
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
                     tokio::select! {
@@ -60,10 +74,17 @@ impl FaultyProxy {
                         _ = pump(server_read, client_write, stalled) => {}
                         _ = cut_rx.recv() => {}
                     }
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Ok(Self { port, cut, stalled })
+        Ok(Self {
+            port,
+            cut,
+            stalled,
+            refusing,
+            open,
+        })
     }
 
     /// `AMQP_URL` (its user, password and vhost) with the proxy in place of the server.
@@ -84,6 +105,18 @@ impl FaultyProxy {
     /// While stalled, no byte moves in either direction and no socket closes.
     pub fn stall(&self, on: bool) {
         self.stalled.store(on, Ordering::SeqCst);
+    }
+
+    /// Connections through the proxy now: which "node" a client is on.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// While refusing, a new connection is closed as soon as it is accepted, before it
+    /// reaches the server; connections already through are left alone. With
+    /// [`FaultyProxy::cut_all`], the node behind the proxy is gone.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
     }
 }
 

@@ -24,7 +24,8 @@ use units::{Bytes, Human, parse_bytes, parse_duration};
     args_conflicts_with_subcommands = true,
     after_help = "Secrets come from the environment or a file, never from flags:\n  \
                   DATABASE_URL   PostgreSQL URL (or --database-url-file / DATABASE_URL_FILE)\n  \
-                  AMQP_URL       RabbitMQ URL, amqp:// or amqps:// (or --amqp-url-file / AMQP_URL_FILE)\n\
+                  AMQP_URL       RabbitMQ URL, amqp:// or amqps://, or a cluster's node URLs separated\n                 \
+                  by commas (or --amqp-url-file / AMQP_URL_FILE)\n\
                   Exit codes: 0 done, 1 failed while running, 2 bad configuration."
 )]
 pub(crate) struct Cli {
@@ -42,7 +43,7 @@ pub(crate) struct GlobalArgs {
     /// Read the PostgreSQL URL from this file instead of DATABASE_URL.
     #[arg(long, env = "DATABASE_URL_FILE", global = true)]
     pub(crate) database_url_file: Option<PathBuf>,
-    /// Read the RabbitMQ URL from this file instead of AMQP_URL.
+    /// Read the RabbitMQ URL (or comma-separated node URLs) from this file instead of AMQP_URL.
     #[arg(long, env = "AMQP_URL_FILE", global = true)]
     pub(crate) amqp_url_file: Option<PathBuf>,
     /// Log lines as text or as JSON objects.

@@ -3,6 +3,7 @@
 //! real: killed processes, cut and stalled connections.
 
 mod failures;
+mod nodes;
 mod operating;
 mod publishing;
 mod refusals;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use outbox::Message;
 use outbox_relay::Relay;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -46,7 +45,29 @@ async fn bad_configuration_is_a_clear_message_and_exit_code_2() -> TestResult {
         (
             vec!["run"],
             vec![db, ("AMQP_URL", "http://guest:hunter2@mq")],
-            "AMQP_URL is not an AMQP URL",
+            "AMQP_URL: node 1 is not an AMQP URL",
+        ),
+        (
+            vec!["run"],
+            vec![
+                db,
+                (
+                    "AMQP_URL",
+                    "amqp://guest:hunter2@mq-1,,amqp://guest:hunter2@mq-2",
+                ),
+            ],
+            "node 2 of the list is empty",
+        ),
+        (
+            vec!["run"],
+            vec![
+                db,
+                (
+                    "AMQP_URL",
+                    "amqp://guest:hunter2@mq-1/a,amqp://guest:hunter2@mq-2/b",
+                ),
+            ],
+            "has another virtual host than node 1",
         ),
         (
             vec!["status"],
@@ -147,16 +168,6 @@ async fn status_inspect_and_dead_retry_from_the_command_line(pool: PgPool) -> Te
     Ok(())
 }
 
-async fn get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn health_readiness_and_metrics_over_http(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
@@ -172,35 +183,45 @@ async fn health_readiness_and_metrics_over_http(pool: PgPool) -> TestResult {
         stop.clone(),
     ));
 
-    assert!(get(port, "/healthz").await?.starts_with("HTTP/1.1 200"));
     assert!(
-        get(port, "/readyz").await?.starts_with("HTTP/1.1 503"),
-        "not ready before connecting"
+        http_get(port, "/healthz")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+    let readyz = http_get(port, "/readyz").await?;
+    assert!(
+        readyz.starts_with("HTTP/1.1 503") && readyz.contains("RabbitMQ not connected"),
+        "not ready before connecting: {readyz}"
     );
     let relay = relay.spawn();
     let ids = fill(&pool, 3, 10, "metrics").await?;
     sandbox.wait_for_all(&ids, Duration::from_secs(20)).await?;
-    assert!(get(port, "/readyz").await?.starts_with("HTTP/1.1 200"));
+    let readyz = http_get(port, "/readyz").await?;
+    let node = outbox::url::redact(&amqp_url());
+    assert!(
+        readyz.starts_with("HTTP/1.1 200") && readyz.contains(&node),
+        "ready, naming the node: {readyz}"
+    );
     // A row counts as published once its confirm is back, which may come after the
     // consumer already has the message.
     let counted = wait_until(
         Duration::from_secs(10),
         "30 rows count as published",
         async || {
-            Ok(get(port, "/metrics")
+            Ok(http_get(port, "/metrics")
                 .await?
                 .contains("outbox_relay_published_total 30\n"))
         },
     )
     .await;
-    let scrape = get(port, "/metrics").await?;
+    let scrape = http_get(port, "/metrics").await?;
     assert!(counted.is_ok(), "{scrape}");
     assert!(
         scrape.contains("outbox_relay_publish_latency_seconds_count"),
         "{scrape}"
     );
     assert!(scrape.contains("outbox_relay_backlog "), "{scrape}");
-    assert!(get(port, "/nope").await?.starts_with("HTTP/1.1 404"));
+    assert!(http_get(port, "/nope").await?.starts_with("HTTP/1.1 404"));
     relay.shutdown().await?;
     stop.cancel();
     sandbox.remove().await

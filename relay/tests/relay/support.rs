@@ -118,8 +118,24 @@ pub(crate) fn spawn_relay(
     exchange: &str,
     extra: &[&str],
 ) -> anyhow::Result<Child> {
-    let child = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .args(["run", "--exchange", exchange, "--http-addr", "127.0.0.1:0"])
+    let child = relay_command(database_url, amqp_url, exchange, "127.0.0.1:0")
+        .args(extra)
+        .spawn()?;
+    Ok(child)
+}
+
+/// `outbox-relay run` with fast failover settings and its HTTP endpoints on
+/// `http_addr`, logging warnings to the test's stderr; add flags, or change the
+/// environment and where output goes, before spawning it.
+pub(crate) fn relay_command(
+    database_url: &str,
+    amqp_url: &str,
+    exchange: &str,
+    http_addr: &str,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    command
+        .args(["run", "--exchange", exchange, "--http-addr", http_addr])
         .args([
             "--lease-ttl",
             "2s",
@@ -136,14 +152,24 @@ pub(crate) fn spawn_relay(
             "--retry-max",
             "200ms",
         ])
-        .args(extra)
         .env("DATABASE_URL", database_url)
         .env("AMQP_URL", amqp_url)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    Ok(child)
+        .kill_on_drop(true);
+    command
+}
+
+/// A GET to the relay's HTTP endpoints on `port`: the whole response, head and body.
+pub(crate) async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
 }
