@@ -1,7 +1,6 @@
 //! A RabbitMQ node of a test's or a demo's own, to stop, kill -9 and start again
 //! without disturbing the machine's shared broker.
 
-use std::hash::BuildHasher;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,10 @@ use anyhow::Context;
 use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+mod host;
+
+use host::{alive, free_ports, kill_group, read_pid, signal, sweep};
 
 /// How long a node may take to accept AMQP, a `rabbitmqctl` call to answer, or a
 /// stopped or killed VM to go: several times what they take on a slow machine.
@@ -427,109 +430,4 @@ fn prepare(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
     std::fs::write(dir.join("rabbitmq.conf"), "")?;
     std::fs::write(dir.join("rabbitmq-env.conf"), "")
-}
-
-/// Two free local ports below the kernel's ephemeral range. There, no client's
-/// outgoing connection can take one while the node is down between a kill and a
-/// start again (a client retrying a closed local port inside the range can even
-/// connect to itself and hold the port).
-fn free_ports() -> anyhow::Result<(u16, u16)> {
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768)
-        .max(10_001);
-    let span = u64::from(ephemeral - 10_000);
-    let offset = std::hash::RandomState::new().hash_one(std::process::id()) % span;
-    let mut held = Vec::new();
-    for step in 0..span {
-        let port = 10_000 + ((offset + step) % span) as u16;
-        // 15672, 25672, 35672..35682 and their neighbours are RabbitMQ's own.
-        if (5670..=5700).contains(&(port % 10_000)) {
-            continue;
-        }
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            held.push(listener);
-        }
-        if let [amqp, dist] = held.as_slice() {
-            return Ok((amqp.local_addr()?.port(), dist.local_addr()?.port()));
-        }
-    }
-    anyhow::bail!("no two free ports between 10000 and {ephemeral}")
-}
-
-/// Kills what a process that ended without dropping its nodes (a Ctrl-C, a kill -9,
-/// a test timeout) left under `base`, and removes their directories. Linux only: it
-/// needs `/proc` to tell a live owner and our VM from a recycled pid.
-fn sweep(base: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for dir in entries.flatten().map(|entry| entry.path()) {
-        // No owner yet: another process is preparing it.
-        if read_pid(&dir.join(OWNER_FILE)).is_none_or(alive) {
-            continue;
-        }
-        let node = format!("{}@{HOST}", dir.file_name().unwrap_or_default().display());
-        if let Some(vm) = read_pid(&dir.join(PID_FILE)) {
-            // Its `-testkit_node` argument: the pid may be another process's by now.
-            let command_line = std::fs::read(format!("/proc/{vm}/cmdline")).unwrap_or_default();
-            if command_line
-                .split(|byte| *byte == 0)
-                .any(|argument| argument == node.as_bytes())
-            {
-                kill_and_wait(vm);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-/// SIGKILL to the VM (when known), then to the rest of the node's process group (the
-/// script; the VM too when its pid file was not written yet); synchronous, for `Drop`.
-fn kill_group(server: &Child, vm: Option<u32>) {
-    if let Some(vm) = vm {
-        kill_and_wait(vm);
-    }
-    if let Some(group) = server.id() {
-        signal(&format!("-{group}"), "-KILL");
-    }
-}
-
-/// SIGKILL to `pid`, and a short wait (at most 5 s) until it is gone.
-fn kill_and_wait(pid: u32) {
-    signal(&pid.to_string(), "-KILL");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(POLL);
-    }
-}
-
-/// `kill <signal> -- <target>`: `kill(1)` rather than `libc::kill`, as the workspace
-/// forbids `unsafe`. A negative target is a process group.
-fn signal(target: &str, signal: &str) -> bool {
-    std::process::Command::new("kill")
-        .args([signal, "--", target])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// Whether `pid` runs: a zombie does not (no one may reap it in a container).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) if Path::new("/proc/self").exists() => false,
-        Err(_) => signal(&pid.to_string(), "-0"),
-    }
-}
-
-fn read_pid(file: &Path) -> Option<u32> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
