@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 
 mod host;
 
-use host::{alive, free_ports, kill_group, read_pid, signal, sweep};
+use host::{alive, free_ports, kill_group, read_pid, signal, sweep, vm_of};
 
 /// How long a node may take to accept AMQP, a `rabbitmqctl` call to answer, or a
 /// stopped or killed VM to go: several times what they take on a slow machine.
@@ -32,12 +32,20 @@ const PID_FILE: &str = "pid";
 const OWNER_FILE: &str = "owner";
 /// Where the server script and the VM write their stdout and stderr.
 const SERVER_LOG: &str = "server.log";
+/// The node's name and ports, for [`RabbitNode::open`] in another process.
+const NODE_FILE: &str = "node.json";
+/// What the owner file of a detached node holds instead of a pid: no process owns it,
+/// and `sweep` leaves it alone.
+const DETACHED: &str = "detached";
+/// Where [`RabbitNode::start`] makes its nodes' directories, under the temporary
+/// directory; `sweep` looks here and nowhere else.
+const BASE: &str = "testkit-rabbit";
 
 /// A RabbitMQ node of its own: its own name, ports, data, logs, cookie and (empty)
 /// plugin list, in a directory under [`std::env::temp_dir`]. A test or a demo stops
 /// it, kills it and starts it again to see what its clients do, while the machine's
 /// shared broker (port 5672) carries on. Several nodes may run in one process; they
-/// share one Erlang cookie, so they can later form a cluster.
+/// share one Erlang cookie, so they can form a cluster ([`RabbitCluster`]).
 ///
 /// What a restart costs, measured on a 2-CPU VM (RabbitMQ 3.10.8, Erlang 25), idle
 /// and (in brackets) busy with a demo: [`RabbitNode::start`] 7.5 s (8 s), [`stop`]
@@ -49,7 +57,9 @@ const SERVER_LOG: &str = "server.log";
 ///
 /// A node whose process ends without dropping it (Ctrl-C, a test timeout) runs on in
 /// its own process group; the next [`RabbitNode::start`] on the machine kills it and
-/// removes its directory.
+/// removes its directory. The nodes of `scripts/rabbitmq-cluster.sh`, which outlive
+/// the command that starts them on purpose, live in a directory of their own and are
+/// marked detached: no start touches them.
 ///
 /// ```rust,no_run
 /// # async fn demo() -> anyhow::Result<()> {
@@ -67,6 +77,7 @@ const SERVER_LOG: &str = "server.log";
 /// # }
 /// ```
 ///
+/// [`RabbitCluster`]: crate::RabbitCluster
 /// [`stop`]: RabbitNode::stop
 /// [`start_again`]: RabbitNode::start_again
 /// [`kill`]: RabbitNode::kill
@@ -80,13 +91,42 @@ pub struct RabbitNode {
     /// Set when a start failed: its error names the logs in `dir`, so dropping the
     /// node leaves them for a reader (and `sweep` removes them later).
     keep_dir: bool,
+    /// The node outlives this value and its process (a cluster of
+    /// `scripts/rabbitmq-cluster.sh`): dropping it leaves the node running.
+    detached: bool,
 }
 
-/// A started node: the `rabbitmq-server` script (the leader of the node's process
-/// group) and the Erlang VM it runs.
+/// A started node: the Erlang VM, and the `rabbitmq-server` script that runs it (the
+/// leader of the node's process group) when this process started it.
 struct Running {
-    server: Child,
+    server: Option<Child>,
     vm: u32,
+}
+
+/// A start under way: dropped before it is defused (by an error, or with the future of
+/// a start that a caller's timeout or a sibling's failure dropped), it kills the
+/// node's processes, so that no VM runs on unknown to its `RabbitNode`.
+struct Starting {
+    /// The node's process group; `None` once the node runs.
+    group: Option<u32>,
+    pid_file: PathBuf,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(group) = self.group {
+            kill_group(Some(group), read_pid(&self.pid_file));
+        }
+    }
+}
+
+/// Where a node lives before it starts: its short name (`<name>@localhost` is the node),
+/// its directory and its two ports.
+pub(crate) struct Place {
+    pub(crate) short: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) dist_port: u16,
 }
 
 impl RabbitNode {
@@ -103,6 +143,14 @@ impl RabbitNode {
     /// once it accepts AMQP connections as guest/guest; the error of a node that does
     /// not names its logs.
     pub async fn start(name: &str) -> anyhow::Result<Self> {
+        let mut nodes = Self::start_many(name, 1).await?;
+        nodes.pop().context("started no node")
+    }
+
+    /// Starts `count` fresh nodes as [`RabbitNode::start`] does, all at once, on ports
+    /// picked together (so no two of them pick the same). Either all start, or the
+    /// error says why one did not and the others are killed.
+    pub(crate) async fn start_many(name: &str, count: usize) -> anyhow::Result<Vec<Self>> {
         anyhow::ensure!(
             !name.is_empty()
                 && name
@@ -110,33 +158,94 @@ impl RabbitNode {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "a RabbitNode name is letters, digits, '-' and '_', not {name:?}"
         );
+        let base = std::env::temp_dir().join(BASE);
+        sweep(&base);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let ports = free_ports(2 * count)?;
+        let places = ports.chunks(2).map(|pair| {
+            let short = format!(
+                "{name}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            // A leftover of a dead process that had our pid.
+            let _ = std::fs::remove_dir_all(base.join(&short));
+            Place {
+                dir: base.join(&short),
+                short,
+                port: pair[0],
+                dist_port: pair[1],
+            }
+        });
+        Self::start_at(places.collect()).await
+    }
+
+    /// Starts a fresh node in each of `places` (directories that must not exist yet),
+    /// all at once; owned by this process, like [`RabbitNode::start`]'s, until
+    /// [`RabbitNode::detach`]. Either all start, or the others are killed.
+    pub(crate) async fn start_at(places: Vec<Place>) -> anyhow::Result<Vec<Self>> {
         let scripts = scripts().context(
             "rabbitmq-server is not installed (looked on PATH, in /usr/sbin and /usr/lib/rabbitmq/bin)",
         )?;
-        let base = std::env::temp_dir().join("testkit-rabbit");
-        sweep(&base);
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let short = format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = base.join(&short);
-        // A leftover of a dead process that had our pid.
-        let _ = std::fs::remove_dir_all(&dir);
-        prepare(&dir).with_context(|| format!("preparing {}", dir.display()))?;
-        let (port, dist_port) = free_ports()?;
-        let mut node = Self {
-            node: format!("{short}@{HOST}"),
+        let mut nodes = Vec::with_capacity(places.len());
+        for place in places {
+            prepare(&place).with_context(|| format!("preparing {}", place.dir.display()))?;
+            nodes.push(Self {
+                node: format!("{}@{HOST}", place.short),
+                port: place.port,
+                dist_port: place.dist_port,
+                dir: place.dir,
+                scripts,
+                running: None,
+                keep_dir: false,
+                detached: false,
+            });
+        }
+        // On an error, dropping the others kills them.
+        futures_util::future::try_join_all(nodes.iter_mut().map(Self::start_again)).await?;
+        Ok(nodes)
+    }
+
+    /// The node whose directory is `dir` (one that [`RabbitNode::start_at`] made, in
+    /// this process or another), running or not; a detached node, which dropping leaves
+    /// as it is.
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
+        let scripts = scripts().context("rabbitmq-server is not installed")?;
+        let file = dir.join(NODE_FILE);
+        let read = || -> anyhow::Result<(String, u16, u16)> {
+            let text = std::fs::read_to_string(&file)?;
+            let json: serde_json::Value = serde_json::from_str(&text)?;
+            let port = |key: &str| {
+                json[key]
+                    .as_u64()
+                    .and_then(|port| u16::try_from(port).ok())
+                    .with_context(|| format!("no {key}"))
+            };
+            let node = json["node"].as_str().context("no node")?.to_owned();
+            Ok((node, port("port")?, port("dist_port")?))
+        };
+        let (node, port, dist_port) =
+            read().with_context(|| format!("reading {}", file.display()))?;
+        let running = vm_of(dir, &node).map(|vm| Running { server: None, vm });
+        Ok(Self {
+            node,
             port,
             dist_port,
-            dir,
+            dir: dir.to_owned(),
             scripts,
-            running: None,
+            running,
             keep_dir: false,
-        };
-        node.start_again().await?;
-        Ok(node)
+            detached: true,
+        })
+    }
+
+    /// Lets the node outlive this value and this process: dropping it leaves it
+    /// running, and no `sweep` kills it. Its directory must be outside the one
+    /// [`RabbitNode::start`] uses, which `sweep` empties of what it does not know.
+    pub(crate) fn detach(&mut self) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(OWNER_FILE), DETACHED)?;
+        self.detached = true;
+        Ok(())
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
@@ -161,6 +270,11 @@ impl RabbitNode {
         &self.dir
     }
 
+    /// Whether the node runs: started, and neither stopped nor killed since.
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
     /// Stops the node gracefully (`rabbitmqctl stop`), and returns once its VM is gone.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.running.is_some(), "{} is not running", self.node);
@@ -168,8 +282,8 @@ impl RabbitNode {
         // With the pid file, `stop` returns once the VM has exited.
         self.rabbitmqctl(&["stop", &pid_file.to_string_lossy()])
             .await?;
-        if let Some(running) = self.running.as_mut() {
-            tokio::time::timeout(TIMEOUT, running.server.wait())
+        if let Some(server) = self.running.as_mut().and_then(|r| r.server.as_mut()) {
+            tokio::time::timeout(TIMEOUT, server.wait())
                 .await
                 .with_context(|| format!("{}: rabbitmq-server did not exit", self.node))??;
         }
@@ -185,9 +299,11 @@ impl RabbitNode {
         };
         signal(&running.vm.to_string(), "-KILL");
         // The script reaps the VM, then exits.
-        tokio::time::timeout(TIMEOUT, running.server.wait())
-            .await
-            .with_context(|| format!("{}: rabbitmq-server did not exit", self.node))??;
+        if let Some(server) = running.server.as_mut() {
+            tokio::time::timeout(TIMEOUT, server.wait())
+                .await
+                .with_context(|| format!("{}: rabbitmq-server did not exit", self.node))??;
+        }
         let deadline = Instant::now() + TIMEOUT;
         while alive(running.vm) {
             anyhow::ensure!(
@@ -212,18 +328,20 @@ impl RabbitNode {
         // A pid from the last run names a VM that is gone.
         let _ = std::fs::remove_file(self.dir.join(PID_FILE));
         let mut server = self.spawn()?;
-        match self.until_ready(&mut server).await {
-            Ok(vm) => {
-                self.keep_dir = false;
-                self.running = Some(Running { server, vm });
-                Ok(())
-            }
-            Err(error) => {
-                self.keep_dir = true;
-                kill_group(&server, read_pid(&self.dir.join(PID_FILE)));
-                Err(error)
-            }
-        }
+        let mut starting = Starting {
+            group: server.id(),
+            pid_file: self.dir.join(PID_FILE),
+        };
+        let vm = self.until_ready(&mut server).await.inspect_err(|_| {
+            self.keep_dir = true;
+        })?;
+        starting.group = None;
+        self.keep_dir = false;
+        self.running = Some(Running {
+            server: Some(server),
+            vm,
+        });
+        Ok(())
     }
 
     /// Runs `rabbitmqctl -n <node> <args>` (`add_vhost`, `close_all_connections`, ...)
@@ -375,9 +493,16 @@ impl RabbitNode {
 impl Drop for RabbitNode {
     /// Best effort, and synchronous: kills the VM if it still runs, and removes the
     /// directory unless a start failed or the thread panics (the logs explain why).
+    /// A detached node is left as it is.
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if let Some(running) = self.running.take() {
-            kill_group(&running.server, Some(running.vm));
+            kill_group(
+                running.server.as_ref().and_then(Child::id),
+                Some(running.vm),
+            );
         }
         if !self.keep_dir && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -415,12 +540,20 @@ fn cookie() -> &'static str {
     COOKIE.get_or_init(|| uuid::Uuid::now_v7().simple().to_string().to_uppercase())
 }
 
-/// The node's directory: its owner, its cookie (in `HOME`, readable by its owner
-/// alone, as Erlang requires), and configuration of its own that overrides the
-/// machine's (whose `rabbitmq.conf` here binds 5672, and whose env file names a node).
-fn prepare(dir: &Path) -> std::io::Result<()> {
+/// The node's directory: its owner, its name and ports, its cookie (in `HOME`,
+/// readable by its owner alone, as Erlang requires), and configuration of its own that
+/// overrides the machine's (whose `rabbitmq.conf` here binds 5672, and whose env file
+/// names a node).
+fn prepare(place: &Place) -> anyhow::Result<()> {
+    let dir = &place.dir;
     std::fs::create_dir_all(dir.join("conf.d"))?;
     std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
+    let node = serde_json::json!({
+        "node": format!("{}@{HOST}", place.short),
+        "port": place.port,
+        "dist_port": place.dist_port,
+    });
+    std::fs::write(dir.join(NODE_FILE), node.to_string())?;
     std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
@@ -429,5 +562,6 @@ fn prepare(dir: &Path) -> std::io::Result<()> {
         .write_all(cookie().as_bytes())?;
     std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
     std::fs::write(dir.join("rabbitmq.conf"), "")?;
-    std::fs::write(dir.join("rabbitmq-env.conf"), "")
+    std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
+    Ok(())
 }

@@ -6,15 +6,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::process::Child;
-
 use super::{HOST, OWNER_FILE, PID_FILE, POLL};
 
-/// Two free local ports below the kernel's ephemeral range. There, no client's
+/// `count` free local ports below the kernel's ephemeral range. There, no client's
 /// outgoing connection can take one while the node is down between a kill and a
 /// start again (a client retrying a closed local port inside the range can even
 /// connect to itself and hold the port).
-pub(super) fn free_ports() -> anyhow::Result<(u16, u16)> {
+pub(super) fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -32,11 +30,14 @@ pub(super) fn free_ports() -> anyhow::Result<(u16, u16)> {
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             held.push(listener);
         }
-        if let [amqp, dist] = held.as_slice() {
-            return Ok((amqp.local_addr()?.port(), dist.local_addr()?.port()));
+        if held.len() == count {
+            return held
+                .iter()
+                .map(|listener| Ok(listener.local_addr()?.port()))
+                .collect();
         }
     }
-    anyhow::bail!("no two free ports between 10000 and {ephemeral}")
+    anyhow::bail!("no {count} free ports between 10000 and {ephemeral}")
 }
 
 /// Kills what a process that ended without dropping its nodes (a Ctrl-C, a kill -9,
@@ -50,32 +51,38 @@ pub(super) fn sweep(base: &Path) {
         return;
     };
     for dir in entries.flatten().map(|entry| entry.path()) {
-        // No owner yet: another process is preparing it.
+        // No owner yet (another process is preparing it), or detached (no process owns
+        // it, though none should be here), or an owner that runs.
         if read_pid(&dir.join(OWNER_FILE)).is_none_or(alive) {
             continue;
         }
         let node = format!("{}@{HOST}", dir.file_name().unwrap_or_default().display());
-        if let Some(vm) = read_pid(&dir.join(PID_FILE)) {
-            // Its `-testkit_node` argument: the pid may be another process's by now.
-            let command_line = std::fs::read(format!("/proc/{vm}/cmdline")).unwrap_or_default();
-            if command_line
-                .split(|byte| *byte == 0)
-                .any(|argument| argument == node.as_bytes())
-            {
-                kill_and_wait(vm);
-            }
+        if let Some(vm) = vm_of(&dir, &node) {
+            kill_and_wait(vm);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
+/// The pid of `node`'s VM when it runs: the pid in its pid file, if that process has
+/// the node's name as its `-testkit_node` argument (the pid may be another process's by
+/// now). Linux only (`/proc`).
+pub(super) fn vm_of(dir: &Path, node: &str) -> Option<u32> {
+    let vm = read_pid(&dir.join(PID_FILE))?;
+    let command_line = std::fs::read(format!("/proc/{vm}/cmdline")).ok()?;
+    let ours = command_line
+        .split(|byte| *byte == 0)
+        .any(|argument| argument == node.as_bytes());
+    (ours && alive(vm)).then_some(vm)
+}
+
 /// SIGKILL to the VM (when known), then to the rest of the node's process group (the
 /// script; the VM too when its pid file was not written yet); synchronous, for `Drop`.
-pub(super) fn kill_group(server: &Child, vm: Option<u32>) {
+pub(super) fn kill_group(group: Option<u32>, vm: Option<u32>) {
     if let Some(vm) = vm {
         kill_and_wait(vm);
     }
-    if let Some(group) = server.id() {
+    if let Some(group) = group {
         signal(&format!("-{group}"), "-KILL");
     }
 }
