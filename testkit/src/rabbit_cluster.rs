@@ -113,8 +113,7 @@ impl RabbitCluster {
                 })?;
             let dist_port = port + DIST_PORT_OFFSET;
             for port in [port, dist_port] {
-                std::net::TcpListener::bind(("127.0.0.1", port))
-                    .with_context(|| format!("port {port} is taken: choose other ports"))?;
+                until_free(port).await?;
             }
             let short = format!("rabbit-cluster-{port}");
             places.push(Place {
@@ -360,5 +359,21 @@ impl RabbitCluster {
             .iter()
             .map(|node| self.index(node.as_str().context("not a node name")?))
             .collect()
+    }
+}
+
+/// Waits until `port` is free on 127.0.0.1, for a few seconds: the connections of a VM
+/// killed a moment ago (the remains of a formation that did not finish) can hold its
+/// ports for a little while after it is gone (seen for 100 ms here).
+async fn until_free(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(error).context(format!("port {port} is taken: choose other ports"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }

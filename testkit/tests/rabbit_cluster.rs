@@ -1,10 +1,12 @@
 //! A cluster of the test's own forms from three nodes; a quorum queue on it has a
 //! member on each, loses nothing when its leader's node stops while a publisher and a
 //! consumer on the other nodes carry on, and a follower killed with -9 rejoins. The
-//! machine's shared broker notices none of it.
+//! local cluster of `scripts/rabbitmq-cluster.sh` starts, shows, survives a later
+//! `RabbitNode::start` and stops. The machine's shared broker notices none of it.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -128,6 +130,136 @@ async fn a_quorum_queue_keeps_every_message_when_its_leader_stops_and_a_follower
         eprintln!("{step}: {time:.1?}");
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn the_script_runs_a_cluster_that_outlives_it_and_the_sweep() -> anyhow::Result<()> {
+    if skipped() {
+        return Ok(());
+    }
+    let shared = testkit::amqp_url();
+    let shared_was_up = accepts(&shared).await;
+    let dir = std::env::temp_dir().join(format!(
+        "test-rabbitmq-cluster-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let script = Script {
+        dir,
+        port: free_port_run()?,
+    };
+    script.check().await?;
+    drop(script);
+    check_shared(&shared, shared_was_up).await;
+    Ok(())
+}
+
+/// `scripts/rabbitmq-cluster.sh` on a cluster of the test's own (its own directory and
+/// ports), running the binary cargo built for the test. Dropped, it stops the cluster
+/// whatever happened: nothing else would, as its nodes outlive the test on purpose.
+struct Script {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.run("stop");
+        let _ = std::fs::remove_file(self.dir.with_extension("lock"));
+    }
+}
+
+impl Script {
+    async fn check(&self) -> anyhow::Result<()> {
+        let clock = Instant::now();
+        let started = self.succeeds("start")?;
+        eprintln!("script start: {:.1?}", clock.elapsed());
+        let urls = stdout(&started);
+        let urls: Vec<&str> = urls.trim().split(',').collect();
+        assert_eq!(urls.len(), 3, "{urls:?}");
+        for url in &urls {
+            assert!(accepts(url).await, "{url} does not accept AMQP");
+        }
+        let again = self.succeeds("start")?;
+        assert_eq!(stdout(&again), stdout(&started));
+        assert!(stderr(&again).contains("already ran"), "{}", stderr(&again));
+        let status = self.succeeds("status")?;
+        assert_eq!(
+            stdout(&status).matches("  running\n").count(),
+            3,
+            "{}",
+            stdout(&status)
+        );
+
+        // Its starter is gone, yet the sweep of a later RabbitNode::start spares it.
+        drop(RabbitNode::start("testkit-sweeper").await?);
+        self.succeeds("status")?;
+
+        let cluster = RabbitCluster::open(&self.dir)?.expect("the script's cluster");
+        let pid_file = cluster.node(1).dir().join("pid");
+        let vm = std::fs::read_to_string(&pid_file)?;
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", vm.trim()])
+                .status()?
+                .success()
+        );
+        testkit::wait_until(STEP, "the status shows a stopped node", async || {
+            let status = self.run("status")?;
+            Ok(status.status.code() == Some(3) && stdout(&status).contains("  stopped\n"))
+        })
+        .await?;
+        let clock = Instant::now();
+        let restarted = self.succeeds("start")?;
+        eprintln!("script start of a killed node: {:.1?}", clock.elapsed());
+        assert_eq!(stdout(&restarted), stdout(&started));
+        self.succeeds("status")?;
+
+        self.succeeds("stop")?;
+        assert!(!self.dir.exists(), "{} is still there", self.dir.display());
+        for url in &urls {
+            assert!(!accepts(url).await, "{url} still accepts AMQP");
+        }
+        let status = self.run("status")?;
+        assert_eq!(status.status.code(), Some(3), "{}", stdout(&status));
+        self.succeeds("stop")?;
+        Ok(())
+    }
+
+    fn run(&self, command: &str) -> anyhow::Result<Output> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster.sh");
+        Ok(Command::new(script)
+            .arg(command)
+            .env("RABBIT_CLUSTER_BIN", env!("CARGO_BIN_EXE_rabbitmq-cluster"))
+            .env("RABBIT_CLUSTER_DIR", &self.dir)
+            .env("RABBIT_CLUSTER_PORT", self.port.to_string())
+            .output()?)
+    }
+
+    fn succeeds(&self, command: &str) -> anyhow::Result<Output> {
+        let output = self.run(command)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "rabbitmq-cluster.sh {command}: {}\n{}{}",
+            output.status,
+            stdout(&output),
+            stderr(&output)
+        );
+        Ok(output)
+    }
+}
+
+/// A first AMQP port whose run of three, and the distribution ports 20000 above them,
+/// are free: next to the script's own 5681-5683, where neither the machine's broker
+/// nor a `RabbitNode` (which skips x5670-x5700) takes one.
+fn free_port_run() -> anyhow::Result<u16> {
+    (5684..=5695)
+        .step_by(3)
+        .find(|&first| {
+            (first..first + 3)
+                .flat_map(|port| [port, port + 20_000])
+                .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no three free ports between 5684 and 5697"))
 }
 
 fn skipped() -> bool {
@@ -279,4 +411,12 @@ async fn check_shared(shared: &str, was_up: bool) {
     } else {
         eprintln!("note: no shared broker at {shared} to check");
     }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
