@@ -1,6 +1,7 @@
 //! The scaffolding of the toolkit's tests, benches and demo, in one place: where the
 //! servers are, a check that they are up, a broker sandbox that records what arrives,
-//! polling waits, a TCP proxy that injects network faults, and SIGTERM for a child.
+//! polling waits, a TCP proxy that injects network faults, SIGTERM for a child, and
+//! RabbitMQ nodes and clusters of a test's own to stop, kill and start again.
 //!
 //! ```rust,no_run
 //! use std::time::Duration;
@@ -22,6 +23,7 @@
 //! start and how.
 
 mod proxy;
+mod rabbit_cluster;
 mod rabbit_node;
 mod reachable;
 mod sandbox;
@@ -30,6 +32,7 @@ mod signal;
 mod wait;
 
 pub use proxy::FaultyProxy;
+pub use rabbit_cluster::{QuorumQueue, RabbitCluster};
 pub use rabbit_node::RabbitNode;
 pub use reachable::{CheckedMigrator, require_servers};
 pub use sandbox::{Received, Sandbox};

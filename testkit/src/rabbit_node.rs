@@ -1,7 +1,6 @@
 //! A RabbitMQ node of a test's or a demo's own, to stop, kill -9 and start again
 //! without disturbing the machine's shared broker.
 
-use std::hash::BuildHasher;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,10 @@ use anyhow::Context;
 use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+mod host;
+
+use host::{alive, free_ports, kill_group, read_pid, signal, sweep, vm_of};
 
 /// How long a node may take to accept AMQP, a `rabbitmqctl` call to answer, or a
 /// stopped or killed VM to go: several times what they take on a slow machine.
@@ -29,12 +32,20 @@ const PID_FILE: &str = "pid";
 const OWNER_FILE: &str = "owner";
 /// Where the server script and the VM write their stdout and stderr.
 const SERVER_LOG: &str = "server.log";
+/// The node's name and ports, for [`RabbitNode::open`] in another process.
+const NODE_FILE: &str = "node.json";
+/// What the owner file of a detached node holds instead of a pid: no process owns it,
+/// and `sweep` leaves it alone.
+const DETACHED: &str = "detached";
+/// Where [`RabbitNode::start`] makes its nodes' directories, under the temporary
+/// directory; `sweep` looks here and nowhere else.
+const BASE: &str = "testkit-rabbit";
 
 /// A RabbitMQ node of its own: its own name, ports, data, logs, cookie and (empty)
 /// plugin list, in a directory under [`std::env::temp_dir`]. A test or a demo stops
 /// it, kills it and starts it again to see what its clients do, while the machine's
 /// shared broker (port 5672) carries on. Several nodes may run in one process; they
-/// share one Erlang cookie, so they can later form a cluster.
+/// share one Erlang cookie, so they can form a cluster ([`RabbitCluster`]).
 ///
 /// What a restart costs, measured on a 2-CPU VM (RabbitMQ 3.10.8, Erlang 25), idle
 /// and (in brackets) busy with a demo: [`RabbitNode::start`] 7.5 s (8 s), [`stop`]
@@ -46,7 +57,9 @@ const SERVER_LOG: &str = "server.log";
 ///
 /// A node whose process ends without dropping it (Ctrl-C, a test timeout) runs on in
 /// its own process group; the next [`RabbitNode::start`] on the machine kills it and
-/// removes its directory.
+/// removes its directory. The nodes of `scripts/rabbitmq-cluster.sh`, which outlive
+/// the command that starts them on purpose, live in a directory of their own and are
+/// marked detached: no start touches them.
 ///
 /// ```rust,no_run
 /// # async fn demo() -> anyhow::Result<()> {
@@ -64,6 +77,7 @@ const SERVER_LOG: &str = "server.log";
 /// # }
 /// ```
 ///
+/// [`RabbitCluster`]: crate::RabbitCluster
 /// [`stop`]: RabbitNode::stop
 /// [`start_again`]: RabbitNode::start_again
 /// [`kill`]: RabbitNode::kill
@@ -77,13 +91,42 @@ pub struct RabbitNode {
     /// Set when a start failed: its error names the logs in `dir`, so dropping the
     /// node leaves them for a reader (and `sweep` removes them later).
     keep_dir: bool,
+    /// The node outlives this value and its process (a cluster of
+    /// `scripts/rabbitmq-cluster.sh`): dropping it leaves the node running.
+    detached: bool,
 }
 
-/// A started node: the `rabbitmq-server` script (the leader of the node's process
-/// group) and the Erlang VM it runs.
+/// A started node: the Erlang VM, and the `rabbitmq-server` script that runs it (the
+/// leader of the node's process group) when this process started it.
 struct Running {
-    server: Child,
+    server: Option<Child>,
     vm: u32,
+}
+
+/// A start under way: dropped before it is defused (by an error, or with the future of
+/// a start that a caller's timeout or a sibling's failure dropped), it kills the
+/// node's processes, so that no VM runs on unknown to its `RabbitNode`.
+struct Starting {
+    /// The node's process group; `None` once the node runs.
+    group: Option<u32>,
+    pid_file: PathBuf,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(group) = self.group {
+            kill_group(Some(group), read_pid(&self.pid_file));
+        }
+    }
+}
+
+/// Where a node lives before it starts: its short name (`<name>@localhost` is the node),
+/// its directory and its two ports.
+pub(crate) struct Place {
+    pub(crate) short: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) dist_port: u16,
 }
 
 impl RabbitNode {
@@ -100,6 +143,14 @@ impl RabbitNode {
     /// once it accepts AMQP connections as guest/guest; the error of a node that does
     /// not names its logs.
     pub async fn start(name: &str) -> anyhow::Result<Self> {
+        let mut nodes = Self::start_many(name, 1).await?;
+        nodes.pop().context("started no node")
+    }
+
+    /// Starts `count` fresh nodes as [`RabbitNode::start`] does, all at once, on ports
+    /// picked together (so no two of them pick the same). Either all start, or the
+    /// error says why one did not and the others are killed.
+    pub(crate) async fn start_many(name: &str, count: usize) -> anyhow::Result<Vec<Self>> {
         anyhow::ensure!(
             !name.is_empty()
                 && name
@@ -107,33 +158,94 @@ impl RabbitNode {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "a RabbitNode name is letters, digits, '-' and '_', not {name:?}"
         );
+        let base = std::env::temp_dir().join(BASE);
+        sweep(&base);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let ports = free_ports(2 * count)?;
+        let places = ports.chunks(2).map(|pair| {
+            let short = format!(
+                "{name}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            // A leftover of a dead process that had our pid.
+            let _ = std::fs::remove_dir_all(base.join(&short));
+            Place {
+                dir: base.join(&short),
+                short,
+                port: pair[0],
+                dist_port: pair[1],
+            }
+        });
+        Self::start_at(places.collect()).await
+    }
+
+    /// Starts a fresh node in each of `places` (directories that must not exist yet),
+    /// all at once; owned by this process, like [`RabbitNode::start`]'s, until
+    /// [`RabbitNode::detach`]. Either all start, or the others are killed.
+    pub(crate) async fn start_at(places: Vec<Place>) -> anyhow::Result<Vec<Self>> {
         let scripts = scripts().context(
             "rabbitmq-server is not installed (looked on PATH, in /usr/sbin and /usr/lib/rabbitmq/bin)",
         )?;
-        let base = std::env::temp_dir().join("testkit-rabbit");
-        sweep(&base);
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let short = format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = base.join(&short);
-        // A leftover of a dead process that had our pid.
-        let _ = std::fs::remove_dir_all(&dir);
-        prepare(&dir).with_context(|| format!("preparing {}", dir.display()))?;
-        let (port, dist_port) = free_ports()?;
-        let mut node = Self {
-            node: format!("{short}@{HOST}"),
+        let mut nodes = Vec::with_capacity(places.len());
+        for place in places {
+            prepare(&place).with_context(|| format!("preparing {}", place.dir.display()))?;
+            nodes.push(Self {
+                node: format!("{}@{HOST}", place.short),
+                port: place.port,
+                dist_port: place.dist_port,
+                dir: place.dir,
+                scripts,
+                running: None,
+                keep_dir: false,
+                detached: false,
+            });
+        }
+        // On an error, dropping the others kills them.
+        futures_util::future::try_join_all(nodes.iter_mut().map(Self::start_again)).await?;
+        Ok(nodes)
+    }
+
+    /// The node whose directory is `dir` (one that [`RabbitNode::start_at`] made, in
+    /// this process or another), running or not; a detached node, which dropping leaves
+    /// as it is.
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
+        let scripts = scripts().context("rabbitmq-server is not installed")?;
+        let file = dir.join(NODE_FILE);
+        let read = || -> anyhow::Result<(String, u16, u16)> {
+            let text = std::fs::read_to_string(&file)?;
+            let json: serde_json::Value = serde_json::from_str(&text)?;
+            let port = |key: &str| {
+                json[key]
+                    .as_u64()
+                    .and_then(|port| u16::try_from(port).ok())
+                    .with_context(|| format!("no {key}"))
+            };
+            let node = json["node"].as_str().context("no node")?.to_owned();
+            Ok((node, port("port")?, port("dist_port")?))
+        };
+        let (node, port, dist_port) =
+            read().with_context(|| format!("reading {}", file.display()))?;
+        let running = vm_of(dir, &node).map(|vm| Running { server: None, vm });
+        Ok(Self {
+            node,
             port,
             dist_port,
-            dir,
+            dir: dir.to_owned(),
             scripts,
-            running: None,
+            running,
             keep_dir: false,
-        };
-        node.start_again().await?;
-        Ok(node)
+            detached: true,
+        })
+    }
+
+    /// Lets the node outlive this value and this process: dropping it leaves it
+    /// running, and no `sweep` kills it. Its directory must be outside the one
+    /// [`RabbitNode::start`] uses, which `sweep` empties of what it does not know.
+    pub(crate) fn detach(&mut self) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(OWNER_FILE), DETACHED)?;
+        self.detached = true;
+        Ok(())
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
@@ -158,6 +270,11 @@ impl RabbitNode {
         &self.dir
     }
 
+    /// Whether the node runs: started, and neither stopped nor killed since.
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
     /// Stops the node gracefully (`rabbitmqctl stop`), and returns once its VM is gone.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.running.is_some(), "{} is not running", self.node);
@@ -165,8 +282,8 @@ impl RabbitNode {
         // With the pid file, `stop` returns once the VM has exited.
         self.rabbitmqctl(&["stop", &pid_file.to_string_lossy()])
             .await?;
-        if let Some(running) = self.running.as_mut() {
-            tokio::time::timeout(TIMEOUT, running.server.wait())
+        if let Some(server) = self.running.as_mut().and_then(|r| r.server.as_mut()) {
+            tokio::time::timeout(TIMEOUT, server.wait())
                 .await
                 .with_context(|| format!("{}: rabbitmq-server did not exit", self.node))??;
         }
@@ -182,9 +299,11 @@ impl RabbitNode {
         };
         signal(&running.vm.to_string(), "-KILL");
         // The script reaps the VM, then exits.
-        tokio::time::timeout(TIMEOUT, running.server.wait())
-            .await
-            .with_context(|| format!("{}: rabbitmq-server did not exit", self.node))??;
+        if let Some(server) = running.server.as_mut() {
+            tokio::time::timeout(TIMEOUT, server.wait())
+                .await
+                .with_context(|| format!("{}: rabbitmq-server did not exit", self.node))??;
+        }
         let deadline = Instant::now() + TIMEOUT;
         while alive(running.vm) {
             anyhow::ensure!(
@@ -209,18 +328,20 @@ impl RabbitNode {
         // A pid from the last run names a VM that is gone.
         let _ = std::fs::remove_file(self.dir.join(PID_FILE));
         let mut server = self.spawn()?;
-        match self.until_ready(&mut server).await {
-            Ok(vm) => {
-                self.keep_dir = false;
-                self.running = Some(Running { server, vm });
-                Ok(())
-            }
-            Err(error) => {
-                self.keep_dir = true;
-                kill_group(&server, read_pid(&self.dir.join(PID_FILE)));
-                Err(error)
-            }
-        }
+        let mut starting = Starting {
+            group: server.id(),
+            pid_file: self.dir.join(PID_FILE),
+        };
+        let vm = self.until_ready(&mut server).await.inspect_err(|_| {
+            self.keep_dir = true;
+        })?;
+        starting.group = None;
+        self.keep_dir = false;
+        self.running = Some(Running {
+            server: Some(server),
+            vm,
+        });
+        Ok(())
     }
 
     /// Runs `rabbitmqctl -n <node> <args>` (`add_vhost`, `close_all_connections`, ...)
@@ -372,9 +493,16 @@ impl RabbitNode {
 impl Drop for RabbitNode {
     /// Best effort, and synchronous: kills the VM if it still runs, and removes the
     /// directory unless a start failed or the thread panics (the logs explain why).
+    /// A detached node is left as it is.
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if let Some(running) = self.running.take() {
-            kill_group(&running.server, Some(running.vm));
+            kill_group(
+                running.server.as_ref().and_then(Child::id),
+                Some(running.vm),
+            );
         }
         if !self.keep_dir && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -412,12 +540,20 @@ fn cookie() -> &'static str {
     COOKIE.get_or_init(|| uuid::Uuid::now_v7().simple().to_string().to_uppercase())
 }
 
-/// The node's directory: its owner, its cookie (in `HOME`, readable by its owner
-/// alone, as Erlang requires), and configuration of its own that overrides the
-/// machine's (whose `rabbitmq.conf` here binds 5672, and whose env file names a node).
-fn prepare(dir: &Path) -> std::io::Result<()> {
+/// The node's directory: its owner, its name and ports, its cookie (in `HOME`,
+/// readable by its owner alone, as Erlang requires), and configuration of its own that
+/// overrides the machine's (whose `rabbitmq.conf` here binds 5672, and whose env file
+/// names a node).
+fn prepare(place: &Place) -> anyhow::Result<()> {
+    let dir = &place.dir;
     std::fs::create_dir_all(dir.join("conf.d"))?;
     std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
+    let node = serde_json::json!({
+        "node": format!("{}@{HOST}", place.short),
+        "port": place.port,
+        "dist_port": place.dist_port,
+    });
+    std::fs::write(dir.join(NODE_FILE), node.to_string())?;
     std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
@@ -426,110 +562,6 @@ fn prepare(dir: &Path) -> std::io::Result<()> {
         .write_all(cookie().as_bytes())?;
     std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
     std::fs::write(dir.join("rabbitmq.conf"), "")?;
-    std::fs::write(dir.join("rabbitmq-env.conf"), "")
-}
-
-/// Two free local ports below the kernel's ephemeral range. There, no client's
-/// outgoing connection can take one while the node is down between a kill and a
-/// start again (a client retrying a closed local port inside the range can even
-/// connect to itself and hold the port).
-fn free_ports() -> anyhow::Result<(u16, u16)> {
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768)
-        .max(10_001);
-    let span = u64::from(ephemeral - 10_000);
-    let offset = std::hash::RandomState::new().hash_one(std::process::id()) % span;
-    let mut held = Vec::new();
-    for step in 0..span {
-        let port = 10_000 + ((offset + step) % span) as u16;
-        // 15672, 25672, 35672..35682 and their neighbours are RabbitMQ's own.
-        if (5670..=5700).contains(&(port % 10_000)) {
-            continue;
-        }
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            held.push(listener);
-        }
-        if let [amqp, dist] = held.as_slice() {
-            return Ok((amqp.local_addr()?.port(), dist.local_addr()?.port()));
-        }
-    }
-    anyhow::bail!("no two free ports between 10000 and {ephemeral}")
-}
-
-/// Kills what a process that ended without dropping its nodes (a Ctrl-C, a kill -9,
-/// a test timeout) left under `base`, and removes their directories. Linux only: it
-/// needs `/proc` to tell a live owner and our VM from a recycled pid.
-fn sweep(base: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for dir in entries.flatten().map(|entry| entry.path()) {
-        // No owner yet: another process is preparing it.
-        if read_pid(&dir.join(OWNER_FILE)).is_none_or(alive) {
-            continue;
-        }
-        let node = format!("{}@{HOST}", dir.file_name().unwrap_or_default().display());
-        if let Some(vm) = read_pid(&dir.join(PID_FILE)) {
-            // Its `-testkit_node` argument: the pid may be another process's by now.
-            let command_line = std::fs::read(format!("/proc/{vm}/cmdline")).unwrap_or_default();
-            if command_line
-                .split(|byte| *byte == 0)
-                .any(|argument| argument == node.as_bytes())
-            {
-                kill_and_wait(vm);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-/// SIGKILL to the VM (when known), then to the rest of the node's process group (the
-/// script; the VM too when its pid file was not written yet); synchronous, for `Drop`.
-fn kill_group(server: &Child, vm: Option<u32>) {
-    if let Some(vm) = vm {
-        kill_and_wait(vm);
-    }
-    if let Some(group) = server.id() {
-        signal(&format!("-{group}"), "-KILL");
-    }
-}
-
-/// SIGKILL to `pid`, and a short wait (at most 5 s) until it is gone.
-fn kill_and_wait(pid: u32) {
-    signal(&pid.to_string(), "-KILL");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(POLL);
-    }
-}
-
-/// `kill <signal> -- <target>`: `kill(1)` rather than `libc::kill`, as the workspace
-/// forbids `unsafe`. A negative target is a process group.
-fn signal(target: &str, signal: &str) -> bool {
-    std::process::Command::new("kill")
-        .args([signal, "--", target])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// Whether `pid` runs: a zombie does not (no one may reap it in a container).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) if Path::new("/proc/self").exists() => false,
-        Err(_) => signal(&pid.to_string(), "-0"),
-    }
-}
-
-fn read_pid(file: &Path) -> Option<u32> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
+    Ok(())
 }
