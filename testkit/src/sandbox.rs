@@ -82,10 +82,16 @@ impl Sandbox {
     /// ([`require_servers`]).
     pub async fn new(binding: &str) -> anyhow::Result<Self> {
         require_servers();
+        Self::on(&amqp_url(), binding, FieldTable::default()).await
+    }
+
+    /// [`Sandbox::new`] on the broker at `url` (one node of a cluster, say), its
+    /// queue declared with `arguments` (`x-queue-type: quorum`, say).
+    pub async fn on(url: &str, binding: &str, arguments: FieldTable) -> anyhow::Result<Self> {
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let exchange = format!("test-ex-{suffix}");
         let queue = format!("test-q-{suffix}");
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel
             .exchange_declare(
@@ -100,7 +106,7 @@ impl Sandbox {
             ..Default::default()
         };
         channel
-            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .queue_declare(queue.as_str().into(), durable, arguments)
             .await?;
         let no_ack = BasicConsumeOptions {
             no_ack: true,

@@ -1,0 +1,67 @@
+//! The relay on a three-node RabbitMQ cluster (`testkit::RabbitCluster`), publishing
+//! to a quorum queue: the node it is connected to is killed with -9 mid-run, then
+//! started again. Skipped, with a note, where `rabbitmq-server` is not installed.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable};
+use outbox::url::redact;
+use outbox_relay::Relay;
+use sqlx::PgPool;
+use testkit::{RabbitCluster, RabbitNode};
+
+use crate::support::*;
+
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_killed_node_loses_no_row_and_breaks_no_order(pool: PgPool) -> TestResult {
+    if !RabbitNode::installed() {
+        eprintln!("skipped: rabbitmq-server is not installed, so no cluster can run here");
+        return Ok(());
+    }
+    let mut cluster = RabbitCluster::start("relay-cluster", 3).await?;
+    let outcome = kill_the_relays_node(&pool, &mut cluster).await;
+    cluster.remove().await?;
+    outcome
+}
+
+async fn kill_the_relays_node(pool: &PgPool, cluster: &mut RabbitCluster) -> TestResult {
+    // The recorder sits on node 0, which stays up; the relay starts on node 1.
+    let sandbox = Sandbox::on(&cluster.node(0).amqp_url(), "#", quorum()).await?;
+    let ids = fill(pool, 200, 100, "cluster").await?;
+    let urls = [1, 2, 0].map(|i| cluster.node(i).amqp_url()).join(",");
+    let relay = Relay::new(pool.clone(), urls, fast_config(&sandbox.exchange));
+    let metrics = relay.metrics();
+    let relay = relay.spawn();
+
+    sandbox
+        .wait_for_count(4_000, Duration::from_secs(60))
+        .await?;
+    assert_eq!(
+        metrics.broker_node(),
+        Some(redact(&cluster.node(1).amqp_url()))
+    );
+    cluster.node_mut(1).kill().await?;
+    let moved = async || Ok(metrics.broker_node() == Some(redact(&cluster.node(2).amqp_url())));
+    wait_until(Duration::from_secs(30), "the relay moves to node 2", moved).await?;
+    cluster.node_mut(1).start_again().await?;
+    cluster.wait_until_running().await?;
+
+    sandbox.wait_for_all(&ids, Duration::from_secs(120)).await?;
+    wait_until_drained(pool, Duration::from_secs(30)).await?;
+    relay.shutdown().await?;
+    assert_order_per_key(&sandbox.received());
+    let charged: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE attempts > 0")
+        .fetch_one(pool)
+        .await?;
+    assert_eq!(charged, 0, "a lost node is not a row's fault");
+    sandbox.remove().await
+}
