@@ -65,7 +65,7 @@
 //! let consumer = Consumer::new(pool, "amqp://127.0.0.1:5672/%2f", "inventory", config)
 //!     .on("ReserveStock", reserve)
 //!     .spawn()?;
-//! # consumer.shutdown().await;
+//! # consumer.shutdown().await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -90,6 +90,7 @@ mod envelope;
 mod error;
 mod handler;
 mod inbox;
+mod queue_type;
 mod reject;
 mod retention;
 mod session;
@@ -99,10 +100,11 @@ pub use config::{ConsumerConfig, InvalidConfig};
 pub use consumer::{Consumer, ConsumerHandle};
 pub use context::Context;
 pub use envelope::Envelope;
-pub use error::Error;
+pub use error::{ConsumerError, DeclareError, Error};
 pub use handler::{BoxError, Handler, StatefulHandler, WithState};
 pub use inbox::{Inbox, InboxKey, Outcome};
 pub use outbox::wire::DEAD_REASON_HEADER;
 pub use outbox::{MIGRATOR, migrate};
+pub use queue_type::QueueType;
 pub use reject::Reject;
 pub use retention::{DEFAULT_RETENTION, cleanup};

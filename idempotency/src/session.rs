@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::Consumer;
 use crate::decision::Decision;
+use crate::error::{ConsumerError, DeclareError};
 use crate::topology;
 
 /// How long deliveries in hand may take to finish when a session ends, so their
@@ -26,14 +27,22 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection may wait for the broker's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs sessions until `shutdown`, pausing between them after failures.
-pub(crate) async fn run(consumer: Arc<Consumer>, shutdown: CancellationToken) {
+/// Runs sessions until `shutdown`, pausing between them after failures; stops for
+/// good when the broker refuses the queues as declared.
+pub(crate) async fn run(
+    consumer: Arc<Consumer>,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
     let mut backoff = outbox::backoff::reconnect();
     while !shutdown.is_cancelled() {
         let started = Instant::now();
         let Err(error) = session(&consumer, &shutdown).await else {
-            return;
+            return Ok(());
         };
+        if error.is_permanent() {
+            tracing::error!(%error, queue = %consumer.config.queue, "the broker refused the consumer's queues; the consumer stops");
+            return Err(ConsumerError::Declare(error));
+        }
         if started.elapsed() >= outbox::backoff::HEALTHY_SESSION {
             backoff = outbox::backoff::reconnect();
         }
@@ -41,14 +50,18 @@ pub(crate) async fn run(consumer: Arc<Consumer>, shutdown: CancellationToken) {
         tracing::warn!(%error, queue = %consumer.config.queue, retry_in_ms = pause.as_millis() as u64, "consumer session ended; reconnecting");
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
+    Ok(())
 }
 
 /// One connection: declare, consume until shutdown or a broker failure, then drain
 /// what is in hand and close.
-async fn session(consumer: &Arc<Consumer>, shutdown: &CancellationToken) -> lapin::Result<()> {
+async fn session(
+    consumer: &Arc<Consumer>,
+    shutdown: &CancellationToken,
+) -> Result<(), DeclareError> {
     let config = &consumer.config;
     let connection =
         Connection::connect(&consumer.amqp_url, ConnectionProperties::default()).await?;
@@ -85,7 +98,7 @@ async fn session(consumer: &Arc<Consumer>, shutdown: &CancellationToken) -> lapi
                         settle(&consumer.config.queue, &publisher, delivery, decision).await
                     });
                 }
-                Some(Err(error)) => break Err(error),
+                Some(Err(error)) => break Err(error.into()),
                 None => break Ok(()),
             },
         }

@@ -159,6 +159,21 @@ impl Services {
         config.retry_base = Duration::from_millis(1500);
         let orchestrator_queue = ConsumerConfig::new(format!("{}-orchestrator", sandbox.queue));
         let queues = vec![config.clone(), orchestrator_queue.clone()];
+        // Declared and bound before anything is published (as the orchestrator binds
+        // its queue: to the replies of each saga type), so that no command or reply
+        // goes out before a queue takes it: declaring quorum queues takes a while
+        // when the tests run side by side.
+        let connection =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        config.declare(&channel).await?;
+        let reply_key = saga::wire::reply_routing_key(definition.name());
+        (orchestrator_queue
+            .clone()
+            .bind(&sandbox.exchange, reply_key))
+        .declare(&channel)
+        .await?;
+        let _ = connection.close(200, "declared".into()).await;
         let participants = Consumer::new(pool.clone(), amqp_url(), "participants", config)
             .action("inventory.reserve", reserve)
             .compensation("inventory.release", release)
@@ -188,9 +203,9 @@ impl Services {
 
     async fn stop(self) -> anyhow::Result<()> {
         for orchestrator in self.orchestrators {
-            orchestrator.shutdown().await;
+            orchestrator.shutdown().await?;
         }
-        self.participants.shutdown().await;
+        self.participants.shutdown().await?;
         self.relay.shutdown().await?;
         // The consumers' queues, their dead-letter and retry queues: none outlives the test.
         let connection =
@@ -464,19 +479,10 @@ async fn a_reply_for_an_unknown_saga_is_dead_lettered_at_once_with_its_reason(
     let connection =
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let dead = outbox::wire::dead_queue(&format!("{}-orchestrator", services.sandbox.queue));
+    let orchestrator_queue = &services.queues[1];
+    let dead = outbox::wire::dead_queue(&orchestrator_queue.queue);
     // Declared the way the orchestrator's consumer declares it, in case it has not yet.
-    let durable = lapin::options::QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(
-            dead.as_str().into(),
-            durable,
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
+    orchestrator_queue.declare(&channel).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let headers = loop {
         let options = lapin::options::BasicGetOptions { no_ack: true };

@@ -189,7 +189,7 @@ async fn inbox_consumer(pool: &PgPool, messages: u64, handlers: usize) -> anyhow
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     remove(&connection, &queue).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
