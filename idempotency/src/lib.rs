@@ -74,6 +74,9 @@
 //! then dead-lettered with its reason; a message no retry can fix (no saga id, not
 //! JSON, a payload that does not fit the handler's type, a step with no handler) is
 //! dead-lettered at once. Queue and header names are those of [`outbox::wire`].
+//! The queues are quorum queues (RabbitMQ 3.10 or later) unless
+//! [`ConsumerConfig::queue_type`] says [`QueueType::Classic`]; a queue that exists
+//! with another type stops the consumer with a [`DeclareError`] that names it.
 //!
 //! With the `opentelemetry` feature, traces continue across services: the handler's
 //! span becomes a child of the span that wrote the message (its `traceparent`

@@ -16,7 +16,7 @@ pub enum QueueType {
     /// messages through the loss of a node. Retry queues dead-letter back to the
     /// queue at least once (a message is never dropped between them), and a message
     /// whose deliveries keep being interrupted (one that crashes the consumer's
-    /// process, say) goes to `{queue}.dead` after 20 deliveries. Needs RabbitMQ 3.10
+    /// process, say) goes to `{queue}.dead` after 20 redeliveries. Needs RabbitMQ 3.10
     /// or later (message TTL and at-least-once dead-lettering on quorum queues).
     #[default]
     Quorum,
