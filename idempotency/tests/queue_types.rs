@@ -2,7 +2,8 @@
 //! default, classic by config, a queue of another type refused by name, and failures
 //! retried and dead-lettered through queues of the configured type.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idempotency::{
@@ -156,6 +157,31 @@ impl Broker {
     }
 }
 
+/// What the test's tracing subscriber writes (default level: info and above).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Lines at `level` that mention `text`.
+    fn count(&self, level: &str, text: &str) -> usize {
+        let logs = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        logs.lines()
+            .filter(|line| line.contains(level) && line.contains(text))
+            .count()
+    }
+}
+
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
@@ -285,7 +311,16 @@ async fn a_queue_of_another_type_stops_the_consumer_with_an_error_naming_both(
         "{message}"
     );
 
-    // A consumer stops by itself, at once (no reconnect loop), with the same error.
+    // A consumer stops by itself, at once (no reconnect loop), with the same error,
+    // logged once at error level. The runtime has one thread: the subscriber set for
+    // it sees the consumer's task.
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let logging = tracing::subscriber::set_default(subscriber);
     let started = Instant::now();
     let consumer = Consumer::new(pool.clone(), amqp_url(), "payments", quorum.clone())
         .on("Charge", succeeding)
@@ -295,6 +330,10 @@ async fn a_queue_of_another_type_stops_the_consumer_with_an_error_naming_both(
     })
     .await?;
     assert!(started.elapsed() < Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(logging);
+    assert_eq!(logs.count("ERROR", "exists as a classic queue"), 1);
+    assert_eq!(logs.count("WARN", "reconnecting"), 0);
     match consumer.shutdown().await {
         Err(ConsumerError::Declare(DeclareError::TypeMismatch {
             queue: named,
