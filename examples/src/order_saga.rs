@@ -298,9 +298,9 @@ async fn run_orders(
     }
     let finished = wait_until_finished(pool, &saga_ids, stop).await;
 
-    orchestrator.shutdown().await;
+    orchestrator.shutdown().await?;
     for participant in participants {
-        participant.shutdown().await;
+        participant.shutdown().await?;
     }
     relay.shutdown().await?;
     finished?;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use lapin::Channel;
 
+use crate::error::DeclareError;
+use crate::queue_type::QueueType;
 use crate::topology;
 
 /// How a consumer reads its queue and what it does with failures.
@@ -30,6 +32,11 @@ pub struct ConsumerConfig {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// The type of every queue the consumer declares: its own, `{queue}.dead` and
+    /// the retry queues. [`QueueType::Quorum`] by default (RabbitMQ 3.10 or later);
+    /// [`QueueType::Classic`] keeps queues declared by earlier releases. A queue that
+    /// exists with another type stops the consumer with a [`DeclareError`].
+    pub queue_type: QueueType,
 }
 
 /// A [`ConsumerConfig`] value that cannot work; the message names the field and
@@ -57,8 +64,8 @@ pub enum InvalidConfig {
 }
 
 impl ConsumerConfig {
-    /// Defaults for `queue`: prefetch 32, 4 at once, 5 attempts, retries after 1 s,
-    /// 2 s, 4 s, ... up to a minute.
+    /// Defaults for `queue`: quorum queues, prefetch 32, 4 at once, 5 attempts,
+    /// retries after 1 s, 2 s, 4 s, ... up to a minute.
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
             queue: queue.into(),
@@ -68,6 +75,7 @@ impl ConsumerConfig {
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            queue_type: QueueType::default(),
         }
     }
 
@@ -111,8 +119,7 @@ impl ConsumerConfig {
     }
 
     /// Every delay a retry can wait, shortest first. Each has a retry queue of its
-    /// own ([`outbox::wire::retry_queue`]), declared on first use: these are the
-    /// names to remove when tearing a consumer's queues down.
+    /// own ([`outbox::wire::retry_queue`]), declared with the others.
     pub fn retry_delays(&self) -> Vec<Duration> {
         let mut delays: Vec<Duration> = (1..self.max_attempts.max(2))
             .map(|failed| self.retry_delay(failed))
@@ -121,11 +128,18 @@ impl ConsumerConfig {
         delays
     }
 
-    /// Declares the queue, its dead-letter queue and the bindings, as the consumer
-    /// does when it starts. Call it ahead of time so that nothing published before
-    /// the first consumer connects is unroutable.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        topology::declare(channel, &self.queue, &self.bindings).await
+    /// Declares the queue, its dead-letter queue, its retry queues (one per delay of
+    /// [`retry_delays`](Self::retry_delays)) and the bindings, all of
+    /// [`queue_type`](Self::queue_type), as the consumer does when it starts. Call
+    /// it ahead of time so that nothing published before the first consumer connects
+    /// is unroutable.
+    ///
+    /// A queue that exists with another type is refused: [`DeclareError::TypeMismatch`]
+    /// names it and both types ([`DeclareError::Refused`], with the broker's words,
+    /// when its other arguments differ too and the broker names one of those). The
+    /// broker then closes `channel`: open another to go on.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), DeclareError> {
+        topology::declare(channel, self).await
     }
 
     /// Deletes what the consumer declares and creates: the queue, `{queue}.dead` and

@@ -19,7 +19,7 @@ use crate::config::ConsumerConfig;
 use crate::context::Context;
 use crate::decision::{Decision, Failure, decide};
 use crate::envelope::{attempts, decode};
-use crate::error::StartError;
+use crate::error::{ConsumerError, StartError};
 use crate::handler::{BoxError, Handler, Route, StatefulHandler, Typed, WithState};
 use crate::inbox::{Inbox, InboxKey};
 use crate::session;
@@ -50,8 +50,8 @@ use crate::session;
 /// let consumer = Consumer::new(pool, "amqp://127.0.0.1:5672/%2f", "payment-service", config)
 ///     .on("ChargePayment", charge)
 ///     .spawn()?;
-/// // ... until shutdown:
-/// consumer.shutdown().await;
+/// // ... until shutdown; an error if the consumer had stopped (a queue of another type):
+/// consumer.shutdown().await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -124,14 +124,18 @@ impl Consumer {
 
     /// Consumes until `shutdown`, reconnecting after broker failures. Deliveries not
     /// acked when a connection drops are redelivered by the broker. Fails at once,
-    /// before connecting, if the config or the AMQP URL cannot work.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+    /// before connecting, if the config or the AMQP URL cannot work; stops with
+    /// [`ConsumerError::Declare`] if the broker refuses its queues as declared (a
+    /// queue that exists with another [`QueueType`](crate::QueueType)), which no
+    /// reconnect would change.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let nodes = self.check()?;
-        session::run(Arc::new(self), nodes, shutdown).await;
-        Ok(())
+        session::run(Arc::new(self), nodes, shutdown).await
     }
 
-    /// Runs the consumer on a task of its own, once its config and AMQP URL are checked.
+    /// Runs the consumer on a task of its own, once its config and AMQP URL are
+    /// checked. Why it stopped on its own, if it did, comes from
+    /// [`ConsumerHandle::shutdown`].
     pub fn spawn(self) -> Result<ConsumerHandle, StartError> {
         let nodes = self.check()?;
         let shutdown = CancellationToken::new();
@@ -211,7 +215,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 /// A consumer running on its own task.
 pub struct ConsumerHandle {
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), ConsumerError>>,
 }
 
 impl ConsumerHandle {
@@ -221,9 +225,22 @@ impl ConsumerHandle {
         self.task.abort();
     }
 
-    /// Stops taking deliveries, finishes those in hand (bounded), and waits.
-    pub async fn shutdown(self) {
+    /// Stops taking deliveries, finishes those in hand (bounded), and waits. An
+    /// error says why the consumer had already stopped on its own
+    /// ([`ConsumerError::Declare`]: the broker refused its queues). If its task
+    /// panicked, the panic goes on here, in the caller's task.
+    pub async fn shutdown(self) -> Result<(), ConsumerError> {
         self.shutdown.cancel();
-        let _ = self.task.await;
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Ok(()), // cancelled: the runtime is going away
+        }
+    }
+
+    /// True once the consumer has stopped: after [`ConsumerHandle::shutdown`], or on
+    /// its own with an error that `shutdown` returns.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 }

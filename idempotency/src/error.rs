@@ -1,6 +1,7 @@
 use thiserror::Error;
 
 use crate::config::InvalidConfig;
+use crate::queue_type::QueueType;
 
 /// What can go wrong processing a message through the inbox. `E` is the handler's
 /// own error type.
@@ -41,4 +42,85 @@ pub enum StartError {
     /// work; the message shows it with its password redacted.
     #[error("consumer AMQP URL: {0}")]
     AmqpUrl(#[from] outbox::nodes::InvalidNodes),
+}
+
+/// Why [`ConsumerConfig::declare`](crate::ConsumerConfig::declare) (and so a consumer
+/// starting) could not declare the consumer's queues.
+///
+/// [`DeclareError::is_permanent`] tells the two kinds apart: the broker refused a
+/// queue as declared (trying again changes nothing until the queue or the config
+/// does), or the connection failed on the way (trying again may pass).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DeclareError {
+    /// `queue` already exists as a queue of another type (`x-queue-type`), and a
+    /// queue's type cannot change. Keep it with
+    /// [`ConsumerConfig::queue_type`](crate::ConsumerConfig::queue_type), or move its
+    /// messages to a queue of the new type (README: "Queue types").
+    ///
+    /// `{queue}.dead` is declared first, and the type is its only argument, so a set
+    /// of queues declared together with the other type (by an earlier release, or
+    /// with the other `queue_type`) is reported here, by its `.dead`.
+    #[error(
+        "queue '{queue}' exists as a {existing} queue, but this consumer declares it as a \
+         {declared} queue (ConsumerConfig::queue_type), and a queue's type cannot change: \
+         declare it as it is, or move its messages to a queue of the new type \
+         (README: \"Queue types\")"
+    )]
+    TypeMismatch {
+        /// The queue: the consumer's own, `{queue}.dead` or a retry queue.
+        queue: String,
+        /// The type the consumer asked for.
+        declared: QueueType,
+        /// The type the queue has, as the broker names it (`classic`, `quorum`,
+        /// `stream`).
+        existing: String,
+    },
+    /// The broker refused `queue` as declared (406 PRECONDITION_FAILED) for another
+    /// reason, in `reason`: it exists with other arguments (a retry queue with
+    /// another TTL; a queue declared by other code or changed by hand, perhaps of
+    /// another type: RabbitMQ names the first argument that differs, and names the
+    /// type only when nothing before it in its order does), or the broker does not
+    /// support one (a quorum queue with a TTL before RabbitMQ 3.10).
+    #[error(
+        "the broker refused to declare queue '{queue}' as a {declared} queue: {reason} \
+         (README: \"Queue types\")"
+    )]
+    Refused {
+        /// The queue the broker refused.
+        queue: String,
+        /// The type the consumer asked for.
+        declared: QueueType,
+        /// The broker's words.
+        reason: String,
+    },
+    /// The connection or the channel failed on the way.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+}
+
+impl DeclareError {
+    /// True when declaring again cannot pass until the queue on the broker or the
+    /// consumer's config changes; false for a broken connection.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, DeclareError::Broker(_))
+    }
+}
+
+/// What stops a consumer for good, from [`Consumer::run`](crate::Consumer::run) and
+/// [`ConsumerHandle::shutdown`](crate::ConsumerHandle::shutdown).
+///
+/// Broker and database failures do not stop a consumer: it reconnects and goes on.
+/// These do, because every reconnect would meet them again.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// The config or the AMQP URL cannot work; nothing connected.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The broker refused the consumer's queues as declared (a permanent
+    /// [`DeclareError`]: a queue of another type, other arguments). Logged once at
+    /// error level when the consumer stops.
+    #[error(transparent)]
+    Declare(DeclareError),
 }

@@ -65,7 +65,7 @@
 //! let consumer = Consumer::new(pool, "amqp://127.0.0.1:5672/%2f", "inventory", config)
 //!     .on("ReserveStock", reserve)
 //!     .spawn()?;
-//! # consumer.shutdown().await;
+//! # consumer.shutdown().await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -74,6 +74,9 @@
 //! then dead-lettered with its reason; a message no retry can fix (no saga id, not
 //! JSON, a payload that does not fit the handler's type, a step with no handler) is
 //! dead-lettered at once. Queue and header names are those of [`outbox::wire`].
+//! The queues are quorum queues (RabbitMQ 3.10 or later) unless
+//! [`ConsumerConfig::queue_type`] says [`QueueType::Classic`]; a queue that exists
+//! with another type stops the consumer with a [`DeclareError`] that names it.
 //!
 //! With the `opentelemetry` feature, traces continue across services: the handler's
 //! span becomes a child of the span that wrote the message (its `traceparent`
@@ -90,6 +93,7 @@ mod envelope;
 mod error;
 mod handler;
 mod inbox;
+mod queue_type;
 mod reject;
 mod retention;
 mod session;
@@ -99,10 +103,11 @@ pub use config::{ConsumerConfig, InvalidConfig};
 pub use consumer::{Consumer, ConsumerHandle};
 pub use context::Context;
 pub use envelope::Envelope;
-pub use error::{Error, StartError};
+pub use error::{ConsumerError, DeclareError, Error, StartError};
 pub use handler::{BoxError, Handler, StatefulHandler, WithState};
 pub use inbox::{Inbox, InboxKey, Outcome};
 pub use outbox::wire::DEAD_REASON_HEADER;
 pub use outbox::{MIGRATOR, migrate};
+pub use queue_type::QueueType;
 pub use reject::Reject;
 pub use retention::{DEFAULT_RETENTION, cleanup};

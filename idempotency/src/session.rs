@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::Consumer;
 use crate::decision::Decision;
+use crate::error::{ConsumerError, DeclareError};
 use crate::topology;
 
 /// How long deliveries in hand may take to finish when a session ends, so their
@@ -34,14 +35,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs sessions on the nodes in turn until `shutdown`: a lost node's successor is
 /// tried at once, and only a round of failures on every node waits for the backoff.
-pub(crate) async fn run(consumer: Arc<Consumer>, nodes: Nodes, shutdown: CancellationToken) {
+/// Stops for good when the broker refuses the queues as declared: queue definitions
+/// are the cluster's, so every node would refuse them alike.
+pub(crate) async fn run(
+    consumer: Arc<Consumer>,
+    nodes: Nodes,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
     let queue = &consumer.config.queue;
     let mut rotation = Rotation::new(nodes);
     while !shutdown.is_cancelled() {
         let node = rotation.node().clone();
         let mut connected_at = None;
         let Err(error) = session(&consumer, &node, &shutdown, &mut connected_at).await else {
-            return;
+            return Ok(());
+        };
+        let error = match error {
+            Ended::Declare(error) if error.is_permanent() => {
+                tracing::error!(%error, %queue, "the broker refused the consumer's queues; the consumer stops");
+                return Err(ConsumerError::Declare(error));
+            }
+            error => error,
         };
         let pause = match connected_at {
             Some(at) => rotation.session_ended(at.elapsed()),
@@ -58,9 +72,10 @@ pub(crate) async fn run(consumer: Arc<Consumer>, nodes: Nodes, shutdown: Cancell
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
+    Ok(())
 }
 
 /// Why a session ended.
@@ -68,6 +83,8 @@ pub(crate) async fn run(consumer: Arc<Consumer>, nodes: Nodes, shutdown: Cancell
 enum Ended {
     #[error(transparent)]
     Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Declare(#[from] DeclareError),
     #[error("the broker node did not let the consumer in within {0:?}")]
     ConnectTimeout(Duration),
 }
@@ -80,7 +97,7 @@ struct Opened {
 }
 
 /// Sets up a session on `connection`: declare, prefetch, a confirming publisher, consume.
-async fn open(consumer: &Consumer, connection: &Connection) -> lapin::Result<Opened> {
+async fn open(consumer: &Consumer, connection: &Connection) -> Result<Opened, Ended> {
     let config = &consumer.config;
     let channel = connection.create_channel().await?;
     config.declare(&channel).await?;
@@ -122,7 +139,7 @@ async fn session(
     let opening = tokio::time::timeout(CONNECT_TIMEOUT, open(consumer, &connection))
         .await
         .map_err(|_| Ended::ConnectTimeout(CONNECT_TIMEOUT))
-        .and_then(|opened| opened.map_err(Ended::from));
+        .and_then(|opened| opened);
     let opened = match opening {
         Ok(opened) => opened,
         Err(error) => {

@@ -1,16 +1,22 @@
 //! The queues a consumer needs: its own, a dead-letter queue, and retry queues,
-//! named by the rules of [`outbox::wire`].
+//! named by the rules of [`outbox::wire`], with the arguments of their
+//! [`QueueType`].
 
 use std::time::Duration;
 
 use lapin::options::{
     BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, ErrorKind};
 use outbox::wire::{
     ATTEMPTS_HEADER, DEAD_REASON_HEADER, LAST_ERROR_HEADER, dead_queue, retry_queue,
 };
+
+use crate::config::ConsumerConfig;
+use crate::error::DeclareError;
+use crate::queue_type::{QueueType, existing_type};
 
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -37,23 +43,27 @@ pub(crate) async fn delete(
     Ok(())
 }
 
-/// Declares the queue, its dead-letter queue, and binds the queue as asked.
+/// Declares the dead-letter queue, the queue, its retry queues, and binds the queue
+/// as asked. `.dead` goes first: its only argument is its type, so RabbitMQ's refusal
+/// of it names the type (for the others it names the first argument that differs,
+/// in its own order, which puts the type late). Every retry queue is declared here,
+/// so that one left from before with other arguments stops the consumer at its
+/// start, not a retry later.
 pub(crate) async fn declare(
     channel: &Channel,
-    queue: &str,
-    bindings: &[(String, String)],
-) -> lapin::Result<()> {
-    channel
-        .queue_declare(queue.into(), durable(), FieldTable::default())
-        .await?;
-    channel
-        .queue_declare(
-            dead_queue(queue).as_str().into(),
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    for (exchange, pattern) in bindings {
+    config: &ConsumerConfig,
+) -> Result<(), DeclareError> {
+    let (queue, queue_type) = (config.queue.as_str(), config.queue_type);
+    let dead = dead_queue(queue);
+    declare_queue(channel, &dead, queue_type, queue_type.dead_arguments()).await?;
+    let arguments = queue_type.main_arguments(queue);
+    declare_queue(channel, queue, queue_type, arguments).await?;
+    for delay in config.retry_delays() {
+        let retry = retry_queue(queue, delay);
+        let arguments = queue_type.retry_arguments(queue, delay);
+        declare_queue(channel, &retry, queue_type, arguments).await?;
+    }
+    for (exchange, pattern) in &config.bindings {
         channel
             .queue_bind(
                 queue.into(),
@@ -65,6 +75,46 @@ pub(crate) async fn declare(
             .await?;
     }
     Ok(())
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    queue_type: QueueType,
+    arguments: FieldTable,
+) -> Result<(), DeclareError> {
+    match channel
+        .queue_declare(queue.into(), durable(), arguments)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) => Err(refusal(queue, queue_type, error)),
+    }
+}
+
+/// What a failed declaration of `queue` means. The broker refuses one by closing the
+/// channel with 406 PRECONDITION_FAILED; which argument it objects to is only in its
+/// words, so those refine the error (a type mismatch) and are kept whole otherwise.
+fn refusal(queue: &str, declared: QueueType, error: lapin::Error) -> DeclareError {
+    let ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return error.into();
+    };
+    if amqp.kind() != &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) {
+        return error.into();
+    }
+    let reason = amqp.get_message().to_string();
+    match existing_type(&reason) {
+        Some(existing) => DeclareError::TypeMismatch {
+            queue: queue.to_owned(),
+            declared,
+            existing,
+        },
+        None => DeclareError::Refused {
+            queue: queue.to_owned(),
+            declared,
+            reason,
+        },
+    }
 }
 
 /// Publishes a copy of a message, with confirms, and fails unless the broker acked it.
@@ -121,7 +171,8 @@ pub(crate) async fn dead_letter(
 }
 
 /// Sends a message to wait `delay` in a retry queue, which returns it to `queue`.
-/// True once the broker has it.
+/// True once the broker has it; false if the retry queue is missing (it is declared
+/// when the consumer starts, with the others).
 pub(crate) async fn retry_later(
     channel: &Channel,
     queue: &str,
@@ -131,23 +182,6 @@ pub(crate) async fn retry_later(
     delay: Duration,
     error: &str,
 ) -> lapin::Result<bool> {
-    let retry = retry_queue(queue, delay);
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-    );
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(queue.into()),
-    );
-    channel
-        .queue_declare(retry.as_str().into(), durable(), arguments)
-        .await?;
     let properties = with_headers(
         properties,
         &[
@@ -158,5 +192,5 @@ pub(crate) async fn retry_later(
             ),
         ],
     );
-    publish_copy(channel, &retry, data, properties).await
+    publish_copy(channel, &retry_queue(queue, delay), data, properties).await
 }

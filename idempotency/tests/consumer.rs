@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use idempotency::{
-    BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER, InvalidConfig, StartError,
+    BoxError, Consumer, ConsumerConfig, ConsumerError, Context, DEAD_REASON_HEADER, InvalidConfig,
+    StartError,
 };
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
@@ -39,17 +40,9 @@ impl Sandbox {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-            .await?;
-        let dead = dead_queue(&queue);
-        channel
-            .queue_declare(dead.as_str().into(), durable, FieldTable::default())
-            .await?;
+        // Declared as the consumers will declare them, so that nothing published
+        // before one starts is lost.
+        config(&queue).declare(&channel).await?;
         Ok(Self {
             queue,
             connection,
@@ -298,7 +291,7 @@ async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> Test
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     assert_eq!(effects(&pool).await?, 2, "order-1 took effect once");
     assert_eq!(
         sandbox.waiting(&sandbox.queue).await?,
@@ -328,8 +321,8 @@ async fn the_same_message_to_two_consumers_at_once_takes_effect_once(pool: PgPoo
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    one.shutdown().await;
-    two.shutdown().await;
+    one.shutdown().await?;
+    two.shutdown().await?;
     assert_eq!(effects(&pool).await?, 1);
     sandbox.remove().await
 }
@@ -348,7 +341,7 @@ async fn a_failing_handler_is_retried_later_not_at_once(pool: PgPool) -> TestRes
         Ok(effects(&pool).await? == 2)
     })
     .await?;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
 
     let attempts = attempts_seen.lock().unwrap().clone();
     assert_eq!(
@@ -383,7 +376,7 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgP
         Ok(sandbox.waiting(&dead).await? == 1)
     })
     .await?;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     let reasons = sandbox.dead_reasons().await?;
     assert_eq!(reasons.len(), 1);
     assert!(
@@ -431,7 +424,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
     )
     .await?;
     // Unacked deliveries go back to the queue when the consumer's channel closes.
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     assert_eq!(
         sandbox.waiting(&sandbox.queue).await?,
         0,
@@ -490,7 +483,7 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
         Ok(sandbox.waiting(&dead).await? == 3 && effects(&pool).await? == 1)
     })
     .await?;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     let reasons = sandbox.dead_reasons().await?.join(" | ");
     for expected in [
         "payload is not JSON",
@@ -552,7 +545,7 @@ async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
         Ok(sandbox.waiting(&sandbox.queue).await? == 0)
     })
     .await?;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     assert!(stalled_once.load(Ordering::SeqCst));
     assert_eq!(effects(&pool).await?, 1, "the redelivery was a duplicate");
     assert_eq!(sandbox.waiting(&sandbox.queue).await?, 0);
@@ -599,7 +592,7 @@ async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> T
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT saga_id) FROM effects")
         .fetch_one(&pool)
         .await?;
@@ -657,7 +650,7 @@ async fn a_payload_that_does_not_fit_the_handler_is_dead_lettered_at_once(
         Ok(sandbox.waiting(&dead).await? == 2 && effects(&pool).await? == 1)
     })
     .await?;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
 
     let letters = sandbox.dead_letters().await?;
     let reasons: Vec<&str> = letters.iter().map(|(reason, _)| reason.as_str()).collect();
@@ -757,7 +750,7 @@ async fn emit_carries_the_saga_id_and_the_traceparent_and_commits_with_the_key(
         Ok(keys == 1)
     })
     .await?;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
 
     let emitted: Vec<(String, String, String, Option<String>, serde_json::Value)> = sqlx::query_as(
         "SELECT saga_id, step, routing_key, headers->>'traceparent', payload FROM outbox",
@@ -815,7 +808,9 @@ async fn a_config_that_cannot_work_is_an_error_before_connecting() -> TestResult
     assert!(
         matches!(
             run,
-            Err(StartError::Config(InvalidConfig::RetryBaseAboveMax { .. }))
+            Err(ConsumerError::Start(StartError::Config(
+                InvalidConfig::RetryBaseAboveMax { .. }
+            )))
         ),
         "{run:?}"
     );

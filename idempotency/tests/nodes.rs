@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use idempotency::{BoxError, Consumer, ConsumerConfig, Context, StartError};
+use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerError, Context, StartError};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -125,7 +125,7 @@ async fn a_dead_first_node_is_skipped(pool: PgPool) -> TestResult {
     .spawn()?;
     queue.publish(0..20).await?;
     wait_for_effects(&pool, 20).await?;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     assert_eq!(effects(&pool).await?, (20, 20));
     queue.remove().await
 }
@@ -169,7 +169,7 @@ async fn a_lost_node_is_left_for_the_next_and_every_message_takes_effect_once(
 
     wait_for_effects(&pool, 800).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // a late duplicate would show
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     assert_eq!(effects(&pool).await?, (800, 800), "each message once");
     queue.remove().await
 }
@@ -199,7 +199,9 @@ async fn a_node_list_that_cannot_work_is_an_error_before_connecting() -> TestRes
     assert!(
         matches!(
             run,
-            Err(StartError::AmqpUrl(InvalidNodes::EmptyNode { position: 2 }))
+            Err(ConsumerError::Start(StartError::AmqpUrl(
+                InvalidNodes::EmptyNode { position: 2 }
+            )))
         ),
         "{run:?}"
     );

@@ -6,11 +6,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
-use lapin::options::QueueDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use outbox::wire::{TRACEPARENT_HEADER, dead_queue};
+use outbox::wire::TRACEPARENT_HEADER;
 use outbox_relay::{Relay, RelayConfig};
 use serde_json::json;
 use sqlx::PgPool;
@@ -71,11 +70,12 @@ async fn run_saga(pool: &PgPool, traceparent: Option<&str>) -> anyhow::Result<Ho
     .await?;
 
     let seen = Seen::default();
+    let queues = ConsumerConfig::new(&queue).bind(&downstream.exchange, "stock.reserve");
     let consumer = Consumer::new(
         pool.clone(),
         testkit::amqp_url(),
         "inventory",
-        ConsumerConfig::new(&queue).bind(&downstream.exchange, "stock.reserve"),
+        queues.clone(),
     )
     .on_with("ReserveStock", Arc::clone(&seen), reserve)
     .spawn()?;
@@ -92,16 +92,13 @@ async fn run_saga(pool: &PgPool, traceparent: Option<&str>) -> anyhow::Result<Ho
         async || Ok(!downstream.received().is_empty()),
     )
     .await;
-    consumer.shutdown().await;
+    consumer.shutdown().await?;
     relay.shutdown().await?;
     let connection =
         Connection::connect(&testkit::amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    for name in [queue.clone(), dead_queue(&queue)] {
-        channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
+    // The queue, its dead-letter queue and its retry queues.
+    queues.delete(&channel).await?;
     connection.close(200, "test done".into()).await?;
     downstream.remove().await?;
     arrived?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency::{
-    BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context, Reject, StartError,
+    BoxError, Consumer, ConsumerConfig, ConsumerError, ConsumerHandle, Context, Reject, StartError,
 };
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -196,11 +196,13 @@ pub struct OrchestratorHandle {
 }
 
 impl OrchestratorHandle {
-    /// Stops sweeping and consuming; replies in hand finish first (bounded).
-    pub async fn shutdown(self) {
+    /// Stops sweeping and consuming; replies in hand finish first (bounded). An
+    /// error says why the reply consumer had already stopped on its own (the broker
+    /// refused its queue: one of another type, see [`ConsumerError`]).
+    pub async fn shutdown(self) -> Result<(), ConsumerError> {
         self.shutdown.cancel();
         let _ = self.sweeper.await;
-        self.consumer.shutdown().await;
+        self.consumer.shutdown().await
     }
 
     /// Stops at once, like a crash: whatever was in hand is redone by another instance.

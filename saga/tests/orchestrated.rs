@@ -201,9 +201,9 @@ impl Services {
 
     async fn stop(self) -> anyhow::Result<()> {
         for orchestrator in self.orchestrators {
-            orchestrator.shutdown().await;
+            orchestrator.shutdown().await?;
         }
-        self.participants.shutdown().await;
+        self.participants.shutdown().await?;
         self.relay.shutdown().await?;
         // The consumers' queues, their dead-letter and retry queues: none outlives the test.
         let connection =
@@ -477,19 +477,10 @@ async fn a_reply_for_an_unknown_saga_is_dead_lettered_at_once_with_its_reason(
     let connection =
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let dead = outbox::wire::dead_queue(&format!("{}-orchestrator", services.sandbox.queue));
+    let orchestrator_queue = &services.queues[1];
+    let dead = outbox::wire::dead_queue(&orchestrator_queue.queue);
     // Declared the way the orchestrator's consumer declares it, in case it has not yet.
-    let durable = lapin::options::QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(
-            dead.as_str().into(),
-            durable,
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
+    orchestrator_queue.declare(&channel).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let headers = loop {
         let options = lapin::options::BasicGetOptions { no_ack: true };

@@ -1,8 +1,10 @@
 //! What the inbox costs a consumer: messages/s through `idempotency::Consumer`
 //! (handler = one INSERT, in the inbox's transaction) against a plain consumer that
-//! only acks, on the same pre-filled queue, with 1 and 4 handlers at once.
+//! only acks, on the same pre-filled queue, with 1 and 4 handlers at once; for
+//! quorum queues (the consumer's default) and classic queues.
 //!
 //! Run with: `cargo run --release -p bench --bin inbox-consumer-bench`
+//! (`-- --queue-type quorum` for one type, `--messages 5000 --rounds 3` for a short run)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,16 +12,15 @@ use std::time::{Duration, Instant};
 
 use bench::broker::{amqp_url, payload};
 use bench::{fresh_database, median};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
-use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
+use idempotency::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use outbox::wire::dead_queue;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
@@ -31,6 +32,25 @@ struct Args {
     /// Rounds; the report gives medians.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The queue types to measure, each with both consumers.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Type::Quorum, Type::Classic])]
+    queue_type: Vec<Type>,
+}
+
+/// `--queue-type`: the consumer's [`QueueType`]s.
+#[derive(Clone, Copy, ValueEnum)]
+enum Type {
+    Quorum,
+    Classic,
+}
+
+impl From<Type> for QueueType {
+    fn from(value: Type) -> Self {
+        match value {
+            Type::Quorum => QueueType::Quorum,
+            Type::Classic => QueueType::Classic,
+        }
+    }
 }
 
 #[tokio::main]
@@ -45,38 +65,41 @@ async fn main() -> anyhow::Result<()> {
         args.messages, args.rounds
     );
     println!(
-        "handlers  plain ack-only msg/s  inbox consumer msg/s  ratio  inbox ms/message/handler"
+        "queue    handlers  plain ack-only msg/s  inbox consumer msg/s  ratio  inbox ms/message/handler"
     );
-    for handlers in [1usize, 4] {
-        let (mut plain, mut inbox) = (Vec::new(), Vec::new());
-        for _ in 0..args.rounds {
-            plain.push(plain_consumer(args.messages, handlers).await?);
-            inbox.push(inbox_consumer(&pool, args.messages, handlers).await?);
+    for queue_type in args.queue_type.iter().map(|&t| QueueType::from(t)) {
+        for handlers in [1usize, 4] {
+            let (mut plain, mut inbox) = (Vec::new(), Vec::new());
+            for _ in 0..args.rounds {
+                plain.push(plain_consumer(queue_type, args.messages, handlers).await?);
+                inbox.push(inbox_consumer(&pool, queue_type, args.messages, handlers).await?);
+            }
+            let (plain, inbox) = (median(&plain), median(&inbox));
+            let per_message_ms = 1000.0 * handlers as f64 / inbox;
+            println!(
+                "{queue_type:<7}  {handlers:>8}  {plain:>20.0}  {inbox:>20.0}  {:>5.2}  {per_message_ms:>24.2}",
+                inbox / plain
+            );
         }
-        let (plain, inbox) = (median(&plain), median(&inbox));
-        let per_message_ms = 1000.0 * handlers as f64 / inbox;
-        println!(
-            "{handlers:>8}  {plain:>20.0}  {inbox:>20.0}  {:>5.2}  {per_message_ms:>24.2}",
-            inbox / plain
-        );
     }
     Ok(())
 }
 
-/// A durable queue holding `messages` messages in the relay's envelope.
-async fn filled_queue(connection: &Connection, messages: u64) -> anyhow::Result<String> {
-    let queue = format!("bench-inbox-{}", uuid::Uuid::now_v7().simple());
+/// The queues of `idempotency::Consumer`, of `queue_type`, the queue holding
+/// `messages` messages in the relay's envelope.
+async fn filled_queue(
+    connection: &Connection,
+    queue_type: QueueType,
+    messages: u64,
+) -> anyhow::Result<ConsumerConfig> {
+    let mut config = ConsumerConfig::new(format!("bench-inbox-{}", uuid::Uuid::now_v7().simple()));
+    config.queue_type = queue_type;
+    let queue = config.queue.clone();
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await?;
+    config.declare(&channel).await?;
     for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
         let publishes = chunk.iter().map(|i| {
             let properties = BasicProperties::default()
@@ -104,29 +127,30 @@ async fn filled_queue(connection: &Connection, messages: u64) -> anyhow::Result<
             confirm?;
         }
     }
-    Ok(queue)
+    Ok(config)
 }
 
-async fn remove(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+async fn remove(connection: &Connection, queues: &ConsumerConfig) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
-    for name in [queue.to_owned(), dead_queue(queue)] {
-        channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
+    queues.delete(&channel).await?;
     Ok(())
 }
 
 /// The baseline: receive and ack, `handlers` at a time, nothing else.
-async fn plain_consumer(messages: u64, handlers: usize) -> anyhow::Result<f64> {
+async fn plain_consumer(
+    queue_type: QueueType,
+    messages: u64,
+    handlers: usize,
+) -> anyhow::Result<f64> {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let queue = filled_queue(&connection, messages).await?;
+    let queues = filled_queue(&connection, queue_type, messages).await?;
+    let queue = queues.queue.as_str();
     let channel = connection.create_channel().await?;
     channel.basic_qos(32, BasicQosOptions::default()).await?;
     let started = Instant::now();
     let mut deliveries = channel
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -152,7 +176,7 @@ async fn plain_consumer(messages: u64, handlers: usize) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    remove(&connection, &queue).await?;
+    remove(&connection, &queues).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
 }
@@ -169,11 +193,16 @@ async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxEr
 }
 
 /// The inbox consumer: one transaction per message (inbox key + effect), then the ack.
-async fn inbox_consumer(pool: &PgPool, messages: u64, handlers: usize) -> anyhow::Result<f64> {
+async fn inbox_consumer(
+    pool: &PgPool,
+    queue_type: QueueType,
+    messages: u64,
+    handlers: usize,
+) -> anyhow::Result<f64> {
     sqlx::query("TRUNCATE effects, inbox").execute(pool).await?;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let queue = filled_queue(&connection, messages).await?;
-    let mut config = ConsumerConfig::new(queue.as_str());
+    let queues = filled_queue(&connection, queue_type, messages).await?;
+    let mut config = queues.clone();
     config.concurrency = handlers;
     let started = Instant::now();
     let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", config)
@@ -189,8 +218,8 @@ async fn inbox_consumer(pool: &PgPool, messages: u64, handlers: usize) -> anyhow
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    consumer.shutdown().await;
-    remove(&connection, &queue).await?;
+    consumer.shutdown().await?;
+    remove(&connection, &queues).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
 }

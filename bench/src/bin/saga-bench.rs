@@ -216,9 +216,9 @@ impl Rig {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.orchestrator.shutdown().await;
+        self.orchestrator.shutdown().await?;
         for consumer in self.consumers {
-            consumer.shutdown().await;
+            consumer.shutdown().await?;
         }
         for relay in self.relays {
             relay.shutdown().await?;

@@ -91,7 +91,7 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
         placing.await??;
     }
     if let Some(orchestrator) = orchestrator {
-        orchestrator.shutdown().await;
+        orchestrator.shutdown().await?;
     }
     if let Some(consuming) = consuming {
         consuming.await??;
