@@ -1,0 +1,136 @@
+//! A consumer with an inbox on a three-node RabbitMQ cluster (`testkit::RabbitCluster`),
+//! draining a quorum queue: the node it is connected to is killed with -9, then the
+//! queue's leader is stopped, and every message still takes effect exactly once.
+//! Skipped, with a note, where `rabbitmq-server` is not installed.
+
+use std::time::Duration;
+
+use idempotency::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use sqlx::PgPool;
+use testkit::{RabbitCluster, RabbitNode, wait_until};
+
+type TestResult = anyhow::Result<()>;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A confirming channel to one node.
+async fn publisher(url: &str) -> anyhow::Result<(Connection, Channel)> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel))
+}
+
+/// Publishes `Reserve` for sagas `sagas` to `queue`, as the relay does, each confirmed.
+async fn publish(channel: &Channel, queue: &str, sagas: std::ops::Range<usize>) -> TestResult {
+    for n in sagas {
+        let properties = BasicProperties::default()
+            .with_correlation_id(format!("order-{n}").into())
+            .with_type("Reserve".into())
+            .with_delivery_mode(2)
+            .with_message_id(uuid::Uuid::now_v7().to_string().into());
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                properties,
+            )
+            .await?
+            .await?;
+    }
+    Ok(())
+}
+
+/// The effect: one row per message, after a little work, so that deliveries are in
+/// hand when a node goes away.
+async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxError> {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let saga_id = ctx.envelope().saga_id.clone();
+    sqlx::query("INSERT INTO effects (saga_id) VALUES ($1)")
+        .bind(saga_id)
+        .execute(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// Effects, and distinct sagas among them.
+async fn effects(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(
+        sqlx::query_as("SELECT count(*), count(DISTINCT saga_id) FROM effects")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+async fn wait_for_effects(pool: &PgPool, count: i64) -> TestResult {
+    let what = format!("{count} messages took effect");
+    wait_until(WAIT, &what, async || Ok(effects(pool).await?.1 >= count)).await
+}
+
+#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+async fn a_lost_node_and_a_stopped_leader_cost_no_message_and_no_second_effect(
+    pool: PgPool,
+) -> TestResult {
+    if !RabbitNode::installed() {
+        eprintln!("skipped: rabbitmq-server is not installed, so no cluster can run here");
+        return Ok(());
+    }
+    sqlx::query("CREATE TABLE effects (saga_id text NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let mut cluster = RabbitCluster::start("consumer-cluster", 3).await?;
+    let outcome = lose_nodes(&pool, &mut cluster).await;
+    cluster.remove().await?;
+    outcome
+}
+
+async fn lose_nodes(pool: &PgPool, cluster: &mut RabbitCluster) -> TestResult {
+    let mut config = ConsumerConfig::new(format!("test-cluster-{}", uuid::Uuid::now_v7()));
+    assert_eq!(config.queue_type, QueueType::Quorum);
+    config.retry_base = Duration::from_millis(100);
+    config.retry_max = Duration::from_millis(400);
+    let queue = config.queue.clone();
+    let (connection, channel) = publisher(&cluster.node(2).amqp_url()).await?;
+    config.declare(&channel).await?;
+    publish(&channel, &queue, 0..1_500).await?;
+    let _ = connection.close(200, "published".into()).await;
+
+    // The consumer starts on node 1, which is killed with -9 mid-drain.
+    let urls = [1, 2, 0].map(|i| cluster.node(i).amqp_url()).join(",");
+    let consumer = Consumer::new(pool.clone(), urls, "inventory", config)
+        .on("Reserve", reserve)
+        .spawn()?;
+    wait_for_effects(pool, 300).await?;
+    cluster.node_mut(1).kill().await?;
+    wait_for_effects(pool, 1_500).await?;
+    cluster.node_mut(1).start_again().await?;
+    cluster.wait_until_running().await?;
+
+    // The queue's leader is stopped while messages are published and consumed.
+    let leader = match cluster.queue_leader(&queue, "/").await? {
+        Some(leader) => leader,
+        None => anyhow::bail!("no leader for {queue}"),
+    };
+    let survivor = (leader + 1) % 3;
+    let (connection, channel) = publisher(&cluster.node(survivor).amqp_url()).await?;
+    publish(&channel, &queue, 1_500..1_750).await?;
+    cluster.node_mut(leader).stop().await?;
+    publish(&channel, &queue, 1_750..2_000).await?;
+    wait_for_effects(pool, 2_000).await?;
+    let _ = connection.close(200, "published".into()).await;
+    cluster.node_mut(leader).start_again().await?;
+
+    consumer.shutdown().await?;
+    assert_eq!(
+        effects(pool).await?,
+        (2_000, 2_000),
+        "each message took effect once"
+    );
+    Ok(())
+}
