@@ -26,9 +26,19 @@ pub struct DrainedQueue {
 }
 
 impl DrainedQueue {
-    /// Declares the queue and starts draining it.
+    /// Declares a classic queue and starts draining it.
     pub async fn new(record_arrivals: bool) -> anyhow::Result<Self> {
+        Self::of_type(record_arrivals, "classic").await
+    }
+
+    /// Declares a queue of `queue_type` (`classic` or `quorum`) and starts draining it.
+    pub async fn of_type(record_arrivals: bool, queue_type: &str) -> anyhow::Result<Self> {
         let name = format!("bench-{}", uuid::Uuid::now_v7().simple());
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString(queue_type.into()),
+        );
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel
@@ -38,7 +48,7 @@ impl DrainedQueue {
                     durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await?;
         channel.basic_qos(1000, BasicQosOptions::default()).await?;

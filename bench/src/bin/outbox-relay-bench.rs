@@ -35,6 +35,9 @@ struct Args {
     /// Messages per second for the latency measurement.
     #[arg(long, default_value_t = 500)]
     rate: u64,
+    /// The type of the queue the messages go to: `classic` or `quorum`.
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    queue_type: String,
     /// Rows of backlog for the memory measurement (0 skips it).
     #[arg(long, default_value_t = 0)]
     memory_backlog: u64,
@@ -46,9 +49,10 @@ async fn main() -> anyhow::Result<()> {
     let pool = fresh_database("outbox_bench_relay", 8).await?;
     let (mut raw, mut one, mut two) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        raw.push(raw_lapin(args.messages).await?);
-        one.push(relays_drain(&pool, args.messages, 1).await?);
-        two.push(relays_drain(&pool, args.messages, 2).await?);
+        let queue_type = args.queue_type.as_str();
+        raw.push(raw_lapin(args.messages, queue_type).await?);
+        one.push(relays_drain(&pool, args.messages, 1, queue_type).await?);
+        two.push(relays_drain(&pool, args.messages, 2, queue_type).await?);
         eprintln!(
             "round {round}: raw {:.0}/s, one relay {:.0}/s, two relays {:.0}/s",
             raw[round - 1],
@@ -58,8 +62,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let (raw, one, two) = (median(&raw), median(&one), median(&two));
     println!(
-        "\n{} messages of 256 bytes, persistent, durable queue, consumer draining; median of {} rounds",
-        args.messages, args.rounds
+        "\n{} messages of 256 bytes, persistent, durable {} queue, consumer draining; median of {} rounds",
+        args.messages, args.queue_type, args.rounds
     );
     println!("(a) raw lapin, confirms, 500 per batch together  {raw:>9.0} msg/s");
     println!(
@@ -71,14 +75,14 @@ async fn main() -> anyhow::Result<()> {
         two / one
     );
 
-    let (p50, p99, max) = latency(&pool, args.latency_seconds, args.rate).await?;
+    let (p50, p99, max) = latency(&pool, args.latency_seconds, args.rate, &args.queue_type).await?;
     println!(
         "(c) commit to consumer at {}/s for {}s           p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
         args.rate, args.latency_seconds
     );
 
     if args.memory_backlog > 0 {
-        let (peak_mib, rate) = memory(&pool, args.memory_backlog).await?;
+        let (peak_mib, rate) = memory(&pool, args.memory_backlog, &args.queue_type).await?;
         println!(
             "    outbox-relay binary, {} row backlog           peak RSS {peak_mib:.1} MiB, {rate:.0} rows/s",
             args.memory_backlog
@@ -105,8 +109,8 @@ fn properties(i: u64) -> BasicProperties {
 }
 
 /// (a) The ceiling: lapin alone, 500 publishes issued together, then their confirms.
-async fn raw_lapin(messages: u64) -> anyhow::Result<f64> {
-    let queue = DrainedQueue::new(false).await?;
+async fn raw_lapin(messages: u64, queue_type: &str) -> anyhow::Result<f64> {
+    let queue = DrainedQueue::of_type(false, queue_type).await?;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -151,8 +155,13 @@ fn bench_config() -> RelayConfig {
 
 /// (b) and (d): `instances` relays, their partitions balanced, then `messages` rows
 /// committed in one statement; rows/s from that commit until all are confirmed.
-async fn relays_drain(pool: &PgPool, messages: u64, instances: usize) -> anyhow::Result<f64> {
-    let queue = DrainedQueue::new(false).await?;
+async fn relays_drain(
+    pool: &PgPool,
+    messages: u64,
+    instances: usize,
+    queue_type: &str,
+) -> anyhow::Result<f64> {
+    let queue = DrainedQueue::of_type(false, queue_type).await?;
     let relays: Vec<Relay> = (0..instances)
         .map(|_| Relay::new(pool.clone(), amqp_url(), bench_config()))
         .collect();
@@ -217,8 +226,13 @@ async fn fill(pool: &PgPool, routing_key: &str, messages: u64) -> anyhow::Result
 }
 
 /// (c) One message per transaction at a steady `rate`; from each commit to its arrival.
-async fn latency(pool: &PgPool, seconds: u64, rate: u64) -> anyhow::Result<(f64, f64, f64)> {
-    let queue = DrainedQueue::new(true).await?;
+async fn latency(
+    pool: &PgPool,
+    seconds: u64,
+    rate: u64,
+    queue_type: &str,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let queue = DrainedQueue::of_type(true, queue_type).await?;
     let relay = Relay::new(pool.clone(), amqp_url(), RelayConfig::default()).spawn();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
@@ -264,8 +278,8 @@ async fn latency(pool: &PgPool, seconds: u64, rate: u64) -> anyhow::Result<(f64,
 }
 
 /// The `outbox-relay` binary's peak resident memory while it drains `backlog` rows.
-async fn memory(pool: &PgPool, backlog: u64) -> anyhow::Result<(f64, f64)> {
-    let queue = DrainedQueue::new(false).await?;
+async fn memory(pool: &PgPool, backlog: u64, queue_type: &str) -> anyhow::Result<(f64, f64)> {
+    let queue = DrainedQueue::of_type(false, queue_type).await?;
     for _ in 0..backlog / 100_000 {
         fill(pool, &queue.name, 100_000).await?;
     }
