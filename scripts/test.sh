@@ -18,3 +18,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 cargo build -p outbox-relay -p examples --bins
 target/debug/exactly-once-demo --short --seed 7 --saga choreography
 target/debug/exactly-once-demo --short --seed 7 --saga orchestration
+# The same on a three-node cluster of the run's own, its nodes killed one at a time.
+if command -v rabbitmq-server >/dev/null || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  target/debug/exactly-once-demo --short --seed 7 --cluster --saga choreography
+  target/debug/exactly-once-demo --short --seed 7 --cluster --saga orchestration
+else
+  echo "exactly-once-demo --cluster: skipped (rabbitmq-server is not installed)"
+fi

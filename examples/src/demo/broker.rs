@@ -2,7 +2,8 @@
 //! connection of the demo" from the broker's side touches nothing else, and removing
 //! it removes every queue the run made), its exchange, and each service's queues. On
 //! a machine with `rabbitmq-server` installed, the run has a node of its own too, which
-//! it stops, kills and starts again during the run.
+//! it stops, kills and starts again during the run, or (`--cluster`) a three-node
+//! cluster of its own, whose nodes it kills one at a time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -12,22 +13,44 @@ use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclare
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use outbox::wire::dead_queue;
-use testkit::RabbitNode;
+use testkit::{RabbitCluster, RabbitNode};
 use tokio::process::Command;
 use tokio::sync::Mutex;
 use url::Url;
 
+use super::plan::BrokerFaults;
 use super::saga::{SagaMode, Service, consumer_config, queue_name};
+
+/// Whose RabbitMQ the run uses.
+pub enum Rabbit {
+    /// `AMQP_URL`'s broker, which the run never stops.
+    Shared,
+    /// A node of the run's own, to stop or kill and start again.
+    Node(Box<RabbitNode>),
+    /// A cluster of the run's own, whose nodes it kills one at a time.
+    Cluster(RabbitCluster),
+}
+
+/// [`Rabbit`] once the run shares it with the tasks that restart its nodes.
+#[derive(Clone)]
+enum Owned {
+    Shared,
+    Node(Arc<Mutex<RabbitNode>>),
+    Cluster(Arc<Mutex<RabbitCluster>>),
+}
 
 /// The run's broker objects, and how to reach them.
 pub struct DemoBroker {
-    /// The AMQP URL of the run's vhost.
+    /// The AMQP URL of the run's vhost, on the first node.
     pub url: Url,
     /// The vhost made for the run, when `rabbitmqctl` could make one.
     pub vhost: Option<String>,
+    /// The URL of the run's vhost on each node, in the cluster's order (one without a
+    /// cluster).
+    pub node_urls: Vec<Url>,
     prefix: String,
     mode: SagaMode,
-    node: Option<Arc<Mutex<RabbitNode>>>,
+    rabbit: Owned,
     restarting: Arc<AtomicBool>,
     restarts: Arc<AtomicU32>,
 }
@@ -36,25 +59,37 @@ impl DemoBroker {
     /// Makes a vhost named `prefix` (through `rabbitmqctl`, where it works), then the
     /// exchange `prefix` and, for each service, its queue, bindings and dead-letter
     /// queue, so nothing a relay publishes is unroutable before a consumer starts.
-    /// With `node`, everything lives on that node rather than at `amqp_url`.
+    /// With a node or a cluster of the run's own, everything lives there rather than
+    /// at `amqp_url`; a cluster's queues are declared through its first node.
     pub async fn set_up(
         amqp_url: &str,
         prefix: &str,
         mode: SagaMode,
-        node: Option<RabbitNode>,
+        rabbit: Rabbit,
     ) -> anyhow::Result<Self> {
-        let mut url = match &node {
-            Some(node) => Url::parse(&node.amqp_url())?,
-            None => Url::parse(amqp_url)?,
+        let mut node_urls = match &rabbit {
+            Rabbit::Shared => vec![Url::parse(amqp_url)?],
+            Rabbit::Node(node) => vec![Url::parse(&node.amqp_url())?],
+            Rabbit::Cluster(cluster) => cluster
+                .nodes()
+                .iter()
+                .map(|node| Url::parse(&node.amqp_url()))
+                .collect::<Result<_, _>>()?,
         };
-        let node = node.map(|node| Arc::new(Mutex::new(node)));
-        let user = match url.username() {
+        let rabbit = match rabbit {
+            Rabbit::Shared => Owned::Shared,
+            Rabbit::Node(node) => Owned::Node(Arc::new(Mutex::new(*node))),
+            Rabbit::Cluster(cluster) => Owned::Cluster(Arc::new(Mutex::new(cluster))),
+        };
+        let user = match node_urls[0].username() {
             "" => "guest".to_owned(),
             user => user.to_owned(),
         };
-        let vhost = match make_vhost(node.as_ref(), prefix, &user).await {
+        let vhost = match make_vhost(&rabbit, prefix, &user).await {
             Ok(()) => {
-                url.set_path(&format!("/{prefix}"));
+                for url in &mut node_urls {
+                    url.set_path(&format!("/{prefix}"));
+                }
                 Some(prefix.to_owned())
             }
             Err(why) => {
@@ -65,11 +100,12 @@ impl DemoBroker {
             }
         };
         let broker = Self {
-            url,
+            url: node_urls[0].clone(),
             vhost,
+            node_urls,
             prefix: prefix.to_owned(),
             mode,
-            node,
+            rabbit,
             restarting: Arc::new(AtomicBool::new(false)),
             restarts: Arc::new(AtomicU32::new(0)),
         };
@@ -79,10 +115,20 @@ impl DemoBroker {
 
     /// Whether the run has a node of its own, which it may restart.
     pub fn can_restart(&self) -> bool {
-        self.node.is_some()
+        matches!(self.rabbit, Owned::Node(_))
     }
 
-    /// Whether a restart is under way (the broker is down or starting).
+    /// What the run may do to its RabbitMQ.
+    pub fn faults(&self) -> BrokerFaults {
+        match self.rabbit {
+            Owned::Shared => BrokerFaults::Shared,
+            Owned::Node(_) => BrokerFaults::OwnNode,
+            Owned::Cluster(_) => BrokerFaults::OwnCluster,
+        }
+    }
+
+    /// Whether a restart is under way (the broker, or one node of the cluster, is down
+    /// or starting).
     pub fn restarting(&self) -> bool {
         self.restarting.load(Ordering::SeqCst)
     }
@@ -98,7 +144,7 @@ impl DemoBroker {
         }
     }
 
-    /// Restarts the run's node completed so far.
+    /// Restarts of the run's node, or of a node of its cluster, completed so far.
     pub fn restarts(&self) -> u32 {
         self.restarts.load(Ordering::SeqCst)
     }
@@ -108,7 +154,7 @@ impl DemoBroker {
     /// the same port and data. False when there is no node of the run's own, or a
     /// restart is already under way.
     pub fn restart(&self, kill: bool, down_for: Duration) -> bool {
-        let Some(node) = self.node.clone() else {
+        let Owned::Node(node) = self.rabbit.clone() else {
             return false;
         };
         if self.restarting.swap(true, Ordering::SeqCst) {
@@ -131,6 +177,36 @@ impl DemoBroker {
                     restarts.fetch_add(1, Ordering::SeqCst);
                 }
                 Err(error) => println!("RabbitMQ node did not start again: {error:#}"),
+            }
+            restarting.store(false, Ordering::SeqCst);
+        });
+        true
+    }
+
+    /// On a task of its own: kills node `index` of the run's cluster (`kill -9` of its
+    /// Erlang VM), leaves it down for `down_for`, and starts it again on the same port
+    /// and data. The other nodes keep a majority of every quorum queue. False when the
+    /// run has no cluster, or a node is already down: never two at once.
+    pub fn kill_node(&self, index: usize, down_for: Duration) -> bool {
+        let Owned::Cluster(cluster) = self.rabbit.clone() else {
+            return false;
+        };
+        if self.restarting.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let (restarting, restarts) = (Arc::clone(&self.restarting), Arc::clone(&self.restarts));
+        tokio::spawn(async move {
+            let mut cluster = cluster.lock().await;
+            let node = cluster.node_mut(index);
+            if let Err(error) = node.kill().await {
+                println!("note: killing RabbitMQ node {index} failed: {error:#}");
+            }
+            tokio::time::sleep(down_for).await;
+            match node.start_again().await {
+                Ok(()) => {
+                    restarts.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(error) => println!("RabbitMQ node {index} did not start again: {error:#}"),
             }
             restarting.store(false, Ordering::SeqCst);
         });
@@ -171,10 +247,10 @@ impl DemoBroker {
         let Some(vhost) = self.vhost.clone() else {
             return false;
         };
-        let node = self.node.clone();
+        let rabbit = self.rabbit.clone();
         tokio::spawn(async move {
             let closed = rabbitmqctl(
-                node.as_ref(),
+                &rabbit,
                 &[
                     "close_all_connections",
                     "--vhost",
@@ -213,22 +289,16 @@ impl DemoBroker {
         Ok(total)
     }
 
-    /// Removes what the run made: its node, or the vhost with everything in it, or,
-    /// without either, the run's exchange and queues (retry queues included).
+    /// Removes what the run made: its node or cluster, or the vhost with everything
+    /// in it, or, without any, the run's exchange and queues (retry queues included).
     pub async fn tear_down(self) -> anyhow::Result<()> {
-        if let Some(mut node) = self.node {
-            // A restart still under way (a run cut short) finishes first.
-            for _ in 0..600 {
-                match Arc::try_unwrap(node) {
-                    Ok(node) => return node.into_inner().remove().await,
-                    Err(shared) => node = shared,
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            anyhow::bail!("the run's RabbitMQ node is still being restarted after a minute");
+        match self.rabbit {
+            Owned::Node(node) => return node_of_its_own(node).await?.remove().await,
+            Owned::Cluster(cluster) => return node_of_its_own(cluster).await?.remove().await,
+            Owned::Shared => {}
         }
         if let Some(vhost) = &self.vhost {
-            return rabbitmqctl(None, &["delete_vhost", vhost]).await;
+            return rabbitmqctl(&Owned::Shared, &["delete_vhost", vhost]).await;
         }
         let connection = self.connect().await?;
         let channel = connection.create_channel().await?;
@@ -248,21 +318,38 @@ impl DemoBroker {
     }
 }
 
-async fn make_vhost(
-    node: Option<&Arc<Mutex<RabbitNode>>>,
-    vhost: &str,
-    user: &str,
-) -> anyhow::Result<()> {
-    rabbitmqctl(node, &["add_vhost", vhost]).await?;
-    let permissions = ["set_permissions", "--vhost", vhost, user, ".*", ".*", ".*"];
-    rabbitmqctl(node, &permissions).await
+/// The run's node or cluster, once no restart holds it any more: a restart still under
+/// way (a run cut short) finishes first.
+async fn node_of_its_own<T>(mut shared: Arc<Mutex<T>>) -> anyhow::Result<T> {
+    for _ in 0..600 {
+        match Arc::try_unwrap(shared) {
+            Ok(owned) => return Ok(owned.into_inner()),
+            Err(still) => shared = still,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the run's RabbitMQ node is still being restarted after a minute");
 }
 
-/// `rabbitmqctl` against the run's node, or the machine's default one.
-async fn rabbitmqctl(node: Option<&Arc<Mutex<RabbitNode>>>, args: &[&str]) -> anyhow::Result<()> {
-    if let Some(node) = node {
-        node.lock().await.rabbitmqctl(args).await?;
-        return Ok(());
+async fn make_vhost(rabbit: &Owned, vhost: &str, user: &str) -> anyhow::Result<()> {
+    rabbitmqctl(rabbit, &["add_vhost", vhost]).await?;
+    let permissions = ["set_permissions", "--vhost", vhost, user, ".*", ".*", ".*"];
+    rabbitmqctl(rabbit, &permissions).await
+}
+
+/// `rabbitmqctl` against the run's node, a running node of its cluster, or the
+/// machine's default node.
+async fn rabbitmqctl(rabbit: &Owned, args: &[&str]) -> anyhow::Result<()> {
+    match rabbit {
+        Owned::Node(node) => {
+            node.lock().await.rabbitmqctl(args).await?;
+            return Ok(());
+        }
+        Owned::Cluster(cluster) => {
+            cluster.lock().await.rabbitmqctl(args).await?;
+            return Ok(());
+        }
+        Owned::Shared => {}
     }
     let output = Command::new("rabbitmqctl")
         .arg("--quiet")

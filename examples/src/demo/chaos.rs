@@ -158,7 +158,7 @@ enum Injected {
     Now(String),
     /// It cannot be done in this run.
     Skipped,
-    /// Not now: the broker is restarting.
+    /// Not now: the broker, or a node of the cluster, is restarting.
     Busy,
 }
 
@@ -210,6 +210,16 @@ async fn inject(
             stage.fleet.freeze(&target).await?;
             pending.thaws.push((now + fault.lasts, target.clone()));
             format!("kill -STOP {target}: silent for {lasts}, past its step timeout")
+        }
+        FaultKind::NodeKill => {
+            let node = stage.homes[&target];
+            if !broker.kill_node(node, fault.lasts) {
+                return Ok(Injected::Busy);
+            }
+            format!(
+                "kill -9 of RabbitMQ node {node} (the one under {target}); starting again after \
+                 {lasts} down"
+            )
         }
         FaultKind::BrokerRestart | FaultKind::BrokerKill => {
             if !broker.can_restart() {

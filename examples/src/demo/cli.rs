@@ -74,6 +74,10 @@ pub struct DemoArgs {
     /// (`rabbitmq-server` installed); the broker is then never restarted.
     #[arg(long)]
     pub shared_broker: bool,
+    /// Run on a three-node RabbitMQ cluster of the run's own (needs `rabbitmq-server`),
+    /// and kill its nodes with -9, one at a time, in place of restarting the broker.
+    #[arg(long, conflicts_with = "shared_broker")]
+    pub cluster: bool,
     /// Leave the databases in place afterwards, to inspect them.
     #[arg(long)]
     pub keep_databases: bool,
@@ -205,6 +209,7 @@ mod tests {
             ["--compensation-failure-rate", "2"],
             ["--step-timeout-secs", "0"],
             ["--saga", "sideways"],
+            ["--cluster", "--shared-broker"],
         ] {
             let parsed = Cli::try_parse_from(["exactly-once-demo", bad[0], bad[1]]);
             assert!(parsed.is_err(), "{bad:?} was accepted");

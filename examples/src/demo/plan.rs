@@ -35,11 +35,25 @@ pub enum FaultKind {
     BrokerRestart,
     /// The run's own RabbitMQ node killed with `kill -9`, then started again.
     BrokerKill,
+    /// One node of the run's own cluster killed with `kill -9`, then started again;
+    /// never two down at once. Only with `--cluster`, in place of the two above.
+    NodeKill,
+}
+
+/// What a run may do to its RabbitMQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerFaults {
+    /// Nothing but closing connections: it is `AMQP_URL`'s broker.
+    Shared,
+    /// Stop and kill its node of its own.
+    OwnNode,
+    /// Kill the nodes of its own cluster, one at a time.
+    OwnCluster,
 }
 
 impl FaultKind {
     /// Every kind, in report order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::ConnectionCut,
         Self::BlackHole,
         Self::BrokerClose,
@@ -49,21 +63,28 @@ impl FaultKind {
         Self::KillOrchestrator,
         Self::BrokerRestart,
         Self::BrokerKill,
+        Self::NodeKill,
     ];
 
-    /// Whether this kind takes the whole broker down for a while.
+    /// Whether this kind takes the broker, or a node of the cluster, down for a while
+    /// (several seconds: a node takes that long to start again).
     pub fn is_broker_restart(self) -> bool {
-        matches!(self, Self::BrokerRestart | Self::BrokerKill)
+        matches!(
+            self,
+            Self::BrokerRestart | Self::BrokerKill | Self::NodeKill
+        )
     }
 
     /// The kinds a run can inject: the orchestrator's only under orchestration, the
-    /// broker's restarts only with a node of the run's own.
-    pub fn available(mode: SagaMode, own_node: bool) -> Vec<Self> {
+    /// broker's restarts only with a node of the run's own, node kills only with a
+    /// cluster of its own.
+    pub fn available(mode: SagaMode, broker: BrokerFaults) -> Vec<Self> {
         Self::ALL
             .into_iter()
             .filter(|kind| match kind {
                 Self::ParticipantSilent | Self::KillOrchestrator => mode == SagaMode::Orchestration,
-                kind if kind.is_broker_restart() => own_node,
+                Self::BrokerRestart | Self::BrokerKill => broker == BrokerFaults::OwnNode,
+                Self::NodeKill => broker == BrokerFaults::OwnCluster,
                 _ => true,
             })
             .collect()
@@ -81,6 +102,7 @@ impl FaultKind {
             Self::KillOrchestrator => "orchestrator kill -9",
             Self::BrokerRestart => "broker restart",
             Self::BrokerKill => "broker kill -9",
+            Self::NodeKill => "node kill -9",
         }
     }
 }
@@ -141,7 +163,8 @@ pub struct Fault {
     pub at: Duration,
     /// What.
     pub kind: FaultKind,
-    /// Against which process (ignored by the broker's faults, which hit them all).
+    /// Against which process (ignored by the broker's faults, which hit them all; a
+    /// node kill hits the node this process's proxy leads to).
     pub target: Target,
     /// How long a black hole or a silence lasts, or how long a killed process (or the
     /// broker) stays down.
@@ -233,7 +256,9 @@ impl FaultPlan {
             FaultKind::ParticipantSilent => {
                 self.step_timeout + millis(&mut self.rng, 1_000..=2_500)
             }
-            FaultKind::BrokerRestart | FaultKind::BrokerKill => millis(&mut self.rng, 500..=2_000),
+            FaultKind::BrokerRestart | FaultKind::BrokerKill | FaultKind::NodeKill => {
+                millis(&mut self.rng, 500..=2_000)
+            }
             _ => millis(&mut self.rng, 300..=1_500),
         };
         let fault = Fault {
@@ -255,7 +280,7 @@ mod tests {
     use super::*;
 
     fn draw(seed: u64, rate: f64, n: usize) -> Vec<Fault> {
-        let kinds = FaultKind::available(SagaMode::Orchestration, true);
+        let kinds = FaultKind::available(SagaMode::Orchestration, BrokerFaults::OwnNode);
         let mut plan = FaultPlan::new(seed, rate, kinds, Duration::from_secs(3));
         std::iter::from_fn(|| plan.next_fault()).take(n).collect()
     }
@@ -271,7 +296,10 @@ mod tests {
         for seed in 0..20 {
             let mut kinds: Vec<FaultKind> = draw(seed, 1.0, 9).iter().map(|f| f.kind).collect();
             kinds.sort();
-            assert_eq!(kinds, FaultKind::ALL.to_vec(), "seed {seed}");
+            let own_node = FaultKind::ALL
+                .into_iter()
+                .filter(|k| *k != FaultKind::NodeKill);
+            assert_eq!(kinds, own_node.collect::<Vec<_>>(), "seed {seed}");
         }
     }
 
@@ -302,12 +330,22 @@ mod tests {
 
     #[test]
     fn choreography_and_a_shared_broker_leave_out_what_they_cannot_do() {
-        let kinds = FaultKind::available(SagaMode::Choreography, false);
+        let kinds = FaultKind::available(SagaMode::Choreography, BrokerFaults::Shared);
         assert_eq!(kinds.len(), 5);
         assert!(!kinds.contains(&FaultKind::ParticipantSilent));
         assert!(!kinds.contains(&FaultKind::BrokerRestart));
-        let kinds = FaultKind::available(SagaMode::Choreography, true);
+        let kinds = FaultKind::available(SagaMode::Choreography, BrokerFaults::OwnNode);
         assert!(kinds.contains(&FaultKind::BrokerKill));
+        assert!(!kinds.contains(&FaultKind::NodeKill));
+    }
+
+    #[test]
+    fn a_cluster_kills_nodes_in_place_of_restarting_the_broker() {
+        let kinds = FaultKind::available(SagaMode::Orchestration, BrokerFaults::OwnCluster);
+        assert_eq!(kinds.len(), 8);
+        assert!(kinds.contains(&FaultKind::NodeKill));
+        assert!(!kinds.contains(&FaultKind::BrokerRestart));
+        assert!(!kinds.contains(&FaultKind::BrokerKill));
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub struct Report<'a> {
     pub kinds: &'a [FaultKind],
     /// Messages left in the dead-letter queues.
     pub dead_letters: u32,
-    /// Times the run's RabbitMQ node was stopped or killed and came back.
+    /// Times the run's RabbitMQ node (with `--cluster`, one of its cluster's nodes)
+    /// was stopped or killed and came back.
     pub broker_restarts: u32,
     /// Processes that exited without being killed.
     pub unexpected_exits: u32,

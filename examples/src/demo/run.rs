@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::broker::DemoBroker;
+use super::broker::{DemoBroker, Rabbit};
 use super::chaos::{self, Ending};
 use super::cli::DemoArgs;
 use super::databases::DemoDatabases;
@@ -12,7 +12,7 @@ use super::report::Report;
 use super::saga::Service;
 use super::stage::{self, Stage};
 use super::verify::{self, Sources};
-use testkit::RabbitNode;
+use testkit::{RabbitCluster, RabbitNode};
 
 /// How a run ended, as an exit code: 0 every invariant held, 1 one failed, 2 the
 /// run could not be set up, 130 interrupted.
@@ -33,6 +33,12 @@ async fn run_checked(args: DemoArgs) -> anyhow::Result<u8> {
     let amqp_url =
         std::env::var("AMQP_URL").map_err(|_| anyhow::anyhow!("set AMQP_URL to RabbitMQ"))?;
     let relay_program = stage::relay_program()?;
+    if args.cluster && !RabbitNode::installed() {
+        anyhow::bail!(
+            "--cluster needs rabbitmq-server installed (on PATH, in /usr/sbin or in \
+             /usr/lib/rabbitmq/bin): the run starts a cluster of its own"
+        );
+    }
     let prefix = format!("eod_{}", std::process::id());
     println!(
         "exactly-once-demo: {} saga, {} orders at {}/s, {:.0}% of payments fail, {:.0}% of \
@@ -47,8 +53,14 @@ async fn run_checked(args: DemoArgs) -> anyhow::Result<u8> {
     );
 
     let databases = DemoDatabases::create(&database_url, &prefix).await?;
-    let node = own_node(&args, &prefix).await;
-    let broker = match DemoBroker::set_up(&amqp_url, &prefix, args.saga, node).await {
+    let rabbit = match own_rabbit(&args, &prefix).await {
+        Ok(rabbit) => rabbit,
+        Err(error) => {
+            databases.drop_all().await?;
+            return Err(error);
+        }
+    };
+    let broker = match DemoBroker::set_up(&amqp_url, &prefix, args.saga, rabbit).await {
         Ok(broker) => broker,
         Err(error) => {
             databases.drop_all().await?;
@@ -88,7 +100,7 @@ async fn run_staged(
         stage.proxies.keys().cloned().collect::<Vec<_>>().join(", "),
         stage.logs.display()
     );
-    let kinds = FaultKind::available(args.saga, broker.can_restart());
+    let kinds = FaultKind::available(args.saga, broker.faults());
     let plan = FaultPlan::new(
         args.seed,
         args.fault_rate(),
@@ -143,9 +155,33 @@ async fn run_staged(
     })
 }
 
-/// A RabbitMQ node of the run's own, to restart mid-run, where `rabbitmq-server` is
-/// installed; otherwise (or with `--shared-broker`) the run uses AMQP_URL's broker and
-/// says so.
+/// A three-node cluster of the run's own with `--cluster` (the run stops if it does not
+/// form); else a RabbitMQ node of the run's own, to restart mid-run, where
+/// `rabbitmq-server` is installed; otherwise (or with `--shared-broker`) AMQP_URL's
+/// broker, and the run says so.
+async fn own_rabbit(args: &DemoArgs, prefix: &str) -> anyhow::Result<Rabbit> {
+    if args.cluster {
+        let cluster = RabbitCluster::start(prefix, 3)
+            .await
+            .map_err(|error| anyhow::anyhow!("the run's RabbitMQ cluster: {error:#}"))?;
+        let nodes: Vec<_> = cluster
+            .nodes()
+            .iter()
+            .map(|node| format!("{} on port {}", node.node_name(), node.port()))
+            .collect();
+        println!(
+            "RabbitMQ: a cluster of the run's own, {}; its nodes killed one at a time",
+            nodes.join(", ")
+        );
+        return Ok(Rabbit::Cluster(cluster));
+    }
+    Ok(match own_node(args, prefix).await {
+        Some(node) => Rabbit::Node(Box::new(node)),
+        None => Rabbit::Shared,
+    })
+}
+
+/// A RabbitMQ node of the run's own, or `None` for AMQP_URL's broker.
 async fn own_node(args: &DemoArgs, prefix: &str) -> Option<RabbitNode> {
     if args.shared_broker {
         println!("RabbitMQ: AMQP_URL's broker (--shared-broker); no broker restarts");

@@ -1,7 +1,9 @@
 //! The stage of a run: the four services and their relays, each behind a TCP proxy
 //! of its own to RabbitMQ, so a fault can hit one process's connections. Under
 //! orchestration the order service runs a second process, so that the saga's
-//! orchestrator has two instances.
+//! orchestrator has two instances. On a cluster, each proxy leads to one node (the
+//! processes spread over the nodes), and each process's `AMQP_URL` lists the other
+//! nodes after its proxy, for it to move on to when its node is cut off or killed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub struct Stage {
     pub fleet: Fleet,
     /// One proxy per process.
     pub proxies: BTreeMap<String, Arc<FaultyProxy>>,
+    /// The node (an index into the broker's node URLs) each process's proxy leads to.
+    pub homes: BTreeMap<String, usize>,
     /// Where each process logs.
     pub logs: PathBuf,
 }
@@ -53,6 +57,7 @@ impl Stage {
         let mut stage = Self {
             fleet: Fleet::default(),
             proxies: BTreeMap::new(),
+            homes: BTreeMap::new(),
             logs,
         };
         let own_program = std::env::current_exe()?;
@@ -64,20 +69,28 @@ impl Stage {
         if args.saga == SagaMode::Orchestration {
             targets.push(Target::second(Service::Order));
         }
-        for target in targets {
+        let nodes = &broker.node_urls;
+        for (n, target) in targets.into_iter().enumerate() {
             let name = target.to_string();
-            let proxy = Arc::new(FaultyProxy::in_front_of(broker.url.as_str()).await?);
-            let mut amqp = broker.url.clone();
-            amqp.set_host(Some("127.0.0.1"))?;
-            amqp.set_port(Some(proxy.port))
+            let home = n % nodes.len();
+            let proxy = Arc::new(FaultyProxy::in_front_of(nodes[home].as_str()).await?);
+            let mut proxied = nodes[home].clone();
+            proxied.set_host(Some("127.0.0.1"))?;
+            proxied
+                .set_port(Some(proxy.port))
                 .map_err(|()| anyhow::anyhow!("AMQP_URL cannot take a port"))?;
+            let others = nodes.iter().enumerate().filter(|(i, _)| *i != home);
+            let amqp = std::iter::once(proxied.to_string())
+                .chain(others.map(|(_, url)| url.to_string()))
+                .collect::<Vec<_>>()
+                .join(",");
             let service = target.service;
             let mut env = vec![
                 (
                     "DATABASE_URL".to_owned(),
                     databases.url(service).to_string(),
                 ),
-                ("AMQP_URL".to_owned(), amqp.to_string()),
+                ("AMQP_URL".to_owned(), amqp),
                 ("NO_COLOR".to_owned(), "1".to_owned()),
             ];
             let spec = if target.relay {
@@ -103,7 +116,8 @@ impl Stage {
                 }
             };
             stage.fleet.start(&name, spec)?;
-            stage.proxies.insert(name, proxy);
+            stage.proxies.insert(name.clone(), proxy);
+            stage.homes.insert(name, home);
         }
         Ok(stage)
     }
