@@ -88,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
             args.memory_backlog
         );
     }
+    // Last, for scripts: one relay / raw lapin publishing with confirms, this run.
+    println!("ratio {:.2}", one / raw);
     Ok(())
 }
 

@@ -87,19 +87,27 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let pool = fresh_database(DATABASE, 4).await?;
     let sink = Sink::new().await?;
-    if !args.skip_drain {
-        refusal_cost(&pool, &sink, &args).await?;
-    }
+    let ratio = if args.skip_drain {
+        None
+    } else {
+        Some(refusal_cost(&pool, &sink, &args).await?)
+    };
     if args.big_rows > 0 {
         memory(&pool, &sink, &args).await?;
     }
     sink.remove().await?;
     pool.close().await;
-    drop_database(DATABASE).await
+    drop_database(DATABASE).await?;
+    // Last, for scripts: good rows per second with bad rows / without, in this run.
+    if let Some(ratio) = ratio {
+        println!("ratio {ratio:.2}");
+    }
+    Ok(())
 }
 
-/// (A): clean and spoiled drains, interleaved, then their medians.
-async fn refusal_cost(pool: &PgPool, sink: &Sink, args: &Args) -> anyhow::Result<()> {
+/// (A): clean and spoiled drains, interleaved, then their medians. Returns the ratio
+/// of their rates, with bad rows / without.
+async fn refusal_cost(pool: &PgPool, sink: &Sink, args: &Args) -> anyhow::Result<f64> {
     // Every drain starts from an outbox vacuumed while empty, as autovacuum leaves one
     // in service; a table never vacuumed would give the first drain other plans.
     sqlx::query("VACUUM outbox").execute(pool).await?;
@@ -185,7 +193,7 @@ async fn refusal_cost(pool: &PgPool, sink: &Sink, args: &Args) -> anyhow::Result
             "all_bad_dead_after_s": dead_after.map(|s| (s * 100.0).round() / 100.0),
         })
     );
-    Ok(())
+    Ok(ratio)
 }
 
 /// One drain of (A).
