@@ -282,19 +282,21 @@ async fn run_cancel(
     Ok(reply)
 }
 
-/// How long after its deadline an action arrived, if it did; an action without a
-/// readable deadline (an older orchestrator) is never late.
+/// How long after its deadline an action arrived, if it did.
 fn past_deadline(ctx: &Context<'_>) -> Option<u128> {
-    let deadline: u128 = ctx
-        .envelope()
-        .header_str(wire::DEADLINE_HEADER)?
-        .parse()
-        .ok()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_millis();
-    now.checked_sub(deadline).filter(|late| *late > 0)
+    late_by(ctx.envelope().header_str(wire::DEADLINE_HEADER), now)
+}
+
+/// Milliseconds from the `deadline` header's value to `now_ms`, if `now_ms` is past
+/// it. A missing or unreadable deadline (an older orchestrator, a hand-made message)
+/// is never late: the action runs, as it did before deadlines were sent.
+fn late_by(deadline: Option<&str>, now_ms: u128) -> Option<u128> {
+    let deadline: u128 = deadline?.trim().parse().ok()?;
+    now_ms.checked_sub(deadline).filter(|late| *late > 0)
 }
 
 /// Where the orchestrator wants the reply: a command without it is not a saga's.
@@ -316,4 +318,26 @@ async fn send_reply(ctx: &mut Context<'_>, reply_to: &str, reply: &Reply) -> Res
     let message = ctx.message(step, reply_to).payload(reply)?;
     ctx.enqueue(&message).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::late_by;
+
+    #[test]
+    fn only_a_readable_deadline_that_passed_makes_an_action_late() {
+        assert_eq!(late_by(Some("1000"), 1_500), Some(500));
+        assert_eq!(late_by(Some("1000"), 1_000), None);
+        assert_eq!(late_by(Some("2000"), 1_000), None);
+        for unreadable in [
+            "",
+            "soon",
+            "-5",
+            "1e3",
+            "99999999999999999999999999999999999999999",
+        ] {
+            assert_eq!(late_by(Some(unreadable), 1_000), None, "{unreadable:?}");
+        }
+        assert_eq!(late_by(None, 1_000), None);
+    }
 }

@@ -190,15 +190,10 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
                 // The cancel's answer says only that the action was stopped: the
                 // saga's error stays what made it cancel (a timeout, an abort).
                 Phase::Cancel => match compensate_below(plan, step, String::new()) {
-                    Next::Moved {
+                    Next::Moved { to, send, .. } => Next::Moved {
                         to,
                         send,
-                        merge_result,
-                        ..
-                    } => Next::Moved {
-                        to,
-                        send,
-                        merge_result,
+                        merge_result: false,
                         error: None,
                     },
                     ignored => ignored,
@@ -333,33 +328,12 @@ fn compensate_from(plan: &Plan<'_>, step: usize, error: String) -> Next {
 /// Cancel `at.step`, whose action cannot be undone: again, or `failed` once out of
 /// attempts, because the saga cannot go on or back without knowing the outcome.
 fn cancel(plan: &Plan<'_>, at: Position, error: String) -> Next {
-    if at.attempts >= plan.compensation_attempts {
-        let error = format!(
-            "{error}; {} cancels went unanswered, so whether step {} took effect is unknown",
-            at.attempts, at.step
-        );
-        return Next::Moved {
-            to: Position {
-                state: SagaState::Failed,
-                ..at
-            },
-            send: None,
-            merge_result: false,
-            error: Some(error),
-        };
-    }
-    Next::Moved {
-        to: Position {
-            attempts: at.attempts + 1,
-            ..at
-        },
-        send: Some(Command {
-            step: at.step,
-            phase: Phase::Cancel,
-        }),
-        merge_result: false,
-        error: Some(error),
-    }
+    send_again(plan, at, Phase::Cancel, error, |error, tries| {
+        format!(
+            "{error}; {tries} cancels went unanswered, so whether step {} took effect is unknown",
+            at.step
+        )
+    })
 }
 
 /// Compensate the steps before `step`, which took no effect.
@@ -389,27 +363,40 @@ fn next_compensation(plan: &Plan<'_>, step: usize, error: Option<String>) -> Nex
 
 /// A compensation failed or timed out: again, or `failed` once out of attempts.
 fn compensate_again(plan: &Plan<'_>, at: Position, error: String) -> Next {
-    if at.attempts >= plan.compensation_attempts {
-        let error = format!("{error}; gave up after {} attempts", at.attempts);
-        return Next::Moved {
-            to: Position {
-                state: SagaState::Failed,
-                ..at
-            },
-            send: None,
-            merge_result: false,
-            error: Some(error),
+    send_again(plan, at, Phase::Compensation, error, |error, tries| {
+        format!("{error}; gave up after {tries} attempts")
+    })
+}
+
+/// `phase`'s command of the step in hand once more, or, once the plan's attempts are
+/// spent, `failed` with the error `gave_up` makes of `error` and the attempts made.
+fn send_again(
+    plan: &Plan<'_>,
+    at: Position,
+    phase: Phase,
+    error: String,
+    gave_up: impl FnOnce(String, u32) -> String,
+) -> Next {
+    let (to, send, error) = if at.attempts >= plan.compensation_attempts {
+        let to = Position {
+            state: SagaState::Failed,
+            ..at
         };
-    }
-    Next::Moved {
-        to: Position {
+        (to, None, gave_up(error, at.attempts))
+    } else {
+        let to = Position {
             attempts: at.attempts + 1,
             ..at
-        },
-        send: Some(Command {
+        };
+        let send = Command {
             step: at.step,
-            phase: Phase::Compensation,
-        }),
+            phase,
+        };
+        (to, Some(send), error)
+    };
+    Next::Moved {
+        to,
+        send,
         merge_result: false,
         error: Some(error),
     }
