@@ -9,6 +9,11 @@ use crate::error::DeclareError;
 use crate::queue_type::QueueType;
 use crate::topology;
 
+/// The largest [`ConsumerConfig::batch_size`]. Each handler of a batch runs in a
+/// savepoint, a subtransaction; past 64 in one transaction PostgreSQL's per-backend
+/// subtransaction cache overflows, and every other session's snapshots get slower.
+pub const MAX_BATCH_SIZE: usize = 64;
+
 /// How a consumer reads its queue and what it does with failures.
 ///
 /// The fields are public so that a service can set the few it cares about after
@@ -24,8 +29,15 @@ pub struct ConsumerConfig {
     pub bindings: Vec<(String, String)>,
     /// Unacknowledged deliveries the broker may send ahead.
     pub prefetch: u16,
-    /// Deliveries handled at once.
+    /// Batches handled at once: each runs on a database connection of its own.
     pub concurrency: usize,
+    /// The most deliveries one transaction takes. Deliveries already waiting when a
+    /// handler slot frees up are processed together: their keys recorded in one
+    /// statement, each handler in a savepoint of its own, one commit (one flush of
+    /// the write-ahead log), one ack. A lone delivery never waits for others: a
+    /// batch is what is there, from 1 up to this. 1 is a transaction per delivery.
+    /// At most [`MAX_BATCH_SIZE`].
+    pub batch_size: usize,
     /// Handler failures before a message is dead-lettered.
     pub max_attempts: u32,
     /// Delay before the first retry; doubles per attempt up to `retry_max`.
@@ -50,6 +62,12 @@ pub enum InvalidConfig {
     /// A count or a delay that must be positive is zero.
     #[error("consumer config: `{0}` is zero; it must be at least 1")]
     Zero(&'static str),
+    /// `batch_size` is above [`MAX_BATCH_SIZE`].
+    #[error(
+        "consumer config: `batch_size` is {0}; at most {MAX_BATCH_SIZE} deliveries fit one \
+         transaction (one savepoint each, and PostgreSQL caches {MAX_BATCH_SIZE} per transaction)"
+    )]
+    BatchTooLarge(usize),
     /// The first retry would wait longer than the longest retry may.
     #[error(
         "consumer config: `retry_base` ({base:?}) is longer than `retry_max` ({max:?}); \
@@ -64,14 +82,15 @@ pub enum InvalidConfig {
 }
 
 impl ConsumerConfig {
-    /// Defaults for `queue`: quorum queues, prefetch 32, 4 at once, 5 attempts,
-    /// retries after 1 s, 2 s, 4 s, ... up to a minute.
+    /// Defaults for `queue`: quorum queues, prefetch 64, 4 batches at once of up to
+    /// 16 deliveries, 5 attempts, retries after 1 s, 2 s, 4 s, ... up to a minute.
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
             queue: queue.into(),
             bindings: Vec::new(),
-            prefetch: 32,
+            prefetch: 64,
             concurrency: 4,
+            batch_size: 16,
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
@@ -94,11 +113,15 @@ impl ConsumerConfig {
         let zero = [
             ("prefetch", self.prefetch == 0),
             ("concurrency", self.concurrency == 0),
+            ("batch_size", self.batch_size == 0),
             ("max_attempts", self.max_attempts == 0),
             ("retry_base", self.retry_base.is_zero()),
         ];
         if let Some((field, _)) = zero.into_iter().find(|(_, is_zero)| *is_zero) {
             return Err(InvalidConfig::Zero(field));
+        }
+        if self.batch_size > MAX_BATCH_SIZE {
+            return Err(InvalidConfig::BatchTooLarge(self.batch_size));
         }
         if self.retry_base > self.retry_max {
             return Err(InvalidConfig::RetryBaseAboveMax {
@@ -174,9 +197,10 @@ mod tests {
     #[test]
     fn each_zero_is_refused_by_name() {
         type Zeroing = fn(&mut ConsumerConfig);
-        let cases: [(&str, Zeroing); 4] = [
+        let cases: [(&str, Zeroing); 5] = [
             ("prefetch", |c| c.prefetch = 0),
             ("concurrency", |c| c.concurrency = 0),
+            ("batch_size", |c| c.batch_size = 0),
             ("max_attempts", |c| c.max_attempts = 0),
             ("retry_base", |c| c.retry_base = Duration::ZERO),
         ];
@@ -201,6 +225,22 @@ mod tests {
             ms(config.retry_delays()),
             [500],
             "a database outage still retries"
+        );
+    }
+
+    #[test]
+    fn a_batch_past_the_subtransaction_cache_is_refused() {
+        let mut config = config();
+        config.batch_size = MAX_BATCH_SIZE;
+        assert_eq!(config.validate(), Ok(()));
+        config.batch_size = MAX_BATCH_SIZE + 1;
+        assert_eq!(config.validate(), Err(InvalidConfig::BatchTooLarge(65)));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("batch_size")
         );
     }
 

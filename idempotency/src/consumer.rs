@@ -1,27 +1,23 @@
 //! The consumer: handlers registered by step, and what one delivery goes through
 //! before it is settled (decode, route, run through the inbox, decide).
 
-use std::any::Any;
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
 use lapin::message::Delivery;
 use outbox::nodes::Nodes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
+use crate::batch::{self, Prepared};
 use crate::config::ConsumerConfig;
-use crate::context::Context;
 use crate::decision::{Decision, Failure, decide};
 use crate::envelope::{attempts, decode};
 use crate::error::{ConsumerError, StartError};
 use crate::handler::{BoxError, Handler, Route, StatefulHandler, Typed, WithState};
-use crate::inbox::{Inbox, InboxKey};
+use crate::inbox::Inbox;
 use crate::session;
 
 /// Consumes a queue and runs each message's handler through the inbox.
@@ -60,7 +56,7 @@ pub struct Consumer {
     amqp_url: String,
     inbox: Inbox,
     pub(crate) config: ConsumerConfig,
-    routes: HashMap<String, Box<dyn Route>>,
+    routes: HashMap<String, Arc<dyn Route>>,
 }
 
 impl Consumer {
@@ -98,7 +94,7 @@ impl Consumer {
         R: Serialize + 'static,
         E: Into<BoxError> + 'static,
     {
-        let route: Box<dyn Route> = Box::new(Typed::new(handler));
+        let route: Arc<dyn Route> = Arc::new(Typed::new(handler));
         self.routes.insert(step.into(), route);
         self
     }
@@ -145,29 +141,55 @@ impl Consumer {
 
     /// The config, then the node list, checked before anything connects.
     fn check(&self) -> Result<Nodes, StartError> {
+        if self.name().is_empty() {
+            return Err(StartError::NoInboxName);
+        }
         self.config.validate()?;
         Ok(Nodes::parse(&self.amqp_url)?)
     }
 
-    /// Everything short of settling a delivery with the broker: decode it, run its
-    /// handler through the inbox, and decide what becomes of it.
-    pub(crate) async fn process(&self, delivery: &Delivery) -> Decision {
-        let attempt = attempts(delivery.properties.headers().as_ref()).saturating_add(1);
-        decide(self.try_process(delivery).await, attempt, &self.config)
+    /// Everything short of settling a batch of deliveries with the broker: decode
+    /// each, run their handlers through the inbox in one transaction (a key that
+    /// comes twice waits for the next), and decide what becomes of each, in order.
+    pub(crate) async fn process(&self, deliveries: &[Delivery]) -> Vec<Decision> {
+        let mut outcomes: Vec<Option<Result<(), Failure>>> =
+            deliveries.iter().map(|_| None).collect();
+        let mut ready = Vec::new();
+        for (index, delivery) in deliveries.iter().enumerate() {
+            match self.prepare(delivery) {
+                Ok(prepared) => ready.push((index, prepared)),
+                Err(failure) => outcomes[index] = Some(Err(failure)),
+            }
+        }
+        while !ready.is_empty() {
+            let (now, later) = batch::split_repeats(ready);
+            let (indexes, now): (Vec<usize>, Vec<Prepared>) = now.into_iter().unzip();
+            let done = batch::run(&self.pool, self.name(), now).await;
+            for (index, outcome) in indexes.into_iter().zip(done) {
+                outcomes[index] = Some(outcome);
+            }
+            ready = later;
+        }
+        deliveries
+            .iter()
+            .zip(outcomes)
+            .map(|(delivery, outcome)| {
+                let attempt = attempts(delivery.properties.headers().as_ref()).saturating_add(1);
+                decide(outcome.unwrap_or(Ok(())), attempt, &self.config)
+            })
+            .collect()
     }
 
-    async fn try_process(&self, delivery: &Delivery) -> Result<(), Failure> {
+    /// Decodes a delivery and finds its handler, before any transaction opens:
+    /// what fails here fails without touching the database.
+    fn prepare(&self, delivery: &Delivery) -> Result<Prepared, Failure> {
         let envelope = decode(delivery).map_err(Failure::Undecodable)?;
         let route = self
             .routes
             .get(outbox::wire::step_route(&envelope.step))
             .ok_or_else(|| Failure::UnknownStep(envelope.step.clone()))?;
         let call = route.prepare(&envelope).map_err(Failure::BadPayload)?;
-        let key = InboxKey {
-            saga_id: &envelope.saga_id,
-            step: &envelope.step,
-            message_id: envelope.message_id.as_deref(),
-        };
+        let route = Arc::clone(route);
         let span = tracing::info_span!("message", saga_id = %envelope.saga_id, step = %envelope.step, attempt = envelope.attempt);
         // The writer's trace continues here: the handler's span becomes a child of
         // the span that wrote the message (set before the span is first entered;
@@ -177,38 +199,7 @@ impl Consumer {
         if let Some(traceparent) = &envelope.traceparent {
             outbox::trace::set_parent(&span, traceparent);
         }
-        self.inbox
-            .process(&self.pool, key, async |conn: &mut PgConnection| {
-                // A panic is the handler failing: its transaction rolls back and the
-                // message takes the retry path to the dead queue. Left to unwind, it
-                // would kill the task with the delivery unacked, holding a prefetch
-                // slot, and panic again after every restart. Unwind safety holds: what
-                // the handler may leave half-changed is the transaction, rolled back.
-                // The call is inside the block, so a panic before the future is caught too.
-                let run =
-                    AssertUnwindSafe(async { call.call(Context::new(&envelope, conn)).await });
-                run.catch_unwind().await.unwrap_or_else(|payload| {
-                    let message = panic_message(&*payload);
-                    tracing::error!(panic = message, "handler panicked");
-                    Err(Failure::Handler(
-                        format!("handler panicked: {message}").into(),
-                    ))
-                })
-            })
-            .instrument(span)
-            .await
-            .map(drop)
-            .map_err(Failure::from)
-    }
-}
-
-/// What a panic carries, as `panic!` leaves it: a `&str` or a `String`.
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    match payload.downcast_ref::<&str>() {
-        Some(message) => message,
-        None => payload
-            .downcast_ref::<String>()
-            .map_or("a non-string panic payload", String::as_str),
+        Ok(Prepared::new(envelope, route, call, span))
     }
 }
 

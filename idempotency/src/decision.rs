@@ -2,8 +2,10 @@
 //! dead-lettered. A pure function of what happened, the attempt and the config, so
 //! every branch is tested here without a broker or a database.
 
-use crate::reject::Reject;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::reject::Reject;
 
 use crate::config::ConsumerConfig;
 use crate::envelope::DecodeError;
@@ -30,16 +32,17 @@ pub(crate) enum Failure {
     /// is not JSON).
     #[error("{0}")]
     Refused(String),
-    /// PostgreSQL failed around the handler (the key, the result, the commit).
+    /// PostgreSQL failed around the handler (the key, the result, the commit). Shared:
+    /// a failed commit is the failure of every delivery of the batch.
     #[error("database: {0}")]
-    Database(sqlx::Error),
+    Database(Arc<sqlx::Error>),
 }
 
 impl From<Error<Failure>> for Failure {
     fn from(error: Error<Failure>) -> Self {
         match error {
             Error::Handler(failure) => failure,
-            Error::Database(error) => Failure::Database(error),
+            Error::Database(error) => Failure::Database(Arc::new(error)),
             refused @ (Error::InvalidKey(_) | Error::Result(_)) => {
                 Failure::Refused(refused.to_string())
             }
@@ -86,11 +89,13 @@ pub(crate) fn decide(
         }
         // The database, not the message, failed: retry without spending an attempt.
         // Around the handler that is any database error (the inbox's statements are
-        // known to be good); inside it, one that says the connection was lost.
+        // known to be good); inside it, one that says the connection was lost, or
+        // that the transaction lost a deadlock or a serialization conflict to
+        // another (handlers of two batches taking the same rows in other orders).
         Failure::Database(_) => false,
         Failure::Handler(error) => !error
             .downcast_ref::<sqlx::Error>()
-            .is_some_and(outbox::postgres::is_transient),
+            .is_some_and(|error| outbox::postgres::is_transient(error) || lost_a_conflict(error)),
     };
     if !spends_attempt {
         return Decision::Retry {
@@ -111,6 +116,13 @@ pub(crate) fn decide(
         delay: config.retry_delay(attempt),
         error,
     }
+}
+
+/// A deadlock (40P01) or a serialization failure (40001): PostgreSQL chose this
+/// transaction to give way; the same statements pass when run again.
+fn lost_a_conflict(error: &sqlx::Error) -> bool {
+    let code = error.as_database_error().and_then(|error| error.code());
+    matches!(code.as_deref(), Some("40P01" | "40001"))
 }
 
 fn dead(attempts: u32, reason: String) -> Decision {
@@ -207,7 +219,7 @@ mod tests {
     #[test]
     fn a_database_outage_is_retried_without_spending_an_attempt() {
         let outage = decide(
-            Err(Failure::Database(sqlx::Error::PoolTimedOut)),
+            Err(Failure::Database(Arc::new(sqlx::Error::PoolTimedOut))),
             3,
             &config(),
         );

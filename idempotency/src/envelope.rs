@@ -83,6 +83,8 @@ pub(crate) enum DecodeError {
     NoSagaId,
     #[error("no step: neither type nor a {STEP_HEADER} header")]
     NoStep,
+    #[error("{0} contains a NUL byte, which PostgreSQL text cannot hold")]
+    NulByte(&'static str),
     #[error("payload is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),
 }
@@ -117,11 +119,25 @@ pub(crate) fn decode(delivery: &Delivery) -> Result<Envelope, DecodeError> {
     };
     let saga_id = either(props.correlation_id(), SAGA_ID_HEADER).ok_or(DecodeError::NoSagaId)?;
     let step = either(props.kind(), STEP_HEADER).ok_or(DecodeError::NoStep)?;
+    let message_id = props.message_id().as_ref().map(|s| s.to_string());
+    // The key goes into the inbox table: a NUL would fail the statement, for this
+    // message and the batch around it, on every try.
+    let fields = [
+        ("saga_id", Some(&saga_id)),
+        ("step", Some(&step)),
+        ("message_id", message_id.as_ref()),
+    ];
+    if let Some((field, _)) = fields
+        .iter()
+        .find(|(_, value)| value.is_some_and(|v| v.contains('\0')))
+    {
+        return Err(DecodeError::NulByte(field));
+    }
     let payload = serde_json::from_slice(&delivery.data).map_err(DecodeError::NotJson)?;
     Ok(Envelope {
         saga_id,
         step,
-        message_id: props.message_id().as_ref().map(|s| s.to_string()),
+        message_id,
         reply_to: props.reply_to().as_ref().map(|s| s.to_string()),
         timestamp: props
             .timestamp()

@@ -34,6 +34,10 @@ pub enum Error<E> {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The consumer's name, the first part of each of its inbox keys, is empty.
+    #[error("consumer: the inbox name is empty; name the service or handler")]
+    NoInboxName,
+
     /// A [`ConsumerConfig`](crate::ConsumerConfig) value cannot work.
     #[error(transparent)]
     Config(#[from] InvalidConfig),

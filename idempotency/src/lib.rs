@@ -85,6 +85,8 @@
 //! wrote the first row through every handler the saga passes. A malformed
 //! `traceparent` is ignored: the handler runs in a trace of its own.
 
+mod ack_window;
+mod batch;
 mod config;
 mod consumer;
 mod context;
@@ -99,7 +101,7 @@ mod retention;
 mod session;
 mod topology;
 
-pub use config::{ConsumerConfig, InvalidConfig};
+pub use config::{ConsumerConfig, InvalidConfig, MAX_BATCH_SIZE};
 pub use consumer::{Consumer, ConsumerHandle};
 pub use context::Context;
 pub use envelope::Envelope;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -13,10 +13,11 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use outbox::nodes::{Node, Nodes, Rotation};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::ack_window::{AckWindow, Acks};
 use crate::consumer::Consumer;
 use crate::decision::Decision;
 use crate::error::{ConsumerError, DeclareError};
@@ -151,11 +152,12 @@ async fn session(
     *connected_at = Some(Instant::now());
     tracing::info!(queue = %consumer.config.queue, %node, "consumer connected");
     let Opened {
-        channel: _channel,
+        channel,
         publisher,
         mut deliveries,
     } = opened;
     let slots = Arc::new(Semaphore::new(consumer.config.concurrency));
+    let window = Arc::new(Mutex::new(AckWindow::default()));
     let mut handling = JoinSet::new();
     let result = loop {
         tokio::select! {
@@ -164,12 +166,25 @@ async fn session(
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
-                    let (consumer, publisher) = (Arc::clone(consumer), publisher.clone());
+                    // What arrived while the slot was busy joins this batch; a lone
+                    // delivery goes on its own, at once.
+                    let (batch, ended) = take_ready(delivery, &mut deliveries, consumer.config.batch_size);
+                    window.lock().await.taken(batch.iter().map(|d| d.delivery_tag));
+                    let settling = Settling {
+                        queue: consumer.config.queue.clone(),
+                        publisher: publisher.clone(),
+                        channel: channel.clone(),
+                        window: Arc::clone(&window),
+                    };
+                    let consumer = Arc::clone(consumer);
                     handling.spawn(async move {
                         let _slot = slot;
-                        let decision = consumer.process(&delivery).await;
-                        settle(&consumer.config.queue, &publisher, delivery, decision).await
+                        let decisions = consumer.process(&batch).await;
+                        settling.settle(batch, decisions).await
                     });
+                    if let Some(ended) = ended {
+                        break ended;
+                    }
                 }
                 Some(Err(error)) => break Err(error),
                 None => break Ok(()),
@@ -187,46 +202,101 @@ async fn session(
     result.map_err(Ended::from)
 }
 
-/// Carries out a decision: a copy to a retry or dead queue is confirmed before the
-/// original is acked, so nothing is lost; if the broker did not take the copy, the
-/// original goes back to the queue.
-async fn settle(
-    queue: &str,
-    publisher: &Channel,
-    delivery: Delivery,
-    decision: Decision,
-) -> lapin::Result<()> {
-    let (data, properties) = (&delivery.data, &delivery.properties);
-    let handed_over = match &decision {
-        Decision::Ack => true,
-        Decision::Dead { attempts, reason } => {
-            tracing::error!(%queue, %reason, "dead-lettering a message");
-            topology::dead_letter(publisher, queue, data, properties, *attempts, reason).await?
+/// `first` and the deliveries already waiting behind it, up to `limit` in all,
+/// without waiting for more; and how the stream ended, if it did meanwhile.
+fn take_ready(
+    first: Delivery,
+    deliveries: &mut lapin::Consumer,
+    limit: usize,
+) -> (Vec<Delivery>, Option<lapin::Result<()>>) {
+    let mut batch = vec![first];
+    while batch.len() < limit {
+        match deliveries.next().now_or_never() {
+            Some(Some(Ok(delivery))) => batch.push(delivery),
+            Some(Some(Err(error))) => return (batch, Some(Err(error))),
+            Some(None) => return (batch, Some(Ok(()))),
+            None => break,
         }
-        Decision::Retry {
-            attempts,
-            delay,
-            error,
-        } => {
-            tracing::warn!(%queue, %error, attempts, "handler failed; retrying later");
-            topology::retry_later(publisher, queue, data, properties, *attempts, *delay, error)
-                .await?
-        }
-    };
-    if handed_over {
-        delivery.ack(BasicAckOptions::default()).await?;
-    } else {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        };
-        delivery.nack(requeue).await?;
     }
-    Ok(())
+    (batch, None)
+}
+
+/// What a finished batch needs to settle its deliveries with the broker.
+struct Settling {
+    queue: String,
+    publisher: Channel,
+    channel: Channel,
+    window: Arc<Mutex<AckWindow>>,
+}
+
+impl Settling {
+    /// Carries out the decisions: a copy to a retry or dead queue is confirmed before
+    /// the original is acked, so nothing is lost; if the broker did not take the
+    /// copy, the original goes back to the queue. Then the acks: one multiple-ack
+    /// for the batch when nothing below it is still in hand, else one by one.
+    async fn settle(self, batch: Vec<Delivery>, decisions: Vec<Decision>) -> lapin::Result<()> {
+        let mut requeue = Vec::new();
+        let mut acked = Vec::new();
+        for (delivery, decision) in batch.iter().zip(&decisions) {
+            if self.hand_over(delivery, decision).await? {
+                acked.push(delivery.delivery_tag);
+            } else {
+                requeue.push(delivery);
+            }
+        }
+        let settled: Vec<u64> = batch.iter().map(|d| d.delivery_tag).collect();
+        // Decided and sent under one lock: a multiple-ack must not overtake the
+        // acks of an earlier decision, or it would ack a tag twice (a channel error).
+        let mut window = self.window.lock().await;
+        for delivery in requeue {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            delivery.nack(requeue).await?;
+        }
+        match window.settle(&settled, &acked) {
+            Acks::UpTo(tag) => {
+                let multiple = BasicAckOptions { multiple: true };
+                self.channel.basic_ack(tag, multiple).await?;
+            }
+            Acks::Each(tags) => {
+                for tag in tags {
+                    self.channel
+                        .basic_ack(tag, BasicAckOptions::default())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the copy a retry or a dead letter needs, confirmed; true if the
+    /// original may be acked.
+    async fn hand_over(&self, delivery: &Delivery, decision: &Decision) -> lapin::Result<bool> {
+        let (queue, publisher) = (&self.queue, &self.publisher);
+        let (data, properties) = (&delivery.data, &delivery.properties);
+        match decision {
+            Decision::Ack => Ok(true),
+            Decision::Dead { attempts, reason } => {
+                tracing::error!(%queue, %reason, "dead-lettering a message");
+                topology::dead_letter(publisher, queue, data, properties, *attempts, reason).await
+            }
+            Decision::Retry {
+                attempts,
+                delay,
+                error,
+            } => {
+                tracing::warn!(%queue, %error, attempts, "handler failed; retrying later");
+                topology::retry_later(publisher, queue, data, properties, *attempts, *delay, error)
+                    .await
+            }
+        }
+    }
 }
 
 /// Logs a delivery task that ended without settling its delivery. A handler's panic
-/// is caught in [`Consumer::process`], so a panic here is a bug in the consumer itself.
+/// is caught where the batch runs it, so a panic here is a bug in the consumer itself.
 fn report(done: Result<lapin::Result<()>, JoinError>) {
     match done {
         Ok(Ok(())) => {}

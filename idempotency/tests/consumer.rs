@@ -6,143 +6,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use idempotency::{
-    BoxError, Consumer, ConsumerConfig, ConsumerError, Context, DEAD_REASON_HEADER, InvalidConfig,
-    StartError,
+    BoxError, Consumer, ConsumerConfig, ConsumerError, Context, InvalidConfig, StartError,
 };
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-use outbox::wire::{ATTEMPTS_HEADER, TRACEPARENT_HEADER, dead_queue};
+use outbox::wire::{TRACEPARENT_HEADER, dead_queue};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use testkit::{FaultyProxy, amqp_url, wait_until};
 
+mod common;
+
+use common::{Sandbox, config};
+
 type TestResult = anyhow::Result<()>;
 
 /// How long a test waits for the consumer to get somewhere.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A queue of the test's own, a publisher, and the dead-letter queue to read.
-struct Sandbox {
-    queue: String,
-    connection: Connection,
-    channel: lapin::Channel,
-}
-
-impl Sandbox {
-    async fn new() -> anyhow::Result<Self> {
-        let queue = format!("test-consumer-{}", uuid_like());
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        // Declared as the consumers will declare them, so that nothing published
-        // before one starts is lost.
-        config(&queue).declare(&channel).await?;
-        Ok(Self {
-            queue,
-            connection,
-            channel,
-        })
-    }
-
-    /// Publishes as the relay does: correlation_id = saga_id, type = step.
-    async fn publish(&self, saga_id: Option<&str>, step: &str, body: &[u8]) -> anyhow::Result<()> {
-        let mut properties = BasicProperties::default()
-            .with_type(step.into())
-            .with_message_id(uuid_like().into());
-        if let Some(saga_id) = saga_id {
-            properties = properties.with_correlation_id(saga_id.into());
-        }
-        self.publish_with(properties, body).await
-    }
-
-    async fn publish_with(&self, properties: BasicProperties, body: &[u8]) -> anyhow::Result<()> {
-        self.channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?
-            .await?;
-        Ok(())
-    }
-
-    async fn waiting(&self, queue: &str) -> anyhow::Result<u32> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        Ok(self
-            .channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await?
-            .message_count())
-    }
-
-    /// Everything in the dead-letter queue: each message's dead reason.
-    async fn dead_reasons(&self) -> anyhow::Result<Vec<String>> {
-        let letters = self.dead_letters().await?;
-        Ok(letters.into_iter().map(|(reason, _)| reason).collect())
-    }
-
-    /// Everything in the dead-letter queue: each message's dead reason, and the
-    /// handler runs it had.
-    async fn dead_letters(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let mut letters = Vec::new();
-        let dead = dead_queue(&self.queue);
-        while let Some(message) = self
-            .channel
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await?
-        {
-            let headers = message
-                .delivery
-                .properties
-                .headers()
-                .clone()
-                .unwrap_or_default();
-            let reason = match headers.inner().get(DEAD_REASON_HEADER) {
-                Some(AMQPValue::LongString(reason)) => reason.to_string(),
-                other => format!("no reason header: {other:?}"),
-            };
-            let attempts = match headers.inner().get(ATTEMPTS_HEADER) {
-                Some(AMQPValue::LongLongInt(n)) => *n,
-                _ => -1,
-            };
-            letters.push((reason, attempts));
-        }
-        Ok(letters)
-    }
-
-    async fn remove(self) -> anyhow::Result<()> {
-        // The queues `config` declares and retries through (also after a test failed).
-        let _ = config(&self.queue).delete(&self.channel).await;
-        let _ = self.connection.close(200, "test done".into()).await;
-        Ok(())
-    }
-}
-
-/// A name no other test or run uses: process id, clock, and a counter.
-fn uuid_like() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!(
-        "{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 async fn with_effects(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query("CREATE TABLE effects (saga_id text NOT NULL, step text NOT NULL, attempt int NOT NULL, at timestamptz DEFAULT clock_timestamp())")
@@ -253,14 +134,6 @@ async fn stall_once(
         proxy.stall(true);
     }
     record(ctx, payload).await
-}
-
-fn config(queue: &str) -> ConsumerConfig {
-    let mut config = ConsumerConfig::new(queue);
-    config.retry_base = Duration::from_millis(100);
-    config.retry_max = Duration::from_millis(400);
-    config.max_attempts = 3;
-    config
 }
 
 #[sqlx::test(migrator = "idempotency::MIGRATOR")]
@@ -475,12 +348,17 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
     sandbox
         .publish(Some("order-1"), "LaunchRocket", b"{}")
         .await?;
+    // A key PostgreSQL cannot store: retried as a database failure, it would come
+    // back forever, and fail the batch around it each time.
+    sandbox
+        .publish(Some("order\0nul"), "ReserveStock", b"{}")
+        .await?;
     sandbox
         .publish(Some("order-2"), "ReserveStock", b"{}")
         .await?;
     let dead = dead_queue(&sandbox.queue);
-    wait_until(WAIT, "three are dead and one processed", async || {
-        Ok(sandbox.waiting(&dead).await? == 3 && effects(&pool).await? == 1)
+    wait_until(WAIT, "four are dead and one processed", async || {
+        Ok(sandbox.waiting(&dead).await? == 4 && effects(&pool).await? == 1)
     })
     .await?;
     consumer.shutdown().await?;
@@ -489,6 +367,7 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
         "payload is not JSON",
         "no saga_id",
         "unknown step: LaunchRocket",
+        "saga_id contains a NUL byte",
     ] {
         assert!(reasons.contains(expected), "{expected:?} not in {reasons}");
     }
@@ -796,6 +675,14 @@ async fn a_config_that_cannot_work_is_an_error_before_connecting() -> TestResult
         refused,
         Some(StartError::Config(InvalidConfig::Zero("concurrency")))
     );
+    // Keys with an empty first part would fail their CHECK on every try.
+    let nameless = Consumer::new(
+        pool.clone(),
+        "amqp://127.0.0.1:1",
+        "",
+        ConsumerConfig::new("payments"),
+    );
+    assert_eq!(nameless.spawn().err(), Some(StartError::NoInboxName));
 
     let mut config = ConsumerConfig::new("payments");
     config.retry_max = Duration::from_millis(10);

@@ -1,10 +1,14 @@
 //! What the inbox costs a consumer: messages/s through `idempotency::Consumer`
 //! (handler = one INSERT, in the inbox's transaction) against a plain consumer that
 //! only acks, on the same pre-filled queue, with 1 and 4 handlers at once; for
-//! quorum queues (the consumer's default) and classic queues.
+//! quorum queues (the consumer's default) and classic queues; with a transaction
+//! per message (`batch_size` 1, as before batching) and per batch.
+//! Then the latency a lone message sees at a low steady rate, for each batch size:
+//! from its publish to its handler's effect row.
 //!
 //! Run with: `cargo run --release -p bench --bin inbox-consumer-bench`
-//! (`-- --queue-type quorum` for one type, `--messages 5000 --rounds 3` for a short run)
+//! (`-- --queue-type quorum` for one type, `--messages 5000 --rounds 3` for a short
+//! run, `--latency-seconds 0` to skip the latency)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +39,15 @@ struct Args {
     /// The queue types to measure, each with both consumers.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Type::Quorum, Type::Classic])]
     queue_type: Vec<Type>,
+    /// The inbox consumer's `batch_size`s to measure; 1 is a transaction per message.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16])]
+    batch_size: Vec<usize>,
+    /// Messages per second for the latency measurement.
+    #[arg(long, default_value_t = 200)]
+    latency_rate: u64,
+    /// Seconds of steady load per latency measurement (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
 }
 
 /// `--queue-type`: the consumer's [`QueueType`]s.
@@ -61,37 +74,85 @@ async fn main() -> anyhow::Result<()> {
         .execute(&pool)
         .await?;
     println!(
-        "{} messages per run, median of {} rounds",
+        "{} messages per run, median of {} rounds; prefetch {PREFETCH} for both consumers",
         args.messages, args.rounds
     );
+    let columns: Vec<String> = args
+        .batch_size
+        .iter()
+        .map(|size| format!("  batch {size:>2} msg/s  ratio"))
+        .collect();
     println!(
-        "queue    handlers  plain ack-only msg/s  inbox consumer msg/s  ratio  inbox ms/message/handler"
+        "queue    handlers  plain ack-only msg/s{}",
+        columns.concat()
     );
     let mut headline = None;
     for queue_type in args.queue_type.iter().map(|&t| QueueType::from(t)) {
         for handlers in [1usize, 4] {
-            let (mut plain, mut inbox) = (Vec::new(), Vec::new());
+            let mut plain = Vec::new();
+            let mut inbox = vec![Vec::new(); args.batch_size.len()];
             for _ in 0..args.rounds {
                 plain.push(plain_consumer(queue_type, args.messages, handlers).await?);
-                inbox.push(inbox_consumer(&pool, queue_type, args.messages, handlers).await?);
+                for (rates, &size) in inbox.iter_mut().zip(&args.batch_size) {
+                    let shape = Shape {
+                        handlers,
+                        batch_size: size,
+                    };
+                    rates.push(inbox_consumer(&pool, queue_type, args.messages, shape).await?);
+                }
             }
-            let (plain, inbox) = (median(&plain), median(&inbox));
-            let per_message_ms = 1000.0 * handlers as f64 / inbox;
-            println!(
-                "{queue_type:<7}  {handlers:>8}  {plain:>20.0}  {inbox:>20.0}  {:>5.2}  {per_message_ms:>24.2}",
-                inbox / plain
-            );
+            let plain = median(&plain);
+            let mut row = format!("{queue_type:<7}  {handlers:>8}  {plain:>20.0}");
+            let mut last_ratio = 0.0;
+            for rates in &inbox {
+                let rate = median(rates);
+                last_ratio = rate / plain;
+                row.push_str(&format!("  {rate:>14.0}  {last_ratio:>5.2}"));
+            }
+            println!("{row}");
             if handlers == 4 {
-                headline.get_or_insert(inbox / plain);
+                headline.get_or_insert(last_ratio);
             }
         }
     }
-    // Last, for scripts: the inbox consumer / the plain one, 4 handlers, the first
-    // queue type measured.
+    if args.latency_seconds > 0 {
+        let queue_type = QueueType::from(args.queue_type[0]);
+        println!(
+            "\nlatency, publish to effect, {}/s for {} s, {queue_type} queue, 4 handlers",
+            args.latency_rate, args.latency_seconds
+        );
+        for &batch_size in &args.batch_size {
+            let shape = Shape {
+                handlers: 4,
+                batch_size,
+            };
+            let (p50, p99) = latency(
+                &pool,
+                queue_type,
+                shape,
+                args.latency_rate,
+                args.latency_seconds,
+            )
+            .await?;
+            println!("batch {batch_size:>2}: p50 {p50:.1} ms, p99 {p99:.1} ms");
+        }
+    }
+    // Last, for scripts: the inbox consumer (the last batch size given) / the plain
+    // one, 4 handlers, the first queue type measured.
     if let Some(ratio) = headline {
         println!("ratio {ratio:.2}");
     }
     Ok(())
+}
+
+/// Unacked deliveries either consumer may hold: the inbox consumer's default.
+const PREFETCH: u16 = 64;
+
+/// How the inbox consumer runs: batches at once, deliveries per batch.
+#[derive(Clone, Copy)]
+struct Shape {
+    handlers: usize,
+    batch_size: usize,
 }
 
 /// The queues of `idempotency::Consumer`, of `queue_type`, the queue holding
@@ -155,7 +216,9 @@ async fn plain_consumer(
     let queues = filled_queue(&connection, queue_type, messages).await?;
     let queue = queues.queue.as_str();
     let channel = connection.create_channel().await?;
-    channel.basic_qos(32, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
     let started = Instant::now();
     let mut deliveries = channel
         .basic_consume(
@@ -201,20 +264,19 @@ async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxEr
     Ok(())
 }
 
-/// The inbox consumer: one transaction per message (inbox key + effect), then the ack.
+/// The inbox consumer, in `shape`: inbox key and effect in one transaction per
+/// batch (per message with `batch_size` 1), then the ack.
 async fn inbox_consumer(
     pool: &PgPool,
     queue_type: QueueType,
     messages: u64,
-    handlers: usize,
+    shape: Shape,
 ) -> anyhow::Result<f64> {
     sqlx::query("TRUNCATE effects, inbox").execute(pool).await?;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let queues = filled_queue(&connection, queue_type, messages).await?;
-    let mut config = queues.clone();
-    config.concurrency = handlers;
     let started = Instant::now();
-    let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", config)
+    let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", shaped(&queues, shape))
         .on("ReserveStock", reserve)
         .spawn()?;
     loop {
@@ -231,4 +293,92 @@ async fn inbox_consumer(
     remove(&connection, &queues).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
+}
+
+fn shaped(queues: &ConsumerConfig, shape: Shape) -> ConsumerConfig {
+    let mut config = queues.clone();
+    config.concurrency = shape.handlers;
+    config.batch_size = shape.batch_size;
+    config.prefetch = PREFETCH;
+    config
+}
+
+/// The payload of a latency probe: when it was published, in µs since the epoch.
+#[derive(serde::Deserialize)]
+struct Probe {
+    sent_us: i64,
+}
+
+/// Records when the probe was published and when its effect was written.
+async fn probe(mut ctx: Context<'_>, probe: Probe) -> Result<(), BoxError> {
+    sqlx::query("INSERT INTO probes (sent_us, done_at) VALUES ($1, clock_timestamp())")
+        .bind(probe.sent_us)
+        .execute(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// p50 and p99, in ms, from publish to the handler's effect, publishing `rate` a
+/// second for `seconds` to a consumer of `shape` waiting on an empty queue.
+async fn latency(
+    pool: &PgPool,
+    queue_type: QueueType,
+    shape: Shape,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64)> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS probes (sent_us bigint NOT NULL, done_at timestamptz NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("TRUNCATE probes, inbox").execute(pool).await?;
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let queues = filled_queue(&connection, queue_type, 0).await?;
+    let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", shaped(&queues, shape))
+        .on("Probe", probe)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let channel = connection.create_channel().await?;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let total = rate * seconds;
+    for i in 0..total {
+        ticks.tick().await;
+        let sent_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros() as i64;
+        let properties = BasicProperties::default()
+            .with_correlation_id(format!("probe-{i}").into())
+            .with_type("Probe".into())
+            .with_delivery_mode(2);
+        let body = serde_json::to_vec(&serde_json::json!({ "sent_us": sent_us }))?;
+        channel
+            .basic_publish(
+                "".into(),
+                queues.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await?;
+    }
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(pool)
+            .await?;
+        if done as u64 >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (p50, p99): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+         FROM (SELECT ((extract(epoch FROM done_at) * 1e6 - sent_us) / 1000.0)::float8 AS ms FROM probes) AS l",
+    )
+    .fetch_one(pool)
+    .await?;
+    consumer.shutdown().await?;
+    remove(&connection, &queues).await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok((p50, p99))
 }

@@ -1,0 +1,153 @@
+//! What the consumer tests share: a queue of each test's own, published to as the
+//! relay publishes, and read back from its dead-letter queue.
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use idempotency::{ConsumerConfig, DEAD_REASON_HEADER};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use outbox::wire::{ATTEMPTS_HEADER, dead_queue};
+use testkit::amqp_url;
+
+/// A queue of the test's own, a publisher, and the dead-letter queue to read.
+pub(crate) struct Sandbox {
+    pub(crate) queue: String,
+    connection: Connection,
+    channel: lapin::Channel,
+}
+
+impl Sandbox {
+    pub(crate) async fn new() -> anyhow::Result<Self> {
+        let queue = format!("test-consumer-{}", uuid_like());
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // Declared as the consumers will declare them, so that nothing published
+        // before one starts is lost.
+        config(&queue).declare(&channel).await?;
+        Ok(Self {
+            queue,
+            connection,
+            channel,
+        })
+    }
+
+    /// Publishes as the relay does: correlation_id = saga_id, type = step.
+    pub(crate) async fn publish(
+        &self,
+        saga_id: Option<&str>,
+        step: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        let mut properties = BasicProperties::default()
+            .with_type(step.into())
+            .with_message_id(uuid_like().into());
+        if let Some(saga_id) = saga_id {
+            properties = properties.with_correlation_id(saga_id.into());
+        }
+        self.publish_with(properties, body).await
+    }
+
+    pub(crate) async fn publish_with(
+        &self,
+        properties: BasicProperties,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn waiting(&self, queue: &str) -> anyhow::Result<u32> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        Ok(self
+            .channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await?
+            .message_count())
+    }
+
+    /// Everything in the dead-letter queue: each message's dead reason.
+    pub(crate) async fn dead_reasons(&self) -> anyhow::Result<Vec<String>> {
+        let letters = self.dead_letters().await?;
+        Ok(letters.into_iter().map(|(reason, _)| reason).collect())
+    }
+
+    /// Everything in the dead-letter queue: each message's dead reason, and the
+    /// handler runs it had.
+    pub(crate) async fn dead_letters(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut letters = Vec::new();
+        let dead = dead_queue(&self.queue);
+        while let Some(message) = self
+            .channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            let headers = message
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
+            let reason = match headers.inner().get(DEAD_REASON_HEADER) {
+                Some(AMQPValue::LongString(reason)) => reason.to_string(),
+                other => format!("no reason header: {other:?}"),
+            };
+            let attempts = match headers.inner().get(ATTEMPTS_HEADER) {
+                Some(AMQPValue::LongLongInt(n)) => *n,
+                _ => -1,
+            };
+            letters.push((reason, attempts));
+        }
+        Ok(letters)
+    }
+
+    pub(crate) async fn remove(self) -> anyhow::Result<()> {
+        // The queues `config` declares and retries through (also after a test failed).
+        let _ = config(&self.queue).delete(&self.channel).await;
+        let _ = self.connection.close(200, "test done".into()).await;
+        Ok(())
+    }
+}
+
+/// A name no other test or run uses: process id, clock, and a counter.
+pub(crate) fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The consumer config of the tests: short retries, three attempts.
+pub(crate) fn config(queue: &str) -> ConsumerConfig {
+    let mut config = ConsumerConfig::new(queue);
+    config.retry_base = Duration::from_millis(100);
+    config.retry_max = Duration::from_millis(400);
+    config.max_attempts = 3;
+    config
+}
