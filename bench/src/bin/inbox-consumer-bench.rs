@@ -42,6 +42,9 @@ struct Args {
     /// The inbox consumer's `batch_size`s to measure; 1 is a transaction per message.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16])]
     batch_size: Vec<usize>,
+    /// Unacked deliveries either consumer may hold (the inbox consumer's default: 64).
+    #[arg(long, default_value_t = 64)]
+    prefetch: u16,
     /// Messages per second for the latency measurement.
     #[arg(long, default_value_t = 200)]
     latency_rate: u64,
@@ -74,8 +77,8 @@ async fn main() -> anyhow::Result<()> {
         .execute(&pool)
         .await?;
     println!(
-        "{} messages per run, median of {} rounds; prefetch {PREFETCH} for both consumers",
-        args.messages, args.rounds
+        "{} messages per run, median of {} rounds; prefetch {} for both consumers",
+        args.messages, args.rounds, args.prefetch
     );
     let columns: Vec<String> = args
         .batch_size
@@ -92,11 +95,17 @@ async fn main() -> anyhow::Result<()> {
             let mut plain = Vec::new();
             let mut inbox = vec![Vec::new(); args.batch_size.len()];
             for _ in 0..args.rounds {
-                plain.push(plain_consumer(queue_type, args.messages, handlers).await?);
+                let plain_shape = Shape {
+                    handlers,
+                    batch_size: 1,
+                    prefetch: args.prefetch,
+                };
+                plain.push(plain_consumer(queue_type, args.messages, plain_shape).await?);
                 for (rates, &size) in inbox.iter_mut().zip(&args.batch_size) {
                     let shape = Shape {
                         handlers,
                         batch_size: size,
+                        prefetch: args.prefetch,
                     };
                     rates.push(inbox_consumer(&pool, queue_type, args.messages, shape).await?);
                 }
@@ -125,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             let shape = Shape {
                 handlers: 4,
                 batch_size,
+                prefetch: args.prefetch,
             };
             let (p50, p99) = latency(
                 &pool,
@@ -145,14 +155,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unacked deliveries either consumer may hold: the inbox consumer's default.
-const PREFETCH: u16 = 64;
-
-/// How the inbox consumer runs: batches at once, deliveries per batch.
+/// How a consumer runs: handlers (batches) at once, deliveries per batch, prefetch.
 #[derive(Clone, Copy)]
 struct Shape {
     handlers: usize,
     batch_size: usize,
+    prefetch: u16,
 }
 
 /// The queues of `idempotency::Consumer`, of `queue_type`, the queue holding
@@ -207,17 +215,13 @@ async fn remove(connection: &Connection, queues: &ConsumerConfig) -> anyhow::Res
 }
 
 /// The baseline: receive and ack, `handlers` at a time, nothing else.
-async fn plain_consumer(
-    queue_type: QueueType,
-    messages: u64,
-    handlers: usize,
-) -> anyhow::Result<f64> {
+async fn plain_consumer(queue_type: QueueType, messages: u64, shape: Shape) -> anyhow::Result<f64> {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let queues = filled_queue(&connection, queue_type, messages).await?;
     let queue = queues.queue.as_str();
     let channel = connection.create_channel().await?;
     channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .basic_qos(shape.prefetch, BasicQosOptions::default())
         .await?;
     let started = Instant::now();
     let mut deliveries = channel
@@ -229,7 +233,7 @@ async fn plain_consumer(
         )
         .await?;
     let acked = Arc::new(AtomicU64::new(0));
-    let slots = Arc::new(Semaphore::new(handlers));
+    let slots = Arc::new(Semaphore::new(shape.handlers));
     for _ in 0..messages {
         let Some(delivery) = deliveries.next().await else {
             break;
@@ -299,7 +303,7 @@ fn shaped(queues: &ConsumerConfig, shape: Shape) -> ConsumerConfig {
     let mut config = queues.clone();
     config.concurrency = shape.handlers;
     config.batch_size = shape.batch_size;
-    config.prefetch = PREFETCH;
+    config.prefetch = shape.prefetch;
     config
 }
 
