@@ -70,6 +70,12 @@
 //! # }
 //! ```
 //!
+//! Deliveries that are waiting together go through the inbox in one transaction, up
+//! to [`ConsumerConfig::batch_size`]: one commit and one ack for the batch, each
+//! handler's effects still committing once with its key. A handler that fails takes
+//! nothing of the others' with it: the batch runs again without it, each handler in a
+//! savepoint. A lone message is not held back to fill a batch.
+//!
 //! A failing (or panicking) handler's message is retried later through a TTL queue,
 //! then dead-lettered with its reason; a message no retry can fix (no saga id, not
 //! JSON, a payload that does not fit the handler's type, a step with no handler) is
