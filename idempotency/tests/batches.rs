@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Sandbox, config};
+use common::{Sandbox, config, effects};
 use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
 use outbox::wire::dead_queue;
 use sqlx::PgPool;
@@ -34,12 +34,6 @@ async fn with_effects(pool: &PgPool) -> anyhow::Result<()> {
     .execute(pool)
     .await?;
     Ok(())
-}
-
-async fn effects(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM effects")
-        .fetch_one(pool)
-        .await?)
 }
 
 /// One batch at a time, so the batch under test forms behind the first message.

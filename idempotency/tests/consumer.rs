@@ -18,7 +18,7 @@ use testkit::{FaultyProxy, amqp_url, wait_until};
 
 mod common;
 
-use common::{Sandbox, config};
+use common::{Sandbox, config, effects};
 
 type TestResult = anyhow::Result<()>;
 
@@ -30,12 +30,6 @@ async fn with_effects(pool: &PgPool) -> anyhow::Result<()> {
         .execute(pool)
         .await?;
     Ok(())
-}
-
-async fn effects(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM effects")
-        .fetch_one(pool)
-        .await?)
 }
 
 /// Any JSON payload: these handlers read what they need from the envelope.

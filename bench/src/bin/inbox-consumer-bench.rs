@@ -283,20 +283,25 @@ async fn inbox_consumer(
     let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", shaped(&queues, shape))
         .on("ReserveStock", reserve)
         .spawn()?;
-    loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
-            .fetch_one(pool)
-            .await?;
-        if done as u64 >= messages {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_keys(pool, messages).await?;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
     consumer.shutdown().await?;
     remove(&connection, &queues).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
+}
+
+/// Waits until the inbox holds `keys` keys: that many messages took effect.
+async fn wait_for_keys(pool: &PgPool, keys: u64) -> anyhow::Result<()> {
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(pool)
+            .await?;
+        if done as u64 >= keys {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn shaped(queues: &ConsumerConfig, shape: Shape) -> ConsumerConfig {
@@ -366,15 +371,7 @@ async fn latency(
             )
             .await?;
     }
-    loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
-            .fetch_one(pool)
-            .await?;
-        if done as u64 >= total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_keys(pool, total).await?;
     let (p50, p99): (f64, f64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
          FROM (SELECT ((extract(epoch FROM done_at) * 1e6 - sent_us) / 1000.0)::float8 AS ms FROM probes) AS l",

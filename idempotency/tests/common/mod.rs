@@ -151,3 +151,10 @@ pub(crate) fn config(queue: &str) -> ConsumerConfig {
     config.max_attempts = 3;
     config
 }
+
+/// Rows in the test's `effects` table: one per handler run that committed.
+pub(crate) async fn effects(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(pool)
+        .await?)
+}
