@@ -217,3 +217,53 @@ async fn a_batch_cut_off_between_its_commit_and_its_ack_comes_back_as_duplicates
     assert!(sandbox.dead_reasons().await?.is_empty());
     sandbox.remove().await
 }
+
+#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestResult {
+    with_effects(&pool).await?;
+    let sandbox = Sandbox::new().await?;
+    let script = Script {
+        fails_once: "order-3",
+        ..Script::default()
+    };
+    let consumer = Consumer::new(
+        pool.clone(),
+        amqp_url(),
+        "inventory",
+        one_batch_at_a_time(&sandbox.queue),
+    )
+    .on_with("Reserve", script, scripted)
+    .spawn()?;
+    // One batch: a producer that retried order-1 twice, and order-3 twice, whose
+    // first run fails.
+    publish_a_batch(&sandbox, &pool, 0).await?;
+    for saga_id in [
+        "order-1", "order-1", "order-2", "order-1", "order-3", "order-3",
+    ] {
+        sandbox.publish(Some(saga_id), "Reserve", b"{}").await?;
+    }
+    wait_until(WAIT, "every copy is settled", async || {
+        let duplicates: i64 = sqlx::query_scalar("SELECT coalesce(sum(duplicates), 0) FROM inbox")
+            .fetch_one(&pool)
+            .await?;
+        Ok(duplicates == 3 && sandbox.waiting(&sandbox.queue).await? == 0)
+    })
+    .await?;
+    consumer.shutdown().await?;
+    let per_saga: Vec<(String, i64, i32)> = sqlx::query_as(
+        "SELECT e.saga_id, count(*), min(i.duplicates) FROM effects e
+         JOIN inbox i USING (saga_id) GROUP BY e.saga_id ORDER BY e.saga_id",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let expected = [
+        ("order-0", 1, 0),
+        ("order-1", 1, 2),
+        ("order-2", 1, 0),
+        ("order-3", 1, 1),
+    ]
+    .map(|(saga_id, effects, duplicates)| (saga_id.to_owned(), effects, duplicates));
+    assert_eq!(per_saga, expected, "(saga, effects, duplicates)");
+    assert!(sandbox.dead_reasons().await?.is_empty());
+    sandbox.remove().await
+}
