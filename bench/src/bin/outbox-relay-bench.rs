@@ -70,6 +70,10 @@ struct Args {
     /// Also measure (e): one relay in this process, in this runtime, as before.
     #[arg(long)]
     in_process: bool,
+    /// More flags for every `outbox-relay` process started, separated by spaces
+    /// (e.g. "--batch-size 2000"), to compare settings.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    relay_flags: String,
 }
 
 /// One drain: its rate and what it cost per row, in microseconds of CPU.
@@ -96,6 +100,11 @@ async fn main() -> anyhow::Result<()> {
     let pool = fresh_database(DATABASE, 8).await?;
     let relay = RelayBinary {
         path: binary,
+        flags: args
+            .relay_flags
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
         database_url: testkit::database_url_of(&pool),
         ticks_per_second: cpu::clock_ticks() as f64,
     };
@@ -127,6 +136,9 @@ async fn main() -> anyhow::Result<()> {
         "\n{} messages of 256 bytes, persistent, durable {} queue, consumer draining; median of {} rounds",
         args.messages, args.queue_type, args.rounds
     );
+    if !args.relay_flags.is_empty() {
+        println!("outbox-relay flags: {}", args.relay_flags);
+    }
     println!("(a) raw lapin, confirms, 500 per batch together  {raw:>9.0} msg/s");
     println!(
         "(b) one outbox-relay, backlog before its start   {:>9.0} rows/s  ({:.2} of a)",
@@ -250,16 +262,18 @@ async fn raw_lapin(messages: u64, queue_type: &str) -> anyhow::Result<f64> {
 /// The `outbox-relay` binary, and what it is started with.
 struct RelayBinary {
     path: PathBuf,
+    flags: Vec<String>,
     database_url: String,
     ticks_per_second: f64,
 }
 
 impl RelayBinary {
-    /// Starts `outbox-relay run` with its defaults, plus `flags`.
+    /// Starts `outbox-relay run` with its defaults, plus `flags` and `--relay-flags`.
     fn start(&self, flags: &[&str]) -> anyhow::Result<Child> {
         Ok(tokio::process::Command::new(&self.path)
             .args(["run", "--http-addr", "127.0.0.1:0"])
             .args(flags)
+            .args(&self.flags)
             .env("DATABASE_URL", &self.database_url)
             .env("AMQP_URL", amqp_url())
             .env("RUST_LOG", "warn")
