@@ -336,11 +336,7 @@ async fn drained(
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while queue.delivered.load(Ordering::Relaxed) < messages {
         anyhow::ensure!(Instant::now() < deadline, "the drain took too long");
-        for child in children.iter_mut() {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("outbox-relay exited during the drain: {status}");
-            }
-        }
+        running(children)?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     loop {
@@ -353,6 +349,16 @@ async fn drained(
         anyhow::ensure!(Instant::now() < deadline, "the drain took too long");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Fails if a relay process has exited: a drain would wait for it in vain.
+fn running(children: &mut [Child]) -> anyhow::Result<()> {
+    for child in children.iter_mut() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("outbox-relay exited during the drain: {status}");
+        }
+    }
+    Ok(())
 }
 
 /// Stops the relays (SIGTERM, as an orchestrator would), checks the outbox is empty
@@ -387,6 +393,7 @@ async fn backlog_drain(
     let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
     while queue.delivered.load(Ordering::Relaxed) == 0 {
         anyhow::ensure!(started.elapsed() < DRAIN_TIMEOUT, "nothing was published");
+        running(&mut children)?;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let first = started.elapsed();
