@@ -4,6 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, PublisherConfirm};
 
@@ -42,46 +44,77 @@ pub(crate) async fn publish_batch(
     InOrder::new(publishes).await
 }
 
-/// Joins futures by polling each pending one in index order on every wake, so
-/// their first polls, and whatever those do, happen in order.
+/// Joins futures so that their first polls happen in index order: the first poll
+/// polls every one of them in order. After that, only the futures that were woken are
+/// polled again (a `FuturesUnordered` holds the pending ones), so a wake costs what
+/// it woke, not a pass over every pending future of the batch. Outputs keep their
+/// index.
 struct InOrder<F: Future> {
-    futures: Vec<Option<Pin<Box<F>>>>,
+    /// The futures, until the first poll has polled each of them once, in order.
+    unpolled: Vec<Pin<Box<F>>>,
+    /// Futures that were pending after their first poll, with their index.
+    pending: FuturesUnordered<Indexed<F>>,
     outputs: Vec<Option<F::Output>>,
-    pending: usize,
+    left: usize,
 }
 
 impl<F: Future> InOrder<F> {
     fn new(futures: Vec<Pin<Box<F>>>) -> Self {
-        let pending = futures.len();
+        let left = futures.len();
         let outputs = futures.iter().map(|_| None).collect();
         Self {
-            futures: futures.into_iter().map(Some).collect(),
+            unpolled: futures,
+            pending: FuturesUnordered::new(),
             outputs,
-            pending,
+            left,
         }
     }
 }
 
+/// A future and its place in the batch.
+struct Indexed<F> {
+    index: usize,
+    future: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Indexed<F> {
+    type Output = (usize, F::Output);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let index = self.index;
+        self.future.as_mut().poll(cx).map(|output| (index, output))
+    }
+}
+
 // The futures are boxed and the outputs are never pinned, so moving an `InOrder`
-// moves nothing that is pinned.
+// (or an `Indexed`) moves nothing that is pinned.
 impl<F: Future> Unpin for InOrder<F> {}
+impl<F> Unpin for Indexed<F> {}
 
 impl<F: Future> Future for InOrder<F> {
     type Output = Vec<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        for (slot, output) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
-            if let Some(future) = slot
-                && let Poll::Ready(result) = future.as_mut().poll(cx)
-            {
-                *slot = None;
-                *output = Some(result);
-                this.pending -= 1;
+        for (index, mut future) in std::mem::take(&mut this.unpolled).into_iter().enumerate() {
+            match future.as_mut().poll(cx) {
+                Poll::Ready(output) => {
+                    this.outputs[index] = Some(output);
+                    this.left -= 1;
+                }
+                Poll::Pending => this.pending.push(Indexed { index, future }),
             }
         }
-        if this.pending > 0 {
-            return Poll::Pending;
+        while this.left > 0 {
+            match this.pending.poll_next_unpin(cx) {
+                Poll::Ready(Some((index, output))) => {
+                    this.outputs[index] = Some(output);
+                    this.left -= 1;
+                }
+                Poll::Pending => return Poll::Pending,
+                // Every future left is in `pending`: not reached.
+                Poll::Ready(None) => break,
+            }
         }
         let outputs = std::mem::take(&mut this.outputs);
         Poll::Ready(

@@ -1,25 +1,47 @@
 //! The relay against its ceiling, in one run on one broker: 256-byte persistent
 //! JSON to a durable queue that a consumer drains.
 //!
-//! Run with: `cargo run --release -p bench --bin outbox-relay-bench`
+//! Run with: `cargo build --release -p outbox-relay -p bench && target/release/outbox-relay-bench`
+//! (the relay is measured as users run it: the release `outbox-relay` binary, found
+//! next to this bench's executable or given by `--relay-binary`).
 //!
+//! Each round, interleaved so machine noise hits all alike:
 //! (a) raw lapin publishing with confirms, 500 per batch issued together: the ceiling.
-//! (b) one relay draining 100,000 rows committed at once: rows/s and the ratio to (a).
+//! (b) one `outbox-relay` process, started on 100,000 rows committed before it
+//!     starts, with its default settings: rows/s from its start until the outbox is
+//!     empty, and the ratio to (a).
+//! (d) two `outbox-relay` processes, running and their partitions balanced, when
+//!     100,000 rows are committed at once: rows/s from that commit until the outbox
+//!     is empty, and the ratio to (b).
+//! For (b) and (d), CPU per row: the relay processes' (utime + stime from /proc),
+//! and PostgreSQL's: every `postgres` process, and those of this bench's database
+//! plus the server's background processes (the rest is other databases' work).
+//! With `--in-process`, also (e): one relay on a task of this process, as the bench
+//! measured it before, from the start of the 100,000-row INSERT and from its commit.
 //! (c) commit-to-consumer latency at a steady 500 messages/s: p50 and p99.
-//! (d) two relays draining the same: rows/s and the ratio to (b).
 //! With `--memory-backlog N`, also the `outbox-relay` binary's peak memory while it
 //! drains an N-row backlog.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bench::broker::{DrainedQueue, amqp_url, payload};
-use bench::{fresh_database, median};
+use bench::{cpu, fresh_database, median};
 use clap::Parser;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use outbox_relay::{Relay, RelayConfig};
 use sqlx::PgPool;
+use tokio::process::Child;
+
+/// The bench's database, also how its backends are told from other databases'.
+const DATABASE: &str = "outbox_bench_relay";
+
+/// A drain that has not finished by then has failed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Parser)]
 struct Args {
@@ -41,56 +63,146 @@ struct Args {
     /// Rows of backlog for the memory measurement (0 skips it).
     #[arg(long, default_value_t = 0)]
     memory_backlog: u64,
+    /// The `outbox-relay` binary to measure (default: the one next to this bench's
+    /// executable, as `cargo build --release -p outbox-relay` leaves it).
+    #[arg(long)]
+    relay_binary: Option<PathBuf>,
+    /// Also measure (e): one relay in this process, in this runtime, as before.
+    #[arg(long)]
+    in_process: bool,
+    /// More flags for every `outbox-relay` process started, separated by spaces
+    /// (e.g. "--batch-size 2000"), to compare settings.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    relay_flags: String,
+}
+
+/// One drain: its rate and what it cost per row, in microseconds of CPU.
+#[derive(Clone, Copy)]
+struct Drain {
+    rate: f64,
+    relay_us: f64,
+    postgres_us: f64,
+    database_us: f64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pool = fresh_database("outbox_bench_relay", 8).await?;
-    let (mut raw, mut one, mut two) = (Vec::new(), Vec::new(), Vec::new());
+    let binary = match &args.relay_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("outbox-relay"),
+    };
+    anyhow::ensure!(
+        binary.is_file(),
+        "no relay binary at {}: build it with `cargo build --release -p outbox-relay`, or pass --relay-binary",
+        binary.display()
+    );
+    let pool = fresh_database(DATABASE, 8).await?;
+    let relay = RelayBinary {
+        path: binary,
+        flags: args
+            .relay_flags
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        database_url: testkit::database_url_of(&pool),
+        ticks_per_second: cpu::clock_ticks() as f64,
+    };
+    let queue_type = args.queue_type.as_str();
+    let (mut raw, mut one, mut two, mut inside) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let queue_type = args.queue_type.as_str();
         raw.push(raw_lapin(args.messages, queue_type).await?);
-        one.push(relays_drain(&pool, args.messages, 1, queue_type).await?);
-        two.push(relays_drain(&pool, args.messages, 2, queue_type).await?);
+        one.push(backlog_drain(&pool, &relay, args.messages, queue_type).await?);
+        two.push(balanced_drain(&pool, &relay, args.messages, 2, queue_type).await?);
+        let (r, b, d) = (raw[round - 1], one[round - 1], two[round - 1]);
         eprintln!(
-            "round {round}: raw {:.0}/s, one relay {:.0}/s, two relays {:.0}/s",
-            raw[round - 1],
-            one[round - 1],
-            two[round - 1]
+            "round {round}: raw {r:.0}/s, one relay {:.0}/s ({:.1} + {:.1} us/row relay + postgres), \
+             two relays {:.0}/s ({:.1} + {:.1} us/row)",
+            b.rate, b.relay_us, b.postgres_us, d.rate, d.relay_us, d.postgres_us
         );
+        if args.in_process {
+            let (from_insert, from_commit) =
+                in_process_drain(&pool, args.messages, queue_type).await?;
+            eprintln!(
+                "round {round}: one relay in-process {from_commit:.0}/s from the commit, \
+                 {from_insert:.0}/s from the start of the INSERT"
+            );
+            inside.push((from_insert, from_commit));
+        }
     }
-    let (raw, one, two) = (median(&raw), median(&one), median(&two));
+    let raw = median(&raw);
+    let (one, two) = (medians(&one), medians(&two));
     println!(
         "\n{} messages of 256 bytes, persistent, durable {} queue, consumer draining; median of {} rounds",
         args.messages, args.queue_type, args.rounds
     );
+    if !args.relay_flags.is_empty() {
+        println!("outbox-relay flags: {}", args.relay_flags);
+    }
     println!("(a) raw lapin, confirms, 500 per batch together  {raw:>9.0} msg/s");
     println!(
-        "(b) one relay draining the outbox                {one:>9.0} rows/s  ({:.2} of a)",
-        one / raw
+        "(b) one outbox-relay, backlog before its start   {:>9.0} rows/s  ({:.2} of a)",
+        one.rate,
+        one.rate / raw
     );
+    one.print_cpu();
     println!(
-        "(d) two relays draining the outbox               {two:>9.0} rows/s  ({:.2} of b)",
-        two / one
+        "(d) two outbox-relays, balanced, then the rows   {:>9.0} rows/s  ({:.2} of b)",
+        two.rate,
+        two.rate / one.rate
     );
+    two.print_cpu();
+    if !inside.is_empty() {
+        let from_insert: Vec<f64> = inside.iter().map(|(i, _)| *i).collect();
+        let from_commit: Vec<f64> = inside.iter().map(|(_, c)| *c).collect();
+        println!(
+            "(e) one relay in this process, from the commit   {:>9.0} rows/s  ({:.2} of a)",
+            median(&from_commit),
+            median(&from_commit) / raw
+        );
+        println!(
+            "    the same from the start of the INSERT        {:>9.0} rows/s  ({:.2} of a)",
+            median(&from_insert),
+            median(&from_insert) / raw
+        );
+    }
 
-    let (p50, p99, max) = latency(&pool, args.latency_seconds, args.rate, &args.queue_type).await?;
+    let (p50, p99, max) = latency(&pool, args.latency_seconds, args.rate, queue_type).await?;
     println!(
         "(c) commit to consumer at {}/s for {}s           p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
         args.rate, args.latency_seconds
     );
 
     if args.memory_backlog > 0 {
-        let (peak_mib, rate) = memory(&pool, args.memory_backlog, &args.queue_type).await?;
+        let (peak_mib, rate) = memory(&pool, &relay, args.memory_backlog, queue_type).await?;
         println!(
             "    outbox-relay binary, {} row backlog           peak RSS {peak_mib:.1} MiB, {rate:.0} rows/s",
             args.memory_backlog
         );
     }
     // Last, for scripts: one relay / raw lapin publishing with confirms, this run.
-    println!("ratio {:.2}", one / raw);
+    println!("ratio {:.2}", one.rate / raw);
     Ok(())
+}
+
+/// The median of each figure of a set of drains.
+fn medians(drains: &[Drain]) -> Drain {
+    let pick = |f: fn(&Drain) -> f64| median(&drains.iter().map(f).collect::<Vec<_>>());
+    Drain {
+        rate: pick(|d| d.rate),
+        relay_us: pick(|d| d.relay_us),
+        postgres_us: pick(|d| d.postgres_us),
+        database_us: pick(|d| d.database_us),
+    }
+}
+
+impl Drain {
+    fn print_cpu(&self) {
+        println!(
+            "    CPU per row: relay {:.1} us, PostgreSQL {:.1} us ({:.1} us in this database's backends and the background processes)",
+            self.relay_us, self.postgres_us, self.database_us
+        );
+    }
 }
 
 fn properties(i: u64) -> BasicProperties {
@@ -147,6 +259,213 @@ async fn raw_lapin(messages: u64, queue_type: &str) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
+/// The `outbox-relay` binary, and what it is started with.
+struct RelayBinary {
+    path: PathBuf,
+    flags: Vec<String>,
+    database_url: String,
+    ticks_per_second: f64,
+}
+
+impl RelayBinary {
+    /// Starts `outbox-relay run` with its defaults, plus `flags` and `--relay-flags`.
+    fn start(&self, flags: &[&str]) -> anyhow::Result<Child> {
+        Ok(tokio::process::Command::new(&self.path)
+            .args(["run", "--http-addr", "127.0.0.1:0"])
+            .args(flags)
+            .args(&self.flags)
+            .env("DATABASE_URL", &self.database_url)
+            .env("AMQP_URL", amqp_url())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+}
+
+/// What PostgreSQL and the relay processes have spent so far, to subtract from later.
+struct CpuMark {
+    postgres: std::collections::HashMap<u32, u64>,
+    relays: u64,
+}
+
+fn cpu_mark(relays: &[u32]) -> CpuMark {
+    CpuMark {
+        postgres: cpu::ticks_by_pid("postgres"),
+        relays: relays.iter().map(|pid| cpu::ticks_of(*pid)).sum(),
+    }
+}
+
+/// Per-row CPU since `mark`, in microseconds: the relays', all of PostgreSQL's, and
+/// that of this database's backends plus the server's background processes (call
+/// while the relays are still connected).
+async fn cpu_per_row(
+    pool: &PgPool,
+    relay: &RelayBinary,
+    mark: &CpuMark,
+    relays: &[u32],
+    rows: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let now = cpu_mark(relays);
+    let ours: HashSet<u32> = sqlx::query_scalar::<_, i32>(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL",
+    )
+    .bind(DATABASE)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|pid| pid as u32)
+    .collect();
+    let per_row = |ticks: u64| ticks as f64 / relay.ticks_per_second * 1e6 / rows as f64;
+    Ok((
+        per_row(now.relays.saturating_sub(mark.relays)),
+        per_row(cpu::spent(&mark.postgres, &now.postgres, |_| true)),
+        per_row(cpu::spent(&mark.postgres, &now.postgres, |pid| {
+            ours.contains(&pid)
+        })),
+    ))
+}
+
+/// Waits until the consumer has had `messages` deliveries and the outbox is empty:
+/// every row published, confirmed and deleted.
+async fn drained(
+    pool: &PgPool,
+    queue: &DrainedQueue,
+    messages: u64,
+    children: &mut [Child],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while queue.delivered.load(Ordering::Relaxed) < messages {
+        anyhow::ensure!(Instant::now() < deadline, "the drain took too long");
+        running(children)?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    loop {
+        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox)")
+            .fetch_one(pool)
+            .await?;
+        if !left {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the drain took too long");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Fails if a relay process has exited: a drain would wait for it in vain.
+fn running(children: &mut [Child]) -> anyhow::Result<()> {
+    for child in children.iter_mut() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("outbox-relay exited during the drain: {status}");
+        }
+    }
+    Ok(())
+}
+
+/// Stops the relays (SIGTERM, as an orchestrator would), checks the outbox is empty
+/// and vacuums it, so that the next drain does not pay for this one's deleted rows.
+async fn finish(pool: &PgPool, children: Vec<Child>, queue: DrainedQueue) -> anyhow::Result<()> {
+    for mut child in children {
+        let status = testkit::stop(&mut child, Duration::from_secs(30)).await?;
+        anyhow::ensure!(status.success(), "outbox-relay exited with {status}");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?;
+    anyhow::ensure!(left == 0, "{left} rows left in the outbox");
+    sqlx::query("VACUUM outbox").execute(pool).await?;
+    queue.remove().await?;
+    Ok(())
+}
+
+/// (b) `messages` rows committed, then one `outbox-relay` started with its defaults;
+/// rows/s from its start until the outbox is empty.
+async fn backlog_drain(
+    pool: &PgPool,
+    relay: &RelayBinary,
+    messages: u64,
+    queue_type: &str,
+) -> anyhow::Result<Drain> {
+    let queue = DrainedQueue::of_type(false, queue_type).await?;
+    fill(pool, &queue.name, messages).await?;
+    let mark = cpu_mark(&[]);
+    let started = Instant::now();
+    let mut children = vec![relay.start(&[])?];
+    let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
+    while queue.delivered.load(Ordering::Relaxed) == 0 {
+        anyhow::ensure!(started.elapsed() < DRAIN_TIMEOUT, "nothing was published");
+        running(&mut children)?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let first = started.elapsed();
+    drained(pool, &queue, messages, &mut children).await?;
+    let took = started.elapsed();
+    let rate = messages as f64 / took.as_secs_f64();
+    let (relay_us, postgres_us, database_us) =
+        cpu_per_row(pool, relay, &mark, &pids, messages).await?;
+    // For profilers (perf record -a, then filter by these pids).
+    let backends: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(DATABASE)
+    .fetch_all(pool)
+    .await?;
+    eprintln!(
+        "    one relay (pid {pids:?}): first row published {:.0} ms after its start, {:.0} rows/s after that; \
+         backends of this database {backends:?}",
+        first.as_secs_f64() * 1e3,
+        messages as f64 / (took - first).as_secs_f64()
+    );
+    finish(pool, children, queue).await?;
+    Ok(Drain {
+        rate,
+        relay_us,
+        postgres_us,
+        database_us,
+    })
+}
+
+/// (d) `instances` relays running, their partitions balanced (short leases and
+/// heartbeats, as the library tests use, so that takes a second, not a minute),
+/// then `messages` rows committed in one statement; rows/s from that commit until
+/// the outbox is empty.
+async fn balanced_drain(
+    pool: &PgPool,
+    relay: &RelayBinary,
+    messages: u64,
+    instances: usize,
+    queue_type: &str,
+) -> anyhow::Result<Drain> {
+    let queue = DrainedQueue::of_type(false, queue_type).await?;
+    let flags = [
+        "--heartbeat-interval",
+        "300ms",
+        "--lease-ttl",
+        "2s",
+        "--confirm-timeout",
+        "2s",
+    ];
+    let mut children = (0..instances)
+        .map(|_| relay.start(&flags))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
+    wait_for_balance(pool, instances).await?;
+    fill(pool, &queue.name, messages).await?;
+    // From the commit: the INSERT's own time and CPU are the writer's, not the relays'.
+    let started = Instant::now();
+    let mark = cpu_mark(&pids);
+    drained(pool, &queue, messages, &mut children).await?;
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let (relay_us, postgres_us, database_us) =
+        cpu_per_row(pool, relay, &mark, &pids, messages).await?;
+    finish(pool, children, queue).await?;
+    Ok(Drain {
+        rate,
+        relay_us,
+        postgres_us,
+        database_us,
+    })
+}
+
 fn bench_config() -> RelayConfig {
     let mut config = RelayConfig::default();
     config.heartbeat_interval = Duration::from_millis(300);
@@ -155,39 +474,36 @@ fn bench_config() -> RelayConfig {
     config
 }
 
-/// (b) and (d): `instances` relays, their partitions balanced, then `messages` rows
-/// committed in one statement; rows/s from that commit until all are confirmed.
-async fn relays_drain(
+/// (e) One relay on a task of this process, in the runtime that also runs the
+/// consumer, then `messages` rows committed in one statement: rows/s from the start
+/// of that INSERT (as this bench measured before) and from its commit.
+async fn in_process_drain(
     pool: &PgPool,
     messages: u64,
-    instances: usize,
     queue_type: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let queue = DrainedQueue::of_type(false, queue_type).await?;
-    let relays: Vec<Relay> = (0..instances)
-        .map(|_| Relay::new(pool.clone(), amqp_url(), bench_config()))
-        .collect();
-    let metrics: Vec<_> = relays.iter().map(Relay::metrics).collect();
-    let handles: Vec<_> = relays.into_iter().map(Relay::spawn).collect();
-    wait_for_balance(pool, instances).await?;
+    let relay = Relay::new(pool.clone(), amqp_url(), bench_config());
+    let metrics = relay.metrics();
+    let handle = relay.spawn();
+    wait_for_balance(pool, 1).await?;
 
     let started = Instant::now();
     fill(pool, &queue.name, messages).await?;
-    while metrics.iter().map(|m| m.published_total()).sum::<u64>() < messages {
+    let committed = Instant::now();
+    while metrics.published_total() < messages {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
-    for handle in handles {
-        handle.shutdown().await?;
-    }
+    let from_insert = messages as f64 / started.elapsed().as_secs_f64();
+    let from_commit = messages as f64 / committed.elapsed().as_secs_f64();
+    handle.shutdown().await?;
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(pool)
         .await?;
     anyhow::ensure!(left == 0, "{left} rows left in the outbox");
-    // Each drain pays for its own deleted rows; the next one should not pay for them too.
     sqlx::query("VACUUM outbox").execute(pool).await?;
     queue.remove().await?;
-    Ok(rate)
+    Ok((from_insert, from_commit))
 }
 
 async fn wait_for_balance(pool: &PgPool, instances: usize) -> anyhow::Result<()> {
@@ -280,21 +596,19 @@ async fn latency(
 }
 
 /// The `outbox-relay` binary's peak resident memory while it drains `backlog` rows.
-async fn memory(pool: &PgPool, backlog: u64, queue_type: &str) -> anyhow::Result<(f64, f64)> {
+async fn memory(
+    pool: &PgPool,
+    relay: &RelayBinary,
+    backlog: u64,
+    queue_type: &str,
+) -> anyhow::Result<(f64, f64)> {
     let queue = DrainedQueue::of_type(false, queue_type).await?;
     for _ in 0..backlog / 100_000 {
         fill(pool, &queue.name, 100_000).await?;
     }
     fill(pool, &queue.name, backlog % 100_000).await?;
-    let binary = std::env::current_exe()?.with_file_name("outbox-relay");
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(binary)
-        .args(["run", "--http-addr", "127.0.0.1:0"])
-        .env("DATABASE_URL", testkit::database_url_of(pool))
-        .env("AMQP_URL", amqp_url())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = relay.start(&[])?;
     let pid = child.id().unwrap_or(0);
     let mut peak_kib = 0u64;
     loop {
