@@ -232,7 +232,9 @@ async fn claim(
 }
 
 /// Counts each duplicate on its key, so support can see it came back. Rows are
-/// locked in key order, like the claim.
+/// locked in key order first, like the claim; the UPDATE then finds them by key, so
+/// that a count another transaction committed meanwhile is added to, not lost (by
+/// row address, the UPDATE would look for the version its snapshot saw, and miss it).
 async fn count_duplicates(
     conn: &mut PgConnection,
     consumer: &str,
@@ -242,15 +244,16 @@ async fn count_duplicates(
         return Ok(());
     }
     sqlx::query(
-        "WITH found AS (
-             SELECT i.ctid FROM inbox i
+        "WITH locked AS (
+             SELECT i.saga_id, i.step FROM inbox i
              JOIN unnest($2::text[], $3::text[]) AS k (saga_id, step)
                ON i.saga_id = k.saga_id AND i.step = k.step
              WHERE i.consumer = $1
              ORDER BY i.saga_id, i.step
              FOR UPDATE OF i)
-         UPDATE inbox SET duplicates = duplicates + 1, last_duplicate_at = now()
-         WHERE ctid IN (SELECT ctid FROM found)",
+         UPDATE inbox AS i SET duplicates = i.duplicates + 1, last_duplicate_at = now()
+         FROM locked
+         WHERE i.consumer = $1 AND i.saga_id = locked.saga_id AND i.step = locked.step",
     )
     .bind(consumer)
     .bind(&keys.saga_ids)

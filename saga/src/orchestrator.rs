@@ -151,6 +151,9 @@ async fn on_reply(mut ctx: Context<'_>, reply: Reply, shared: Arc<Shared>) -> Re
         Err(error @ (Error::NotFound(_) | Error::UnknownCommand { .. } | Error::NotAReply(_))) => {
             Err(Reject::new(error.to_string()).into())
         }
+        // As itself, so the consumer sees what PostgreSQL said: a lost deadlock
+        // against another orchestrator's batch is retried without spending an attempt.
+        Err(Error::Database(error)) => Err(error.into()),
         Err(error) => Err(error.into()),
     }
 }
