@@ -14,7 +14,7 @@
 //! handlers succeed pays no savepoint, and no handler runs more than twice.
 
 use std::any::Any;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
@@ -122,25 +122,38 @@ pub(crate) type Placed = (usize, Prepared);
 /// commit and finds the key (or, if the first failed, runs its handler itself).
 pub(crate) fn split_repeats(batch: Vec<Placed>) -> (Vec<Placed>, Vec<Placed>) {
     let mut seen = HashSet::new();
-    batch.into_iter().partition(|(_, prepared)| {
-        let (saga_id, step) = prepared.key();
-        seen.insert((saga_id.to_owned(), step.to_owned()))
-    })
+    let first: Vec<bool> = batch
+        .iter()
+        .map(|(_, prepared)| seen.insert(prepared.key()))
+        .collect();
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for (placed, first) in batch.into_iter().zip(first) {
+        if first {
+            now.push(placed)
+        } else {
+            later.push(placed)
+        }
+    }
+    (now, later)
 }
 
-/// The keys of a batch, as the array parameters of the inbox statements.
+/// The keys of a batch, as the array parameters of the inbox statements, borrowed
+/// from the batch's envelopes.
 #[derive(Default)]
-struct Keys {
-    saga_ids: Vec<String>,
-    steps: Vec<String>,
+struct Keys<'a> {
+    saga_ids: Vec<&'a str>,
+    steps: Vec<&'a str>,
 }
 
-impl Keys {
-    fn push(&mut self, (saga_id, step): (&str, &str)) {
-        self.saga_ids.push(saga_id.to_owned());
-        self.steps.push(step.to_owned());
+impl<'a> Keys<'a> {
+    fn push(&mut self, (saga_id, step): (&'a str, &'a str)) {
+        self.saga_ids.push(saga_id);
+        self.steps.push(step);
     }
 }
+
+/// The keys a claim recorded: steps by saga id, to look up without allocating.
+type Claimed = HashMap<String, HashSet<String>>;
 
 /// One pass: the deliveries of `batch` at `indexes`, in one transaction, each
 /// handler in a savepoint if `savepoints`. Without, the first failing handler ends
@@ -157,7 +170,7 @@ async fn transaction(
     let mut message_ids = Vec::with_capacity(indexes.len());
     for &index in indexes {
         keys.push(batch[index].key());
-        message_ids.push(batch[index].envelope.message_id.clone());
+        message_ids.push(batch[index].envelope.message_id.as_deref());
     }
     let mut tx = pool.begin().await?;
     let claimed = claim(&mut tx, consumer, &keys, &message_ids).await?;
@@ -166,7 +179,10 @@ async fn transaction(
     for &index in indexes {
         let prepared = &batch[index];
         let key = prepared.key();
-        if !claimed.contains(&(key.0.to_owned(), key.1.to_owned())) {
+        if !claimed
+            .get(key.0)
+            .is_some_and(|steps| steps.contains(key.1))
+        {
             duplicates.push(key);
             outcomes[index] = Some(Ok(()));
             continue;
@@ -211,9 +227,9 @@ async fn transaction(
 async fn claim(
     conn: &mut PgConnection,
     consumer: &str,
-    keys: &Keys,
-    message_ids: &[Option<String>],
-) -> sqlx::Result<HashSet<(String, String)>> {
+    keys: &Keys<'_>,
+    message_ids: &[Option<&str>],
+) -> sqlx::Result<Claimed> {
     let claimed: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO inbox (consumer, saga_id, step, message_id)
          SELECT $1, k.saga_id, k.step, k.message_id
@@ -228,7 +244,11 @@ async fn claim(
     .bind(message_ids)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(claimed.into_iter().collect())
+    let mut by_saga = Claimed::new();
+    for (saga_id, step) in claimed {
+        by_saga.entry(saga_id).or_default().insert(step);
+    }
+    Ok(by_saga)
 }
 
 /// Counts each duplicate on its key, so support can see it came back. Rows are
@@ -238,7 +258,7 @@ async fn claim(
 async fn count_duplicates(
     conn: &mut PgConnection,
     consumer: &str,
-    keys: &Keys,
+    keys: &Keys<'_>,
 ) -> sqlx::Result<()> {
     if keys.saga_ids.is_empty() {
         return Ok(());
@@ -267,7 +287,7 @@ async fn count_duplicates(
 async fn store_results(
     conn: &mut PgConnection,
     consumer: &str,
-    keys: &Keys,
+    keys: &Keys<'_>,
     results: Vec<serde_json::Value>,
 ) -> sqlx::Result<()> {
     if results.is_empty() {
@@ -289,7 +309,7 @@ async fn store_results(
 
 /// Gives back the keys of handlers that failed: their savepoints rolled back the
 /// effect but not the key, which the claim recorded before them.
-async fn release(conn: &mut PgConnection, consumer: &str, keys: &Keys) -> sqlx::Result<()> {
+async fn release(conn: &mut PgConnection, consumer: &str, keys: &Keys<'_>) -> sqlx::Result<()> {
     if keys.saga_ids.is_empty() {
         return Ok(());
     }

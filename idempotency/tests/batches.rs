@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Sandbox, config, effects};
-use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
+use idempotency::{BoxError, Consumer, ConsumerHandle, Context};
 use outbox::wire::dead_queue;
 use sqlx::PgPool;
 use testkit::{FaultyProxy, amqp_url, wait_until};
@@ -36,11 +36,19 @@ async fn with_effects(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One batch at a time, so the batch under test forms behind the first message.
-fn one_batch_at_a_time(queue: &str) -> ConsumerConfig {
-    let mut config = config(queue);
+/// A consumer of `sandbox`'s queue running `script`, reaching the broker at `url`,
+/// one batch at a time, so the batch under test forms behind the first message.
+fn spawn_scripted(
+    pool: &PgPool,
+    url: String,
+    sandbox: &Sandbox,
+    script: Script,
+) -> anyhow::Result<ConsumerHandle> {
+    let mut config = config(&sandbox.queue);
     config.concurrency = 1;
-    config
+    Ok(Consumer::new(pool.clone(), url, "inventory", config)
+        .on_with("Reserve", script, scripted)
+        .spawn()?)
 }
 
 /// What a test's handler does besides writing its effect row.
@@ -125,14 +133,7 @@ async fn a_failing_handler_in_a_batch_takes_nothing_of_the_others_with_it(
         fails_always: "order-7",
         stall: None,
     };
-    let consumer = Consumer::new(
-        pool.clone(),
-        amqp_url(),
-        "inventory",
-        one_batch_at_a_time(&sandbox.queue),
-    )
-    .on_with("Reserve", script, scripted)
-    .spawn()?;
+    let consumer = spawn_scripted(&pool, amqp_url(), &sandbox, script)?;
     publish_a_batch(&sandbox, &pool, 10).await?;
 
     let dead = dead_queue(&sandbox.queue);
@@ -183,14 +184,7 @@ async fn a_batch_cut_off_between_its_commit_and_its_ack_comes_back_as_duplicates
     };
     // The batch's first handler stalls the consumer's broker link: the batch
     // commits, and its ack never reaches the broker.
-    let consumer = Consumer::new(
-        pool.clone(),
-        proxy.amqp_url(),
-        "inventory",
-        one_batch_at_a_time(&sandbox.queue),
-    )
-    .on_with("Reserve", script, scripted)
-    .spawn()?;
+    let consumer = spawn_scripted(&pool, proxy.amqp_url(), &sandbox, script)?;
     publish_a_batch(&sandbox, &pool, 8).await?;
     wait_until(WAIT, "the batch commits", async || {
         Ok(effects(&pool).await? == 9)
@@ -226,14 +220,7 @@ async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestRe
         fails_once: "order-3",
         ..Script::default()
     };
-    let consumer = Consumer::new(
-        pool.clone(),
-        amqp_url(),
-        "inventory",
-        one_batch_at_a_time(&sandbox.queue),
-    )
-    .on_with("Reserve", script, scripted)
-    .spawn()?;
+    let consumer = spawn_scripted(&pool, amqp_url(), &sandbox, script)?;
     // One batch: a producer that retried order-1 twice, and order-3 twice, whose
     // first run fails.
     publish_a_batch(&sandbox, &pool, 0).await?;
