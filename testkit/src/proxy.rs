@@ -69,10 +69,13 @@ impl FaultyProxy {
                     open.fetch_add(1, Ordering::SeqCst);
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
+                    // The cut is looked at first: a pump whose stall just ended must
+                    // not forward what it held back (an ack, say) after the cut.
                     tokio::select! {
+                        biased;
+                        _ = cut_rx.recv() => {}
                         _ = pump(client_read, server_write, Arc::clone(&stalled)) => {}
                         _ = pump(server_read, client_write, stalled) => {}
-                        _ = cut_rx.recv() => {}
                     }
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
@@ -97,9 +100,15 @@ impl FaultyProxy {
         url.to_string()
     }
 
-    /// Drops every connection through the proxy, as a network failure would.
+    /// Drops every connection through the proxy, as a network failure would. Bytes a
+    /// stall held back are dropped with them, even if the stall ends right after.
     pub fn cut_all(&self) {
         let _ = self.cut.send(());
+    }
+
+    /// The local port the proxy listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// While stalled, no byte moves in either direction and no socket closes.
