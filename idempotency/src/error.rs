@@ -26,7 +26,7 @@ pub enum Error<E> {
     Result(#[source] serde_json::Error),
 
     /// PostgreSQL failed.
-    #[error(transparent)]
+    #[error("database: {}", outbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 }
 

@@ -24,7 +24,7 @@ pub enum Error {
     Payload(#[source] serde_json::Error),
 
     /// PostgreSQL refused or failed the write.
-    #[error(transparent)]
+    #[error("database: {}", crate::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 
     /// Applying the migrations failed.

@@ -17,6 +17,23 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     )
 }
 
+/// What went wrong, in PostgreSQL's own words when the server refused a statement:
+/// its message, its hint if it gave one, and the SQLSTATE to look up. sqlx's text
+/// for the same error ends in the line of the server's C source that raised it
+/// ("at line 1392"), which tells a user nothing.
+pub fn describe(error: &sqlx::Error) -> String {
+    let Some(refusal) = error.as_database_error() else {
+        return error.to_string();
+    };
+    let code = refusal.code().unwrap_or_default();
+    let hint = refusal
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|refusal| refusal.hint())
+        .map(|hint| format!("; hint: {hint}"))
+        .unwrap_or_default();
+    format!("{} (SQLSTATE {code}){hint}", refusal.message())
+}
+
 /// `duration` as a PostgreSQL `interval`, to bind where SQL compares times.
 pub fn interval(duration: Duration) -> PgInterval {
     PgInterval {
@@ -37,6 +54,14 @@ mod tests {
             1_500_000
         );
         assert_eq!(interval(Duration::MAX).microseconds, i64::MAX);
+    }
+
+    #[test]
+    fn an_error_without_a_server_refusal_keeps_its_own_words() {
+        assert_eq!(
+            describe(&sqlx::Error::PoolTimedOut),
+            sqlx::Error::PoolTimedOut.to_string()
+        );
     }
 
     #[test]

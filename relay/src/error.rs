@@ -17,7 +17,7 @@ pub enum Error {
     AmqpUrl(#[from] outbox::nodes::InvalidNodes),
 
     /// PostgreSQL failed or refused a query.
-    #[error("database: {0}")]
+    #[error("database: {}", outbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 
     /// The AMQP connection or channel failed.

@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod report;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -31,7 +32,10 @@ async fn main() -> ExitCode {
             ExitCode::from(BAD_CONFIG)
         }
         Err(Failure::Run(error)) => {
-            eprintln!("outbox-relay: {error:#}");
+            eprintln!("outbox-relay: {}", report::describe(&error));
+            if let Some(advice) = report::advice(&error) {
+                eprintln!("outbox-relay: {advice}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -7,7 +7,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     /// PostgreSQL failed or refused a statement.
-    #[error(transparent)]
+    #[error("database: {}", outbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 
     /// A command could not be written to the outbox.

@@ -168,6 +168,45 @@ async fn status_inspect_and_dead_retry_from_the_command_line(pool: PgPool) -> Te
     Ok(())
 }
 
+/// A newcomer's first mistake: the relay pointed at a database nobody migrated.
+/// Every command says which table is missing, once, in PostgreSQL's words with its
+/// SQLSTATE, and what to run; after `migrate` the same commands work.
+#[sqlx::test(migrations = false)]
+async fn a_database_never_migrated_is_named_with_the_command_that_fixes_it(
+    pool: PgPool,
+) -> TestResult {
+    let url = database_url_of(&pool);
+    let amqp = amqp_url();
+    let env = [("DATABASE_URL", url.as_str()), ("AMQP_URL", amqp.as_str())];
+    for args in [
+        &["run"][..],
+        &["status"],
+        &["dead", "list"],
+        &["inspect", "saga-1"],
+        &["saga", "list"],
+    ] {
+        let output = relay_cli(args, &env).await?;
+        let said = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {said}");
+        assert_eq!(
+            said.matches("does not exist (SQLSTATE 42P01)").count(),
+            1,
+            "{args:?}: the refusal, once: {said}"
+        );
+        assert!(
+            said.contains("run `outbox-relay migrate`"),
+            "{args:?}: {said}"
+        );
+        assert!(!said.contains(" at line "), "{args:?}: {said}");
+    }
+
+    let migrate = relay_cli(&["migrate"], &env).await?;
+    assert!(migrate.status.success(), "{}", text(&migrate));
+    let status = relay_cli(&["status"], &env).await?;
+    assert!(status.status.success(), "{}", text(&status));
+    Ok(())
+}
+
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn health_readiness_and_metrics_over_http(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;

@@ -33,7 +33,7 @@ pub use stats::{SagaStats, stats};
 #[non_exhaustive]
 pub enum AdminError {
     /// PostgreSQL failed or refused a statement.
-    #[error(transparent)]
+    #[error("database: {}", outbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 
     /// The outbox rows could not be read.
