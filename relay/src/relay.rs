@@ -155,6 +155,9 @@ impl Relay {
     async fn publish_until(&self, nodes: Nodes, shutdown: &CancellationToken) {
         let shared = &self.shared;
         let mut doorbell = Doorbell::new(shared.pool.clone());
+        // Connected now, not when the relay first runs out of work: rows written while
+        // it connects would wait for it.
+        doorbell.listen().await;
         let mut rotation = Rotation::new(nodes);
         while !shutdown.is_cancelled() {
             let node = rotation.node().clone();

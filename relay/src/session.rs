@@ -310,6 +310,8 @@ impl<'c> Session<'c> {
                 return Ok(());
             }
         }
+        // Listen before arming: a ring sent between arming and the LISTEN is lost.
+        doorbell.listen().await;
         let leases = &self.shared.leases;
         leases.set_listening(true).await?;
         // A row committed between the last look and arming rang no bell: look once more.

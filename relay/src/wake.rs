@@ -24,11 +24,18 @@ impl Doorbell {
         }
     }
 
-    /// Waits for a ring, `poll_interval`, or shutdown, whichever comes first.
-    pub(crate) async fn wait(&mut self, poll_interval: Duration, shutdown: &CancellationToken) {
+    /// Listens from now on, connecting the listener if it is not. Call it before
+    /// asking writers to ring: a ring sent before the `LISTEN` is lost, and the relay
+    /// would sleep until the fallback poll with work waiting.
+    pub(crate) async fn listen(&mut self) {
         if self.listener.is_none() {
             self.listener = self.connect().await;
         }
+    }
+
+    /// Waits for a ring, `poll_interval`, or shutdown, whichever comes first.
+    pub(crate) async fn wait(&mut self, poll_interval: Duration, shutdown: &CancellationToken) {
+        self.listen().await;
         let Some(listener) = self.listener.as_mut() else {
             // No listener: the fallback poll alone keeps the relay going.
             tokio::select! {

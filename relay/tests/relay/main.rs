@@ -4,6 +4,7 @@
 
 mod claim_plan;
 mod cluster;
+mod doorbell;
 mod failures;
 mod nodes;
 mod operating;
