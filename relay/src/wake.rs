@@ -33,9 +33,10 @@ impl Doorbell {
         }
     }
 
-    /// Waits for a ring, `poll_interval`, or shutdown, whichever comes first.
+    /// Waits for a ring, `poll_interval`, or shutdown, whichever comes first. It does
+    /// not connect: [`Doorbell::listen`] comes first, before writers are asked to
+    /// ring, and a listener it could not connect leaves the fallback poll alone.
     pub(crate) async fn wait(&mut self, poll_interval: Duration, shutdown: &CancellationToken) {
-        self.listen().await;
         let Some(listener) = self.listener.as_mut() else {
             // No listener: the fallback poll alone keeps the relay going.
             tokio::select! {
