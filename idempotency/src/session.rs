@@ -44,6 +44,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let queue = &consumer.config.queue;
+    consumer.open_connections_ahead(&shutdown).await;
     let mut rotation = Rotation::new(nodes);
     while !shutdown.is_cancelled() {
         let node = rotation.node().clone();

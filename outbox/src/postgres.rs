@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
+use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 
 /// True when the same statement may succeed if tried again: the connection or the
@@ -41,6 +43,22 @@ pub fn interval(duration: Duration) -> PgInterval {
         days: 0,
         microseconds: i64::try_from(duration.as_micros()).unwrap_or(i64::MAX),
     }
+}
+
+/// Opens up to `wanted` of `pool`'s connections now (never more than the pool's
+/// size) and hands them back to it idle; returns how many could not be opened,
+/// which open later, when first needed, as they would have anyway.
+///
+/// Why: a pool opens a connection when it is first needed, and with sqlx 0.9.0 a
+/// new TLS connection takes about 90 ms (its socket has Nagle's algorithm on, so
+/// the handshake waits on delayed acknowledgements: 91-96 ms with TLS, 2 ms
+/// without, on this project's machine). A relay or consumer that opened them in
+/// the middle of a stream held messages back that long; opened at its start, the
+/// cost is paid before anything waits.
+pub async fn open_ahead(pool: &PgPool, wanted: u32) -> usize {
+    let wanted = wanted.min(pool.options().get_max_connections());
+    let opened = join_all((0..wanted).map(|_| pool.acquire())).await;
+    opened.iter().filter(|outcome| outcome.is_err()).count()
 }
 
 #[cfg(test)]

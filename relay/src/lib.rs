@@ -43,6 +43,7 @@ mod shared;
 mod store;
 mod validate;
 mod wake;
+mod warm;
 
 pub use admin::{
     DeadRow, InstanceStatus, backlog, cleanup, dead_rows, instances, retry_all_dead, retry_dead,

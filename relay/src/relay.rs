@@ -16,6 +16,7 @@ use crate::metrics::{FailureReason, Metrics};
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::wake::Doorbell;
+use crate::warm::warm;
 use outbox::backoff::RECONNECT_MAX;
 use outbox::nodes::{Node, Nodes, Rotation};
 
@@ -103,6 +104,7 @@ impl Relay {
         tracing::info!(instance = %shared.config.instance_id, partitions = report.held,
             live_instances = report.live_instances, "relay started");
 
+        warm(&shared.pool, shared.config.max_in_flight_batches, &shutdown).await;
         let background = shutdown.child_token();
         let lease_task = tokio::spawn(lease_loop(Arc::clone(shared), background.clone()));
         let cleanup_task = shared.config.retention.map(|retention| {

@@ -12,3 +12,4 @@ mod publishing;
 mod refusals;
 mod saga_commands;
 mod support;
+mod warm_pool;
