@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::message::Delivery;
 use outbox::nodes::Nodes;
@@ -20,9 +19,6 @@ use crate::error::{ConsumerError, StartError};
 use crate::handler::{BoxError, Handler, Route, StatefulHandler, Typed, WithState};
 use crate::inbox::Inbox;
 use crate::session;
-
-/// How long the consumer spends opening connections ahead before it consumes.
-const OPEN_AHEAD_LIMIT: Duration = Duration::from_secs(5);
 
 /// Consumes a queue and runs each message's handler through the inbox.
 ///
@@ -146,22 +142,9 @@ impl Consumer {
     /// Opens one database connection per batch in flight before the first delivery
     /// waits on one: opened lazily, each costs it ~90 ms with TLS (see
     /// [`outbox::postgres::open_ahead`]).
-    /// Bounded, and given up on shutdown: an unreachable database is the sessions'
-    /// to wait for and report, not this.
     pub(crate) async fn open_connections_ahead(&self, shutdown: &CancellationToken) {
         let wanted = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
-        let opening = outbox::postgres::open_ahead(&self.pool, wanted);
-        let failed = tokio::select! {
-            outcome = tokio::time::timeout(OPEN_AHEAD_LIMIT, opening) => outcome.unwrap_or(1),
-            () = shutdown.cancelled() => 0,
-        };
-        if failed > 0 {
-            tracing::debug!(
-                failed,
-                wanted,
-                "could not open every connection ahead; they open when needed"
-            );
-        }
+        outbox::postgres::open_ahead(&self.pool, wanted, shutdown.cancelled()).await;
     }
 
     /// The config, then the node list, checked before anything connects.

@@ -45,9 +45,14 @@ pub fn interval(duration: Duration) -> PgInterval {
     }
 }
 
+/// How long [`open_ahead`] spends before it gives up on what it has not opened.
+const OPEN_AHEAD_LIMIT: Duration = Duration::from_secs(5);
+
 /// Opens up to `wanted` of `pool`'s connections now (never more than the pool's
-/// size) and hands them back to it idle; returns how many could not be opened,
-/// which open later, when first needed, as they would have anyway.
+/// size) and hands them back to it idle. Gives up after 5 s or when `give_up`
+/// completes (pass your shutdown); what it did not open opens later, when first
+/// needed, as it would have anyway. An unreachable database is for the caller's
+/// own statements to find and report.
 ///
 /// Why: a pool opens a connection when it is first needed, and with sqlx 0.9.0 a
 /// new TLS connection takes about 90 ms (its socket has Nagle's algorithm on, so
@@ -55,10 +60,13 @@ pub fn interval(duration: Duration) -> PgInterval {
 /// without, on this project's machine). A relay or consumer that opened them in
 /// the middle of a stream held messages back that long; opened at its start, the
 /// cost is paid before anything waits.
-pub async fn open_ahead(pool: &PgPool, wanted: u32) -> usize {
+pub async fn open_ahead(pool: &PgPool, wanted: u32, give_up: impl Future<Output = ()>) {
     let wanted = wanted.min(pool.options().get_max_connections());
-    let opened = join_all((0..wanted).map(|_| pool.acquire())).await;
-    opened.iter().filter(|outcome| outcome.is_err()).count()
+    let opening = join_all((0..wanted).map(|_| pool.acquire()));
+    tokio::select! {
+        _ = tokio::time::timeout(OPEN_AHEAD_LIMIT, opening) => {}
+        () = give_up => {}
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,8 @@
 //! Opening the relay's database connections before its first claim
 //! (see [`outbox::postgres::open_ahead`] for why).
 
-use std::time::Duration;
-
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-/// How long the relay spends opening connections ahead before it publishes.
-const LIMIT: Duration = Duration::from_secs(5);
 
 /// Connections the relay uses at once when busy: one claim, one settling task per
 /// batch in flight, and the lease heartbeat.
@@ -20,26 +15,13 @@ pub(crate) fn working_set(max_in_flight_batches: usize) -> u32 {
 /// Opens the working set ahead. Opened lazily instead, each of the first few
 /// connections stalled the publishing loop for ~90 ms with rows waiting behind it
 /// (`outbox-relay-bench` (c): a p99 of 50-85 ms at 500 rows/s, 4.8 ms after).
-/// Bounded, and given up on shutdown: a database gone since the relay registered
-/// is the session's to wait for and report, not this.
 pub(crate) async fn warm(
     pool: &PgPool,
     max_in_flight_batches: usize,
     shutdown: &CancellationToken,
 ) {
     let wanted = working_set(max_in_flight_batches);
-    let opening = outbox::postgres::open_ahead(pool, wanted);
-    let failed = tokio::select! {
-        outcome = tokio::time::timeout(LIMIT, opening) => outcome.unwrap_or(1),
-        () = shutdown.cancelled() => 0,
-    };
-    if failed > 0 {
-        tracing::debug!(
-            failed,
-            wanted,
-            "could not open every connection ahead; they open when needed"
-        );
-    }
+    outbox::postgres::open_ahead(pool, wanted, shutdown.cancelled()).await;
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The doorbell is heard from the moment writers are asked to ring.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outbox_relay::Relay;
 use sqlx::PgPool;
@@ -21,18 +21,7 @@ const LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
 async fn the_relay_listens_before_it_asks_writers_to_ring(pool: PgPool) -> TestResult {
     for round in 1..=8 {
         let relay = Relay::new(pool.clone(), amqp_url(), fast_config("")).spawn();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let listening: Option<bool> =
-                sqlx::query_scalar("SELECT bool_or(listening) FROM outbox_relay_instance")
-                    .fetch_one(&pool)
-                    .await?;
-            if listening == Some(true) {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "the relay never went idle");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        first_idle(&pool).await?;
         let listeners: i64 = sqlx::query_scalar(LISTENERS).fetch_one(&pool).await?;
         relay.shutdown().await?;
         assert_eq!(

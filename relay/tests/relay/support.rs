@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outbox::Message;
 use sqlx::PgPool;
@@ -172,4 +172,21 @@ pub(crate) async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     Ok(response)
+}
+
+/// Waits (up to 20 s) for the first moment a relay on this database is idle and
+/// asks writers to ring (`listening`), looking every millisecond.
+pub(crate) async fn first_idle(pool: &PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listening: Option<bool> =
+            sqlx::query_scalar("SELECT bool_or(listening) FROM outbox_relay_instance")
+                .fetch_one(pool)
+                .await?;
+        if listening == Some(true) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the relay never went idle");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }

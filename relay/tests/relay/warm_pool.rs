@@ -1,7 +1,5 @@
 //! The relay opens the connections it will need before rows wait on them.
 
-use std::time::{Duration, Instant};
-
 use outbox_relay::Relay;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -31,18 +29,7 @@ async fn the_relay_opens_its_working_connections_before_any_row_waits(pool: PgPo
     let config = fast_config("");
     let expected = i64::try_from(config.max_in_flight_batches)? + 2;
     let relay = Relay::new(relay_pool, amqp_url(), config).spawn();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let listening: Option<bool> =
-            sqlx::query_scalar("SELECT bool_or(listening) FROM outbox_relay_instance")
-                .fetch_one(&pool)
-                .await?;
-        if listening == Some(true) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the relay never went idle");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first_idle(&pool).await?;
     let opened: i64 = sqlx::query_scalar(POOL_CONNECTIONS)
         .fetch_one(&pool)
         .await?;
