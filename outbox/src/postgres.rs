@@ -48,18 +48,18 @@ pub fn interval(duration: Duration) -> PgInterval {
 /// How long [`open_ahead`] spends before it gives up on what it has not opened.
 const OPEN_AHEAD_LIMIT: Duration = Duration::from_secs(5);
 
-/// Opens up to `wanted` of `pool`'s connections now (never more than the pool's
-/// size) and hands them back to it idle. Gives up after 5 s or when `give_up`
-/// completes (pass your shutdown); what it did not open opens later, when first
-/// needed, as it would have anyway. An unreachable database is for the caller's
-/// own statements to find and report.
+/// Opens up to `wanted` of `pool`'s connections now (never more than its size) and
+/// hands them back to it idle. Gives up after 5 s or when `give_up` completes (pass
+/// your shutdown); what it did not open opens later, when first needed, as it would
+/// have anyway. An unreachable database is for the caller's own statements to find
+/// and report.
 ///
 /// Why: a pool opens a connection when it is first needed, and with sqlx 0.9.0 a
 /// new TLS connection takes about 90 ms (its socket has Nagle's algorithm on, so
 /// the handshake waits on delayed acknowledgements: 91-96 ms with TLS, 2 ms
 /// without, on this project's machine). A relay or consumer that opened them in
-/// the middle of a stream held messages back that long; opened at its start, the
-/// cost is paid before anything waits.
+/// the middle of a stream held messages back that long; opened at its start, all
+/// at once, the cost is paid once, before anything waits.
 pub async fn open_ahead(pool: &PgPool, wanted: u32, give_up: impl Future<Output = ()>) {
     let wanted = wanted.min(pool.options().get_max_connections());
     let opening = join_all((0..wanted).map(|_| pool.acquire()));
