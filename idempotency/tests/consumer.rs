@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use outbox::wire::{TRACEPARENT_HEADER, dead_queue};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::{FaultyProxy, amqp_url, wait_until};
 
 mod common;
@@ -425,18 +425,22 @@ async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
     sandbox.remove().await
 }
 
+/// The test database's connect options under `application_name`, so that the
+/// consumer's connections can be told apart in `pg_stat_activity`.
+fn named(pool: &PgPool, application_name: &str) -> PgConnectOptions {
+    pool.connect_options()
+        .as_ref()
+        .clone()
+        .application_name(application_name)
+}
+
 #[sqlx::test(migrator = "idempotency::MIGRATOR")]
 async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
-    let options = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .application_name("consumer-under-test");
     let consumer_pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect_with(options)
+        .connect_with(named(&pool, "consumer-under-test"))
         .await?;
     let consumer = Consumer::new(
         consumer_pool,
@@ -709,14 +713,9 @@ async fn the_consumer_opens_a_connection_per_batch_in_flight_before_it_consumes(
 ) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
-    let options = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .application_name("consumer-warm");
     let consumer_pool = PgPoolOptions::new()
         .max_connections(10)
-        .connect_lazy_with(options);
+        .connect_lazy_with(named(&pool, "consumer-warm"));
     let config = config(&sandbox.queue);
     let expected = i64::try_from(config.concurrency)?;
     let consumer = Consumer::new(consumer_pool, amqp_url(), "inventory", config)
