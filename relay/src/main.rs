@@ -67,7 +67,8 @@ async fn start(cli: Cli) -> Result<(), Failure> {
     let options: PgConnectOptions = database.parse().map_err(|_| not_postgres())?;
     let pool = PgPoolOptions::new()
         .max_connections(5)
-        // Kept open while idle: a new TLS connection costs ~90 ms (see `warm`).
+        // Kept open while idle: a new TLS connection costs ~90 ms (see
+        // `outbox::postgres::open_ahead`).
         .min_connections(5)
         .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
         .connect_lazy_with(options);
