@@ -30,12 +30,15 @@ server=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 server=${server%/*}
 # The release that moved the column rules into domains; before it, table CHECKs.
 domains=20261201000001
-variants=(plain table_checks contract no_triggers)
+# The release that moved the doorbell into the row trigger; before it, two triggers.
+one_trigger=20261201000002
+variants=(plain table_checks two_triggers contract no_trigger)
 declare -A label=(
     [plain]="a plain row, same columns, primary key only"
-    [table_checks]="contract INSERT, rules as table CHECKs (before)"
-    [contract]="contract INSERT, rules as domains (now)"
-    [no_triggers]="contract INSERT, domains, without both triggers"
+    [table_checks]="rules as table CHECKs, two triggers"
+    [two_triggers]="rules as domains, two triggers"
+    [contract]="rules as domains, one trigger (now)"
+    [no_trigger]="rules as domains, without the trigger"
 )
 
 sql() { psql "$server/$1" -X -q -v ON_ERROR_STOP=1 -At "${@:2}"; }
@@ -56,16 +59,15 @@ setup() {
     sql postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
     case $1 in
         table_checks) migrate "$db" "$domains" ;;
+        two_triggers) migrate "$db" "$one_trigger" ;;
         contract) migrate "$db" ;;
-        no_triggers)
+        no_trigger)
             migrate "$db"
-            sql "$db" -c "DROP TRIGGER outbox_fill_defaults ON outbox" \
-                -c "DROP TRIGGER outbox_ring_doorbell ON outbox"
+            sql "$db" -c "DROP TRIGGER outbox_fill_defaults ON outbox"
             ;;
         plain)
             migrate "$db"
             sql "$db" -c "DROP TRIGGER outbox_fill_defaults ON outbox" \
-                -c "DROP TRIGGER outbox_ring_doorbell ON outbox" \
                 -c "DROP INDEX outbox_unsent_by_seq, outbox_blocking_by_key, outbox_by_saga, outbox_sent_by_time"
             sql "$db" -c "SELECT format('ALTER DOMAIN %s DROP CONSTRAINT %I', contypid::regtype, conname)
                           FROM pg_constraint WHERE contypid::regtype::text LIKE 'outbox\_%'" |

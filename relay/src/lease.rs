@@ -62,6 +62,12 @@ impl Leases {
         Arc::clone(&self.owned.borrow())
     }
 
+    /// Hears of every change of the partitions held, from now on: a sleeping relay
+    /// has armed its doorbell only for those it held when it went to sleep.
+    pub(crate) fn watch(&self) -> watch::Receiver<Arc<[i16]>> {
+        self.owned.subscribe()
+    }
+
     /// Renews this instance's presence and leases, then moves towards a fair share.
     pub(crate) async fn heartbeat(&self) -> Result<LeaseReport> {
         sqlx::query(
@@ -158,7 +164,8 @@ impl Leases {
         Ok(())
     }
 
-    /// Marks this instance as idle and listening (writers then ring the doorbell), or not.
+    /// Marks this instance as sleeping with its doorbell armed, or not: for `status`
+    /// and support. Writers do not read it; they try the doorbell's locks.
     pub(crate) async fn set_listening(&self, listening: bool) -> Result<()> {
         sqlx::query("UPDATE outbox_relay_instance SET listening = $2 WHERE instance_id = $1")
             .bind(&self.instance_id)

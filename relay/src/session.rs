@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use lapin::{Channel, Connection};
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,16 +19,21 @@ use crate::settle::{self, Settled, settle};
 use crate::shared::Shared;
 use crate::store::{self, BatchBound, OutboxRow};
 use crate::validate::prepare;
-use crate::wake::Doorbell;
+use crate::wake::{Armed, Doorbell};
 
 /// Quick looks for new rows before an idle relay arms the doorbell, so under steady
-/// load it keeps polling instead of flipping `listening` for every message.
+/// load it keeps polling instead of arming it for every message.
 const LINGER: [Duration; 4] = [
     Duration::from_millis(1),
     Duration::from_millis(2),
     Duration::from_millis(4),
     Duration::from_millis(8),
 ];
+
+/// The first sleep of a relay whose doorbell a writer's open transaction kept from
+/// being armed: that transaction's rows are visible when it commits, usually within
+/// milliseconds.
+const FIRST_PARTLY_ARMED_PAUSE: Duration = Duration::from_millis(8);
 
 /// Published batches whose confirms are being awaited and recorded, each on a task
 /// of its own so that database writes overlap the next claim and publish. They
@@ -98,6 +104,10 @@ pub(crate) struct Session<'c> {
     /// The partitions of the current scan. The cursor means something only for a
     /// fixed set held without a gap: when the leases change, the scan starts over.
     partitions: Arc<[i16]>,
+    /// How long to sleep when a writer's open transaction kept the doorbell from
+    /// being armed on one of the partitions: its rows ring no bell. Back to the
+    /// first pause whenever rows are published.
+    partly_armed_pause: Duration,
 }
 
 impl<'c> Session<'c> {
@@ -112,6 +122,7 @@ impl<'c> Session<'c> {
             cursor: 0,
             last_rescan: Instant::now(),
             partitions,
+            partly_armed_pause: FIRST_PARTLY_ARMED_PAUSE,
         })
     }
 
@@ -167,6 +178,7 @@ impl<'c> Session<'c> {
             rows.truncate(fresh);
             if let Some(last) = rows.last() {
                 self.cursor = last.seq;
+                self.partly_armed_pause = FIRST_PARTLY_ARMED_PAUSE;
                 if let Some(task) = self.publish(rows).await? {
                     in_flight.push(task);
                 }
@@ -295,9 +307,9 @@ impl<'c> Session<'c> {
     }
 
     /// Idle: look again a few times in quick succession, then ask writers to ring
-    /// (`listening`) and wait for a ring or the fallback poll.
+    /// and wait for a ring or the fallback poll.
     async fn wait_for_work(
-        &self,
+        &mut self,
         doorbell: &mut Doorbell,
         shutdown: &CancellationToken,
     ) -> Result<()> {
@@ -310,17 +322,66 @@ impl<'c> Session<'c> {
                 return Ok(());
             }
         }
+        let mut leases = self.shared.leases.watch();
+        if *self.partitions != **leases.borrow_and_update() {
+            return Ok(()); // the scan starts over on the partitions held now
+        }
         // Listen before arming: a ring sent between arming and the LISTEN is lost.
         doorbell.listen().await;
-        let leases = &self.shared.leases;
-        leases.set_listening(true).await?;
-        // A row committed between the last look and arming rang no bell: look once more.
-        if self.fetch(0, PEEK).await?.is_empty() {
-            doorbell
-                .wait(self.shared.config.poll_interval, shutdown)
-                .await;
+        let armed = doorbell.arm(&self.partitions).await;
+        let slept = self.sleep(doorbell, armed, &mut leases, shutdown).await;
+        // Whatever ended the sleep: writers ring only while the relay sleeps. The
+        // `listening` flag is only for `status`, so it is cleared alongside.
+        let (listening, leases) = (armed == Armed::All, &self.shared.leases);
+        let ((), unmarked) = tokio::join!(doorbell.disarm(), async {
+            match listening {
+                true => leases.set_listening(false).await,
+                false => Ok(()),
+            }
+        });
+        slept.and(unmarked)
+    }
+
+    /// Sleeps as long as `armed` allows: until a ring or the fallback poll when
+    /// writers ring for every partition; while a writer's transaction keeps one from
+    /// being armed, only a little while, longer each time in case that transaction
+    /// stays open. A change of the partitions held wakes it too: the doorbell is
+    /// armed only for those held when it went to sleep.
+    async fn sleep(
+        &mut self,
+        doorbell: &mut Doorbell,
+        armed: Armed,
+        leases_changed: &mut watch::Receiver<Arc<[i16]>>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let poll_interval = self.shared.config.poll_interval;
+        let pause = match armed {
+            Armed::All | Armed::No => poll_interval,
+            Armed::Partly => {
+                let pause = self.partly_armed_pause.min(poll_interval);
+                self.partly_armed_pause = pause * 2;
+                pause
+            }
+        };
+        let (listening, leases) = (armed == Armed::All, &self.shared.leases);
+        // A row committed before the locks were taken rang no bell: look once more.
+        let (marked, waiting) = tokio::join!(
+            async {
+                match listening {
+                    true => leases.set_listening(true).await,
+                    false => Ok(()),
+                }
+            },
+            self.fetch(0, PEEK)
+        );
+        marked?;
+        if waiting?.is_empty() {
+            tokio::select! {
+                () = doorbell.wait(pause, shutdown) => {}
+                Ok(()) = leases_changed.changed() => {}
+            }
         }
-        leases.set_listening(false).await
+        Ok(())
     }
 
     /// Waits for the oldest batch in flight (or shutdown), and isolates the rows it

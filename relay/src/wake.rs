@@ -6,8 +6,25 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
-/// Channel the `outbox_ring_doorbell` trigger notifies.
+/// Channel the `outbox_fill_defaults` trigger notifies.
 const CHANNEL: &str = "outbox_ready";
+
+/// First key of the advisory locks an idle relay holds, one per partition (the
+/// second key): 'outb' in ASCII. A writer's row that cannot take its partition's
+/// lock rings (migration `20261201000002`).
+const DOORBELL_LOCK: i32 = 0x6f75_7462;
+
+/// Whether writers will ring for every partition the relay publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// For every one: a row of any of them wakes the relay.
+    All,
+    /// Not for all: a writer's transaction holds the lock of one of them, so its
+    /// rows, visible when it commits, ring no bell. Look again soon.
+    Partly,
+    /// Not at all: no listener.
+    No,
+}
 
 /// Listens on the doorbell channel. Notifications can be lost while the listener
 /// reconnects (sqlx #447), which is why every wait also ends at the fallback poll.
@@ -30,6 +47,48 @@ impl Doorbell {
     pub(crate) async fn listen(&mut self) {
         if self.listener.is_none() {
             self.listener = self.connect().await;
+        }
+    }
+
+    /// Asks writers to ring for `partitions`: takes, on the listener's connection,
+    /// the lock each of their rows tries to share. Call it after
+    /// [`Doorbell::listen`], and look for rows once more after it: a row whose
+    /// writer committed before rang no bell. [`Doorbell::disarm`] undoes it.
+    pub(crate) async fn arm(&mut self, partitions: &[i16]) -> Armed {
+        let Some(listener) = self.listener.as_mut() else {
+            return Armed::No;
+        };
+        let refused: sqlx::Result<i64> = sqlx::query_scalar(
+            "SELECT count(*) FROM unnest($2::smallint[]) AS p
+             WHERE NOT pg_try_advisory_lock($1, p)",
+        )
+        .bind(DOORBELL_LOCK)
+        .bind(partitions)
+        .fetch_one(&mut *listener)
+        .await;
+        match refused {
+            Ok(0) => Armed::All,
+            Ok(_) => Armed::Partly,
+            Err(error) => {
+                tracing::debug!(%error, "cannot arm the doorbell; polling until the listener is back");
+                self.listener = None;
+                Armed::No
+            }
+        }
+    }
+
+    /// Stops writers ringing: a relay at work polls, and a NOTIFY in every writer's
+    /// commit would serialize their commits.
+    pub(crate) async fn disarm(&mut self) {
+        let Some(listener) = self.listener.as_mut() else {
+            return; // its connection, and the locks with it, are gone
+        };
+        if let Err(error) = sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *listener)
+            .await
+        {
+            tracing::debug!(%error, "cannot disarm the doorbell; dropping the listener");
+            self.listener = None;
         }
     }
 

@@ -5,17 +5,18 @@
 //!
 //! Modes, interleaved within each round so machine noise hits all alike:
 //! - `domain`: the domain row only (the baseline).
-//! - `outbox`: plus one message. No relay is listening, as when a relay is busy;
-//!   the doorbell trigger only looks up the relay table.
-//! - `outbox+notify`: plus one message, with an idle relay listening, so every
-//!   commit sends a NOTIFY (the doorbell's worst case).
+//! - `outbox`: plus one message. No relay sleeps, as when a relay is busy: the
+//!   row's trigger takes its partition's doorbell lock, shared, and rings no bell.
+//! - `outbox+notify`: plus one message, with every partition's doorbell lock held
+//!   as an idle relay holds them, so every commit sends a NOTIFY (the doorbell's
+//!   worst case).
 
 use std::time::{Duration, Instant};
 
 use bench::{fresh_database, median};
 use clap::Parser;
 use outbox::Message;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 #[derive(Parser)]
 struct Args {
@@ -66,9 +67,12 @@ async fn main() -> anyhow::Result<()> {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
         for _ in 0..args.rounds {
             for (i, mode) in MODES.iter().enumerate() {
-                set_listening(&pool, *mode == Mode::OutboxNotify).await?;
+                let relay = sleeping_relay(&pool, *mode == Mode::OutboxNotify).await?;
                 let duration = Duration::from_secs(args.seconds);
                 rates[i].push(commit_rate(&pool, *mode, connections, duration).await?);
+                if let Some(relay) = relay {
+                    relay.close().await?;
+                }
                 sqlx::query("TRUNCATE outbox, orders")
                     .execute(&pool)
                     .await?;
@@ -92,19 +96,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn set_listening(pool: &PgPool, listening: bool) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM outbox_relay_instance")
-        .execute(pool)
-        .await?;
-    if listening {
-        sqlx::query(
-            "INSERT INTO outbox_relay_instance (instance_id, hostname, listening)
-             VALUES ('bench', 'bench', true)",
-        )
-        .execute(pool)
-        .await?;
+/// With `asleep`, a connection of its own (the pool's are the writers') holding the
+/// doorbell lock of every partition, as a sleeping relay does, so that every row rings.
+async fn sleeping_relay(pool: &PgPool, asleep: bool) -> anyhow::Result<Option<PgConnection>> {
+    if !asleep {
+        return Ok(None);
     }
-    Ok(())
+    let mut relay = PgConnection::connect_with(&pool.connect_options()).await?;
+    sqlx::query("SELECT pg_advisory_lock(1869968482, p) FROM generate_series(0, 63) AS p")
+        .execute(&mut relay)
+        .await?;
+    Ok(Some(relay))
 }
 
 async fn commit_rate(

@@ -1,46 +1,166 @@
-//! The doorbell is heard from the moment writers are asked to ring.
+//! The doorbell: writers ring only for a partition whose relay sleeps, the relay
+//! hears them from the moment it sleeps, and never sleeps through a row that did
+//! not ring.
 
 use std::time::Duration;
 
+use outbox::Message;
 use outbox_relay::Relay;
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 
 use crate::support::*;
 
-/// Sessions of this database whose last statement was the doorbell's `LISTEN`.
-const LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
-    WHERE datname = current_database() AND query ILIKE 'LISTEN %outbox_ready%'";
-
-/// Writers ring only while a relay has `listening` set, so the relay must have its
-/// `LISTEN` in place before it sets it: a ring sent in between is lost, and rows
-/// written then wait for the fallback poll (`--poll-interval`, 1 s by default). The
-/// relay used to connect its listener only after setting `listening`; this test
-/// failed on that in 4 of 4 runs. Each round starts a relay and looks at the first
-/// moment it asks writers to ring.
+/// A sleeping relay is woken by the row's ring, not by its fallback poll (a minute
+/// here). It must have its `LISTEN` in place before it takes the doorbell locks: a
+/// ring sent in between is lost. The relay used to connect its listener only after
+/// asking writers to ring, and a test of that order failed in 4 of 4 runs; now the
+/// locks are taken on the listener's own connection, once it listens. Each round
+/// starts a relay and writes at the first moment it asks writers to ring
+/// (`listening`, set once it is armed).
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
-async fn the_relay_listens_before_it_asks_writers_to_ring(pool: PgPool) -> TestResult {
-    for round in 1..=8 {
-        let relay = Relay::new(pool.clone(), amqp_url(), fast_config("")).spawn();
+async fn a_sleeping_relay_is_woken_by_the_rows_ring(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    for round in 1..=4 {
+        let mut config = fast_config(&sandbox.exchange);
+        config.poll_interval = Duration::from_secs(60);
+        let relay = Relay::new(pool.clone(), amqp_url(), config).spawn();
         first_idle(&pool).await?;
-        let listeners: i64 = sqlx::query_scalar(LISTENERS).fetch_one(&pool).await?;
+        let message = Message::builder(format!("saga-{round}"), "OrderCreated", "orders.created")
+            .payload(&round)?;
+        let id = outbox::enqueue(&pool, &message).await?;
+        let ids = [id.to_string()].into_iter().collect();
+        let woken = sandbox.wait_for_all(&ids, Duration::from_secs(20)).await;
         relay.shutdown().await?;
-        assert_eq!(
-            listeners, 1,
-            "round {round}: writers were asked to ring before anyone listened"
-        );
-
+        woken.map_err(|error| error.context(format!("round {round}")))?;
         sqlx::query("DELETE FROM outbox_relay_instance")
             .execute(&pool)
             .await?;
-        wait_until(
-            Duration::from_secs(10),
-            "the listener is gone",
-            async || {
-                let left: i64 = sqlx::query_scalar(LISTENERS).fetch_one(&pool).await?;
-                Ok(left == 0)
-            },
-        )
-        .await?;
     }
+    sandbox.remove().await
+}
+
+/// First key of the doorbell's advisory locks (migration `20261201000002`).
+const DOORBELL_LOCK: i32 = 0x6f75_7462;
+
+/// Writes one outbox row of `saga_id`, as a plain-SQL writer would.
+async fn write(pool: &PgPool, saga_id: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (saga_id, step, routing_key, payload)
+         VALUES ($1, 'OrderCreated', 'orders.created', '{}')",
+    )
+    .bind(saga_id)
+    .execute(pool)
+    .await?;
     Ok(())
+}
+
+/// The next notification `listener` hears after everything committed so far: a
+/// marker, notified last, tells "nothing rang" from "not yet" without a timeout,
+/// because notifications arrive in commit order.
+async fn next_ring(listener: &mut PgListener, pool: &PgPool) -> anyhow::Result<String> {
+    sqlx::query("SELECT pg_notify('outbox_ready', 'marker')")
+        .execute(pool)
+        .await?;
+    let heard = listener.recv().await?.payload().to_owned();
+    if heard != "marker" {
+        let marker = listener.recv().await?;
+        anyhow::ensure!(marker.payload() == "marker", "one ring, then the marker");
+    }
+    Ok(heard)
+}
+
+/// A writer's row rings when, and only when, the relay of its partition sleeps:
+/// holds that partition's doorbell lock. Before, the statement trigger rang for any
+/// partition while some relay had `listening` set, and it looked that up with a
+/// query on every INSERT; this test fails on that trigger at "a sleeping relay's
+/// partition".
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_writer_rings_only_for_a_partition_whose_relay_sleeps(pool: PgPool) -> TestResult {
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen("outbox_ready").await?;
+    let partition_of = async |saga_id: &str| -> anyhow::Result<i16> {
+        Ok(sqlx::query_scalar("SELECT outbox_partition_of($1)")
+            .bind(saga_id)
+            .fetch_one(&pool)
+            .await?)
+    };
+    let (asleep, awake) = ("saga-asleep", "saga-awake");
+    anyhow::ensure!(partition_of(asleep).await? != partition_of(awake).await?);
+
+    write(&pool, asleep).await?;
+    assert_eq!(
+        next_ring(&mut listener, &pool).await?,
+        "marker",
+        "no relay sleeps"
+    );
+
+    let mut relay = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(DOORBELL_LOCK)
+        .bind(i32::from(partition_of(asleep).await?))
+        .execute(&mut *relay)
+        .await?;
+    write(&pool, asleep).await?;
+    assert_eq!(
+        next_ring(&mut listener, &pool).await?,
+        "",
+        "a sleeping relay's partition"
+    );
+    write(&pool, awake).await?;
+    assert_eq!(
+        next_ring(&mut listener, &pool).await?,
+        "marker",
+        "another partition"
+    );
+
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *relay)
+        .await?;
+    write(&pool, asleep).await?;
+    assert_eq!(
+        next_ring(&mut listener, &pool).await?,
+        "marker",
+        "the relay woke up"
+    );
+    Ok(())
+}
+
+/// A writer whose transaction is open when the relay goes to sleep holds its
+/// partition's doorbell lock, so its row will ring no bell: the relay cannot take
+/// that lock, and sleeps only briefly instead of until the fallback poll (a minute
+/// here). Without that, this row waited the whole minute.
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_row_whose_writer_was_open_when_the_relay_slept_is_not_left_for_the_fallback_poll(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let mut writer = pool.begin().await?;
+    let message = Message::builder("saga-open", "OrderCreated", "orders.created").payload(&1)?;
+    let id = outbox::enqueue(&mut *writer, &message).await?;
+
+    let mut config = fast_config(&sandbox.exchange);
+    config.poll_interval = Duration::from_secs(60);
+    let relay = Relay::new(pool.clone(), amqp_url(), config).spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the relay arms its doorbell on the partitions it can",
+        async || {
+            let armed: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND classid = $1 AND mode = 'ExclusiveLock'",
+            )
+            .bind(DOORBELL_LOCK)
+            .fetch_one(&pool)
+            .await?;
+            Ok(armed > 0)
+        },
+    )
+    .await?;
+    writer.commit().await?;
+
+    let ids = [id.to_string()].into_iter().collect();
+    sandbox.wait_for_all(&ids, Duration::from_secs(20)).await?;
+    relay.shutdown().await?;
+    sandbox.remove().await
 }

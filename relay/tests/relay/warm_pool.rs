@@ -6,11 +6,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::support::*;
 
-/// The relay's pool connections, told from its doorbell's listener by the last
-/// statement the listener ran.
+/// The relay's pool connections, told from its doorbell's listener by the locks
+/// the listener holds while the relay is idle (first key 'outb').
 const POOL_CONNECTIONS: &str = "SELECT count(*) FROM pg_stat_activity
     WHERE datname = current_database() AND application_name = 'relay-warm'
-      AND query NOT ILIKE 'LISTEN %'";
+      AND pid NOT IN (SELECT pid FROM pg_locks
+                      WHERE locktype = 'advisory' AND classid = 1869968482)";
 
 /// A pool opens connections when first needed, and a new TLS connection costs
 /// about 90 ms with sqlx 0.9.0; opened lazily, one per batch in flight, each
