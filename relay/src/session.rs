@@ -332,14 +332,17 @@ impl<'c> Session<'c> {
         let slept = self.sleep(doorbell, armed, &mut leases, shutdown).await;
         // Whatever ended the sleep: writers ring only while the relay sleeps. The
         // `listening` flag is only for `status`, so it is cleared alongside.
-        let (listening, leases) = (armed == Armed::All, &self.shared.leases);
-        let ((), unmarked) = tokio::join!(doorbell.disarm(), async {
-            match listening {
-                true => leases.set_listening(false).await,
-                false => Ok(()),
-            }
-        });
+        let ((), unmarked) = tokio::join!(doorbell.disarm(), self.mark_listening(armed, false));
         slept.and(unmarked)
+    }
+
+    /// Shows this relay as sleeping (`listening`, for `status`), or no longer, if its
+    /// doorbell is armed for every partition.
+    async fn mark_listening(&self, armed: Armed, listening: bool) -> Result<()> {
+        match armed {
+            Armed::All => self.shared.leases.set_listening(listening).await,
+            Armed::Partly | Armed::No => Ok(()),
+        }
     }
 
     /// Sleeps as long as `armed` allows: until a ring or the fallback poll when
@@ -359,23 +362,15 @@ impl<'c> Session<'c> {
             Armed::All | Armed::No => poll_interval,
             Armed::Partly => {
                 let pause = self.partly_armed_pause.min(poll_interval);
-                self.partly_armed_pause = pause * 2;
+                self.partly_armed_pause = pause.saturating_mul(2);
                 pause
             }
         };
-        let (listening, leases) = (armed == Armed::All, &self.shared.leases);
+        // One after the other: side by side they would need a pool connection more
+        // than the relay's working set (see `warm`), on the way to sleep.
+        self.mark_listening(armed, true).await?;
         // A row committed before the locks were taken rang no bell: look once more.
-        let (marked, waiting) = tokio::join!(
-            async {
-                match listening {
-                    true => leases.set_listening(true).await,
-                    false => Ok(()),
-                }
-            },
-            self.fetch(0, PEEK)
-        );
-        marked?;
-        if waiting?.is_empty() {
+        if self.fetch(0, PEEK).await?.is_empty() {
             tokio::select! {
                 () = doorbell.wait(pause, shutdown) => {}
                 Ok(()) = leases_changed.changed() => {}

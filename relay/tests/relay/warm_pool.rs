@@ -6,12 +6,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::support::*;
 
-/// The relay's pool connections, told from its doorbell's listener by the locks
-/// the listener holds while the relay is idle (first key 'outb').
+/// The relay's pool connections, told from its doorbell's listener by the last
+/// statement the listener ran: its `LISTEN`, or taking or giving back the doorbell's
+/// advisory locks.
 const POOL_CONNECTIONS: &str = "SELECT count(*) FROM pg_stat_activity
     WHERE datname = current_database() AND application_name = 'relay-warm'
-      AND pid NOT IN (SELECT pid FROM pg_locks
-                      WHERE locktype = 'advisory' AND classid = 1869968482)";
+      AND query NOT ILIKE 'LISTEN %' AND query NOT ILIKE '%advisory%'";
 
 /// A pool opens connections when first needed, and a new TLS connection costs
 /// about 90 ms with sqlx 0.9.0; opened lazily, one per batch in flight, each
@@ -35,9 +35,11 @@ async fn the_relay_opens_its_working_connections_before_any_row_waits(pool: PgPo
         .fetch_one(&pool)
         .await?;
     relay.shutdown().await?;
-    assert_eq!(
-        opened, expected,
-        "connections open when the relay first went idle"
+    // At least: a connection the pool opens later, when one is on its way back to
+    // the pool just as the next statement asks, is not what this is about.
+    assert!(
+        opened >= expected,
+        "connections open when the relay first went idle: {opened} of {expected}"
     );
     Ok(())
 }
