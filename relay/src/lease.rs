@@ -62,8 +62,8 @@ impl Leases {
         Arc::clone(&self.owned.borrow())
     }
 
-    /// Hears of every change of the partitions held, from now on: a sleeping relay
-    /// has armed its doorbell only for those it held when it went to sleep.
+    /// Is told when the partitions held change, from now on: a sleeping relay has
+    /// armed its doorbell only for those it held when it went to sleep.
     pub(crate) fn watch(&self) -> watch::Receiver<Arc<[i16]>> {
         self.owned.subscribe()
     }

@@ -14,6 +14,13 @@ const CHANNEL: &str = "outbox_ready";
 /// lock rings (migration `20261201000002`).
 const DOORBELL_LOCK: i32 = 0x6f75_7462;
 
+/// Gives back every advisory lock the listener's session holds: the doorbell's.
+const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
+
+/// How long giving back the doorbell's locks may take before a failed listener is
+/// dropped anyway.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Whether writers will ring for every partition the relay publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Armed {
@@ -71,7 +78,7 @@ impl Doorbell {
             Ok(_) => Armed::Partly,
             Err(error) => {
                 tracing::debug!(%error, "cannot arm the doorbell; polling until the listener is back");
-                self.listener = None;
+                self.forget().await;
                 Armed::No
             }
         }
@@ -81,14 +88,24 @@ impl Doorbell {
     /// commit would serialize their commits.
     pub(crate) async fn disarm(&mut self) {
         let Some(listener) = self.listener.as_mut() else {
-            return; // its connection, and the locks with it, are gone
+            return; // forgotten, with its locks given back
         };
-        if let Err(error) = sqlx::query("SELECT pg_advisory_unlock_all()")
-            .execute(&mut *listener)
-            .await
-        {
+        if let Err(error) = sqlx::query(UNLOCK_ALL).execute(&mut *listener).await {
             tracing::debug!(%error, "cannot disarm the doorbell; dropping the listener");
-            self.listener = None;
+            self.forget().await;
+        }
+    }
+
+    /// Drops the listener after a failure. Its connection goes back to the pool, not
+    /// away, and advisory locks held by a session outlive a failed statement: so the
+    /// doorbell's locks are given back first, if the connection answers. Left held,
+    /// they would make every writer ring, busy relay or not.
+    async fn forget(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let unlock = sqlx::query(UNLOCK_ALL).execute(&mut listener);
+            if let Ok(Err(error)) = tokio::time::timeout(FORGET_TIMEOUT, unlock).await {
+                tracing::debug!(%error, "cannot give back the doorbell's locks");
+            }
         }
     }
 
@@ -105,12 +122,16 @@ impl Doorbell {
             return;
         };
         tokio::select! {
-            ring = listener.recv() => {
-                if let Err(error) = ring {
+            ring = listener.try_recv() => match ring {
+                Ok(Some(_)) => {}
+                // Its connection was lost, and the doorbell's locks with it: writers
+                // no longer ring, so wake to look and arm again (on a new one).
+                Ok(None) => tracing::debug!("doorbell listener reconnected; arming again"),
+                Err(error) => {
                     tracing::debug!(%error, "doorbell listener lost; polling until it is back");
-                    self.listener = None;
+                    self.forget().await;
                 }
-            }
+            },
             () = tokio::time::sleep(poll_interval) => {}
             () = shutdown.cancelled() => {}
         }
