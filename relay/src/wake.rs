@@ -109,7 +109,8 @@ impl Doorbell {
         }
     }
 
-    /// Waits for a ring, `poll_interval`, or shutdown, whichever comes first. It does
+    /// Waits for a ring, `poll_interval`, shutdown, or the loss of the listener's
+    /// connection (with the doorbell's locks), whichever comes first. It does
     /// not connect: [`Doorbell::listen`] comes first, before writers are asked to
     /// ring, and a listener it could not connect leaves the fallback poll alone.
     pub(crate) async fn wait(&mut self, poll_interval: Duration, shutdown: &CancellationToken) {
