@@ -229,3 +229,36 @@ async fn a_relay_whose_listener_was_cut_while_asleep_arms_again(pool: PgPool) ->
     relay.shutdown().await?;
     sandbox.remove().await
 }
+
+/// A sleeping relay armed its doorbell for the partitions it held when it went to
+/// sleep. When another relay joins and takes some of them, the first must wake and
+/// arm only those it still holds: else it sleeps on, holding the newcomer's locks,
+/// until the fallback poll (a minute here), and the newcomer cannot arm them.
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_sleeping_relay_that_gives_partitions_away_arms_only_its_own(pool: PgPool) -> TestResult {
+    // A config of its own for each: each gets an instance id of its own.
+    let config = || {
+        let mut config = fast_config("");
+        config.poll_interval = Duration::from_secs(60);
+        config
+    };
+    let first = Relay::new(pool.clone(), amqp_url(), config()).spawn();
+    first_idle(&pool).await?;
+    let second = Relay::new(pool.clone(), amqp_url(), config()).spawn();
+    let sleepers = format!("SELECT count(DISTINCT pid), count(*) {ARMED}");
+    let both = wait_until(
+        Duration::from_secs(20),
+        "both relays sleep, every partition armed once",
+        async || {
+            let (sleepers, armed): (i64, i64) = sqlx::query_as(AssertSqlSafe(sleepers.clone()))
+                .bind(DOORBELL_LOCK)
+                .fetch_one(&pool)
+                .await?;
+            Ok(sleepers == 2 && armed == 64)
+        },
+    )
+    .await;
+    second.shutdown().await?;
+    first.shutdown().await?;
+    both
+}
