@@ -11,6 +11,20 @@ use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::support::*;
 
+/// Relay settings whose fallback poll (a minute) no test here waits for: a row that
+/// arrives within [`arrives`]'s 20 s was woken by the doorbell.
+fn sleepy_config(exchange: &str) -> outbox_relay::RelayConfig {
+    let mut config = fast_config(exchange);
+    config.poll_interval = Duration::from_secs(60);
+    config
+}
+
+/// Waits (up to 20 s, a third of the fallback poll) for the message `id`.
+async fn arrives(sandbox: &Sandbox, id: uuid::Uuid) -> anyhow::Result<()> {
+    let ids = [id.to_string()].into_iter().collect();
+    sandbox.wait_for_all(&ids, Duration::from_secs(20)).await
+}
+
 /// A sleeping relay is woken by the row's ring, not by its fallback poll (a minute
 /// here). Each round starts a relay and writes at the first moment it asks writers
 /// to ring (`listening`, set once its doorbell is armed).
@@ -18,15 +32,12 @@ use crate::support::*;
 async fn a_sleeping_relay_is_woken_by_the_rows_ring(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     for round in 1..=4 {
-        let mut config = fast_config(&sandbox.exchange);
-        config.poll_interval = Duration::from_secs(60);
-        let relay = Relay::new(pool.clone(), amqp_url(), config).spawn();
+        let relay = Relay::new(pool.clone(), amqp_url(), sleepy_config(&sandbox.exchange)).spawn();
         first_idle(&pool).await?;
         let message = Message::builder(format!("saga-{round}"), "OrderCreated", "orders.created")
             .payload(&round)?;
         let id = outbox::enqueue(&pool, &message).await?;
-        let ids = [id.to_string()].into_iter().collect();
-        let woken = sandbox.wait_for_all(&ids, Duration::from_secs(20)).await;
+        let woken = arrives(&sandbox, id).await;
         relay.shutdown().await?;
         woken.map_err(|error| error.context(format!("round {round}")))?;
         sqlx::query("DELETE FROM outbox_relay_instance")
@@ -135,9 +146,7 @@ async fn a_row_whose_writer_was_open_when_the_relay_slept_is_not_left_for_the_fa
     let message = Message::builder("saga-open", "OrderCreated", "orders.created").payload(&1)?;
     let id = outbox::enqueue(&mut *writer, &message).await?;
 
-    let mut config = fast_config(&sandbox.exchange);
-    config.poll_interval = Duration::from_secs(60);
-    let relay = Relay::new(pool.clone(), amqp_url(), config).spawn();
+    let relay = Relay::new(pool.clone(), amqp_url(), sleepy_config(&sandbox.exchange)).spawn();
     wait_until(
         Duration::from_secs(20),
         "the relay arms its doorbell on the partitions it can",
@@ -146,8 +155,7 @@ async fn a_row_whose_writer_was_open_when_the_relay_slept_is_not_left_for_the_fa
     .await?;
     writer.commit().await?;
 
-    let ids = [id.to_string()].into_iter().collect();
-    sandbox.wait_for_all(&ids, Duration::from_secs(20)).await?;
+    arrives(&sandbox, id).await?;
     relay.shutdown().await?;
     sandbox.remove().await
 }
@@ -205,9 +213,7 @@ async fn a_relay_at_work_gives_its_doorbell_locks_back(pool: PgPool) -> TestResu
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_relay_whose_listener_was_cut_while_asleep_arms_again(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
-    let mut config = fast_config(&sandbox.exchange);
-    config.poll_interval = Duration::from_secs(60);
-    let relay = Relay::new(pool.clone(), amqp_url(), config).spawn();
+    let relay = Relay::new(pool.clone(), amqp_url(), sleepy_config(&sandbox.exchange)).spawn();
     first_idle(&pool).await?;
     sqlx::query(AssertSqlSafe(format!(
         "SELECT pg_terminate_backend(pid) {ARMED} GROUP BY pid"
@@ -224,8 +230,7 @@ async fn a_relay_whose_listener_was_cut_while_asleep_arms_again(pool: PgPool) ->
     let message =
         Message::builder("saga-after-cut", "OrderCreated", "orders.created").payload(&1)?;
     let id = outbox::enqueue(&pool, &message).await?;
-    let ids = [id.to_string()].into_iter().collect();
-    sandbox.wait_for_all(&ids, Duration::from_secs(20)).await?;
+    arrives(&sandbox, id).await?;
     relay.shutdown().await?;
     sandbox.remove().await
 }
@@ -237,14 +242,9 @@ async fn a_relay_whose_listener_was_cut_while_asleep_arms_again(pool: PgPool) ->
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_sleeping_relay_that_gives_partitions_away_arms_only_its_own(pool: PgPool) -> TestResult {
     // A config of its own for each: each gets an instance id of its own.
-    let config = || {
-        let mut config = fast_config("");
-        config.poll_interval = Duration::from_secs(60);
-        config
-    };
-    let first = Relay::new(pool.clone(), amqp_url(), config()).spawn();
+    let first = Relay::new(pool.clone(), amqp_url(), sleepy_config("")).spawn();
     first_idle(&pool).await?;
-    let second = Relay::new(pool.clone(), amqp_url(), config()).spawn();
+    let second = Relay::new(pool.clone(), amqp_url(), sleepy_config("")).spawn();
     let sleepers = format!("SELECT count(DISTINCT pid), count(*) {ARMED}");
     let both = wait_until(
         Duration::from_secs(20),
