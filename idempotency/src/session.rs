@@ -249,24 +249,28 @@ impl Settling {
         // Decided and sent under one lock: a multiple-ack must not overtake the
         // acks of an earlier decision, or it would ack a tag twice (a channel error).
         let mut window = self.window.lock().await;
-        for delivery in requeue {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            delivery.nack(requeue).await?;
-        }
+        let requeue_options = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        // Frames for distinct tags, so their order among themselves does not
+        // matter; sent together, the I/O thread writes them at once instead of
+        // waking this task once per frame. All are sent before the acks below,
+        // so a multiple-ack cannot reach a requeued delivery.
+        let nacks = requeue
+            .iter()
+            .map(|delivery| delivery.nack(requeue_options));
+        futures_util::future::try_join_all(nacks).await?;
         match window.settle(&settled, &acked) {
             Acks::UpTo(tag) => {
                 let multiple = BasicAckOptions { multiple: true };
                 self.channel.basic_ack(tag, multiple).await?;
             }
             Acks::Each(tags) => {
-                for tag in tags {
-                    self.channel
-                        .basic_ack(tag, BasicAckOptions::default())
-                        .await?;
-                }
+                let acks = tags
+                    .iter()
+                    .map(|&tag| self.channel.basic_ack(tag, BasicAckOptions::default()));
+                futures_util::future::try_join_all(acks).await?;
             }
         }
         Ok(())

@@ -10,12 +10,13 @@
 //! (`-- --queue-type quorum` for one type, `--messages 5000 --rounds 3` for a short
 //! run, `--latency-seconds 0` to skip the latency)
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bench::broker::{amqp_url, payload};
-use bench::{fresh_database, median};
+use bench::{cpu, fresh_database, median};
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use idempotency::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
@@ -92,8 +93,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "sqlx's default pool, which pings a connection before handing it out"
     };
+    // Every round trip of the inbox pays TLS's framing on both ends when the
+    // connection has it (`sslmode` unset means "prefer").
+    let tls: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    let tls = if tls { "with TLS" } else { "without TLS" };
     println!(
-        "{} messages per run, median of {} rounds; prefetch {} for both consumers; {ping}",
+        "{} messages per run, median of {} rounds; prefetch {} for both consumers; {ping}; PostgreSQL {tls}",
         args.messages, args.rounds, args.prefetch
     );
     let columns: Vec<String> = args
@@ -106,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         columns.concat()
     );
     let mut headline = None;
+    let mut cpu_lines = Vec::new();
     for queue_type in args.queue_type.iter().map(|&t| QueueType::from(t)) {
         for handlers in [1usize, 4] {
             let mut plain = Vec::new();
@@ -117,28 +125,37 @@ async fn main() -> anyhow::Result<()> {
                     prefetch: args.prefetch,
                 };
                 plain.push(plain_consumer(queue_type, args.messages, plain_shape).await?);
-                for (rates, &size) in inbox.iter_mut().zip(&args.batch_size) {
+                for (runs, &size) in inbox.iter_mut().zip(&args.batch_size) {
                     let shape = Shape {
                         handlers,
                         batch_size: size,
                         prefetch: args.prefetch,
                     };
-                    rates.push(inbox_consumer(&pool, queue_type, args.messages, shape).await?);
+                    runs.push(inbox_consumer(&pool, queue_type, args.messages, shape).await?);
                 }
             }
-            let plain = median(&plain);
-            let mut row = format!("{queue_type:<7}  {handlers:>8}  {plain:>20.0}");
+            let plain = Measured::median(&plain);
+            let mut row = format!("{queue_type:<7}  {handlers:>8}  {:>20.0}", plain.rate);
+            cpu_lines.push(format!("{queue_type} {handlers}: plain: {}", plain.cpu()));
             let mut last_ratio = 0.0;
-            for rates in &inbox {
-                let rate = median(rates);
-                last_ratio = rate / plain;
-                row.push_str(&format!("  {rate:>14.0}  {last_ratio:>5.2}"));
+            for (runs, size) in inbox.iter().zip(&args.batch_size) {
+                let inbox = Measured::median(runs);
+                last_ratio = inbox.rate / plain.rate;
+                row.push_str(&format!("  {:>14.0}  {last_ratio:>5.2}", inbox.rate));
+                cpu_lines.push(format!(
+                    "{queue_type} {handlers}: batch {size}: {}",
+                    inbox.cpu()
+                ));
             }
             println!("{row}");
             if handlers == 4 {
                 headline.get_or_insert(last_ratio);
             }
         }
+    }
+    println!("\nCPU per message, µs (medians; the consumer is this whole process)");
+    for line in cpu_lines {
+        println!("{line}");
     }
     if args.latency_seconds > 0 {
         let queue_type = QueueType::from(args.queue_type[0]);
@@ -231,7 +248,11 @@ async fn remove(connection: &Connection, queues: &ConsumerConfig) -> anyhow::Res
 }
 
 /// The baseline: receive and ack, `handlers` at a time, nothing else.
-async fn plain_consumer(queue_type: QueueType, messages: u64, shape: Shape) -> anyhow::Result<f64> {
+async fn plain_consumer(
+    queue_type: QueueType,
+    messages: u64,
+    shape: Shape,
+) -> anyhow::Result<Measured> {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let queues = filled_queue(&connection, queue_type, messages).await?;
     let queue = queues.queue.as_str();
@@ -239,6 +260,7 @@ async fn plain_consumer(queue_type: QueueType, messages: u64, shape: Shape) -> a
     channel
         .basic_qos(shape.prefetch, BasicQosOptions::default())
         .await?;
+    let mark = CpuMark::now();
     let started = Instant::now();
     let mut deliveries = channel
         .basic_consume(
@@ -267,11 +289,15 @@ async fn plain_consumer(queue_type: QueueType, messages: u64, shape: Shape) -> a
     while acked.load(Ordering::Relaxed) < messages {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let measured = Measured::since(started, &mark, messages);
     remove(&connection, &queues).await?;
     let _ = connection.close(200, "done".into()).await;
-    Ok(rate)
+    Ok(measured)
 }
+
+/// Handler runs so far in this measurement (some may yet roll back): the wait for
+/// the inbox's keys asks PostgreSQL only once this reaches the goal.
+static HANDLED: AtomicU64 = AtomicU64::new(0);
 
 /// One INSERT in the inbox's transaction; the payload is taken as any JSON.
 async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxError> {
@@ -281,6 +307,7 @@ async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxEr
         .bind(&envelope.step)
         .execute(ctx.db())
         .await?;
+    HANDLED.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -291,21 +318,90 @@ async fn inbox_consumer(
     queue_type: QueueType,
     messages: u64,
     shape: Shape,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Measured> {
     sqlx::query("TRUNCATE effects, inbox").execute(pool).await?;
+    HANDLED.store(0, Ordering::Relaxed);
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let queues = filled_queue(&connection, queue_type, messages).await?;
+    let mark = CpuMark::now();
     let started = Instant::now();
     let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", shaped(&queues, shape))
         .on("ReserveStock", reserve)
         .spawn()?;
+    while HANDLED.load(Ordering::Relaxed) < messages {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     wait_for_keys(pool, messages).await?;
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let measured = Measured::since(started, &mark, messages);
     consumer.shutdown().await?;
     remove(&connection, &queues).await?;
     let _ = connection.close(200, "done".into()).await;
-    Ok(rate)
+    Ok(measured)
 }
+
+/// CPU so far, in clock ticks: this process (the consumer measured), every
+/// PostgreSQL process, every RabbitMQ (`beam.smp`) process.
+struct CpuMark {
+    consumer: u64,
+    postgres: HashMap<u32, u64>,
+    rabbitmq: HashMap<u32, u64>,
+}
+
+impl CpuMark {
+    fn now() -> Self {
+        Self {
+            consumer: cpu::ticks_of(std::process::id()),
+            postgres: cpu::ticks_by_pid("postgres"),
+            rabbitmq: cpu::ticks_by_pid("beam.smp"),
+        }
+    }
+}
+
+/// One drain: its rate, and the CPU each party spent per message, in µs.
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    rate: f64,
+    consumer_us: f64,
+    postgres_us: f64,
+    rabbitmq_us: f64,
+}
+
+impl Measured {
+    /// `messages` drained since `started` and `mark`. The consumer's figure is this
+    /// whole process's, the bench's own waiting included (a few polls).
+    fn since(started: Instant, mark: &CpuMark, messages: u64) -> Self {
+        let now = CpuMark::now();
+        let ticks = *TICKS_PER_SECOND as f64;
+        let per_message = |spent: u64| spent as f64 / ticks * 1e6 / messages as f64;
+        Self {
+            rate: messages as f64 / started.elapsed().as_secs_f64(),
+            consumer_us: per_message(now.consumer.saturating_sub(mark.consumer)),
+            postgres_us: per_message(cpu::spent(&mark.postgres, &now.postgres, |_| true)),
+            rabbitmq_us: per_message(cpu::spent(&mark.rabbitmq, &now.rabbitmq, |_| true)),
+        }
+    }
+
+    /// Medians, field by field, of `runs`.
+    fn median(runs: &[Measured]) -> Self {
+        let of = |field: fn(&Measured) -> f64| median(&runs.iter().map(field).collect::<Vec<_>>());
+        Self {
+            rate: of(|m| m.rate),
+            consumer_us: of(|m| m.consumer_us),
+            postgres_us: of(|m| m.postgres_us),
+            rabbitmq_us: of(|m| m.rabbitmq_us),
+        }
+    }
+
+    fn cpu(&self) -> String {
+        format!(
+            "consumer {:.0}, PostgreSQL {:.0}, RabbitMQ {:.0}",
+            self.consumer_us, self.postgres_us, self.rabbitmq_us
+        )
+    }
+}
+
+/// Clock ticks per second of `/proc` CPU times, asked once.
+static TICKS_PER_SECOND: std::sync::LazyLock<u64> = std::sync::LazyLock::new(cpu::clock_ticks);
 
 /// Waits until the inbox holds `keys` keys: that many messages took effect.
 async fn wait_for_keys(pool: &PgPool, keys: u64) -> anyhow::Result<()> {
@@ -316,7 +412,7 @@ async fn wait_for_keys(pool: &PgPool, keys: u64) -> anyhow::Result<()> {
         if done as u64 >= keys {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
