@@ -45,7 +45,10 @@ pub struct RelayConfig {
     pub cleanup_batch_size: u32,
     /// On shutdown, wait this long for outstanding confirms.
     pub shutdown_timeout: Duration,
-    /// Names this instance in the lease table and in logs.
+    /// Names this instance in the lease table and in logs. One per running relay:
+    /// a clone of a config keeps it, so give each relay built from a clone its own
+    /// ([`default_instance_id`]). A relay started with an id another running relay
+    /// uses publishes nothing and stands by until that one stops.
     pub instance_id: String,
 }
 

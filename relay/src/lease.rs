@@ -7,14 +7,22 @@
 //! fair share. A partition given back stays unowned for a grace period (the confirm
 //! timeout), so the giver's last batches settle before another instance starts on
 //! it; a dead instance's partitions are free once its leases expire.
+//!
+//! Leases are owned by instance id, so two processes given the same id would both
+//! renew them and both publish. Each run therefore stamps the instance row with its
+//! own token (`incarnation`); a run that finds another live run's token on its id
+//! holds nothing and stands by, and takes over only once that run has left or its
+//! heartbeat is older than the lease time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use outbox::postgres::interval;
 use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::error::Result;
 
@@ -26,6 +34,8 @@ pub(crate) const PARTITIONS: i64 = 64;
 pub(crate) struct LeaseReport {
     pub(crate) held: usize,
     pub(crate) live_instances: i64,
+    /// Another live run holds this instance id: this one holds nothing.
+    pub(crate) standing_by: bool,
 }
 
 pub(crate) struct Leases {
@@ -33,6 +43,13 @@ pub(crate) struct Leases {
     /// Partitions held after the last heartbeat, for the publishing session.
     owned: watch::Sender<Arc<[i16]>>,
     instance_id: String,
+    /// This run's token on the instance row.
+    incarnation: Uuid,
+    /// Whether the last heartbeat found the instance row stamped with this run's
+    /// token: false at start and while another run holds the id.
+    holding: AtomicBool,
+    /// Whether another run holds the id, as of the last heartbeat: said once.
+    standing_by: AtomicBool,
     hostname: String,
     ttl: PgInterval,
     grace: PgInterval,
@@ -51,6 +68,9 @@ impl Leases {
             pool,
             owned,
             instance_id,
+            incarnation: Uuid::now_v7(),
+            holding: AtomicBool::new(false),
+            standing_by: AtomicBool::new(false),
             hostname,
             ttl: interval(ttl),
             grace: interval(grace),
@@ -68,16 +88,23 @@ impl Leases {
         self.owned.subscribe()
     }
 
-    /// Renews this instance's presence and leases, then moves towards a fair share.
+    /// Renews this instance's presence and leases, then moves towards a fair share;
+    /// or, if another live run holds this instance id, gives up whatever it held.
     pub(crate) async fn heartbeat(&self) -> Result<LeaseReport> {
-        sqlx::query(
-            "INSERT INTO outbox_relay_instance (instance_id, hostname) VALUES ($1, $2)
-             ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now()",
-        )
-        .bind(&self.instance_id)
-        .bind(&self.hostname)
-        .execute(&self.pool)
-        .await?;
+        if !self.claim_instance().await? {
+            return self.stand_by().await;
+        }
+        if self.standing_by.swap(false, Ordering::Relaxed) {
+            tracing::warn!(instance = %self.instance_id, "the other relay with this instance id is gone; this one takes over");
+        }
+        if !self.holding.swap(true, Ordering::Relaxed) {
+            // Leases left under this id by an earlier run are not renewed but wait
+            // out their time, as if that run had died: it may still be settling.
+            sqlx::query("UPDATE outbox_relay_lease SET owner = NULL WHERE owner = $1")
+                .bind(&self.instance_id)
+                .execute(&self.pool)
+                .await?;
+        }
 
         let renewed: Vec<i16> = sqlx::query_scalar(
             "UPDATE outbox_relay_lease SET expires_at = now() + $2
@@ -120,6 +147,73 @@ impl Leases {
         Ok(LeaseReport {
             held: held as usize,
             live_instances,
+            standing_by: false,
+        })
+    }
+
+    /// Writes this run's heartbeat on the instance row: true if the row is this run's
+    /// (new, already stamped with its token, or taken over from a run gone stale),
+    /// false if another run of the same instance id heartbeats it.
+    async fn claim_instance(&self) -> Result<bool> {
+        let ours: Option<bool> = sqlx::query_scalar(
+            "INSERT INTO outbox_relay_instance (instance_id, hostname, incarnation)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (instance_id) DO UPDATE SET
+                 heartbeat_at = now(),
+                 hostname = EXCLUDED.hostname,
+                 incarnation = EXCLUDED.incarnation,
+                 started_at = CASE
+                     WHEN outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                     THEN outbox_relay_instance.started_at ELSE now() END,
+                 listening = CASE
+                     WHEN outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                     THEN outbox_relay_instance.listening ELSE false END
+             WHERE outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                OR outbox_relay_instance.heartbeat_at <= now() - $4
+             RETURNING true",
+        )
+        .bind(&self.instance_id)
+        .bind(&self.hostname)
+        .bind(self.incarnation)
+        .bind(self.ttl)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(ours.is_some())
+    }
+
+    /// Another run heartbeats this instance id: hold nothing, renew nothing, and say
+    /// so once, with where that run is.
+    async fn stand_by(&self) -> Result<LeaseReport> {
+        self.owned.send_if_modified(|current| {
+            let changed = !current.is_empty();
+            *current = Arc::from(Vec::new());
+            changed
+        });
+        self.holding.store(false, Ordering::Relaxed);
+        let (hostname, started_at, live_instances): (Option<String>, Option<String>, i64) =
+            sqlx::query_as(
+                "SELECT i.hostname, i.started_at::text,
+                        (SELECT count(*) FROM outbox_relay_instance WHERE heartbeat_at > now() - $2)
+                 FROM (VALUES (1)) AS one LEFT JOIN outbox_relay_instance i ON i.instance_id = $1",
+            )
+            .bind(&self.instance_id)
+            .bind(self.ttl)
+            .fetch_one(&self.pool)
+            .await?;
+        if !self.standing_by.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                instance = %self.instance_id,
+                other_host = hostname.as_deref().unwrap_or("?"),
+                other_started_at = started_at.as_deref().unwrap_or("?"),
+                "another running relay uses this instance id; this one publishes nothing and \
+                 stands by until that one stops. Give each relay its own --instance-id \
+                 (OUTBOX_INSTANCE_ID), or leave it unset"
+            );
+        }
+        Ok(LeaseReport {
+            held: 0,
+            live_instances,
+            standing_by: true,
         })
     }
 
@@ -153,25 +247,36 @@ impl Leases {
     }
 
     /// Gives back every lease at once and leaves the instance table: called after a
-    /// clean drain, so others may start on the partitions immediately.
+    /// clean drain, so others may start on the partitions immediately. A run standing
+    /// by leaves alone the row and leases of the run that holds its instance id.
     pub(crate) async fn leave(&self) -> Result<()> {
         self.owned.send_replace(Arc::from(Vec::new()));
-        self.release(PARTITIONS, interval(Duration::ZERO)).await?;
-        sqlx::query("DELETE FROM outbox_relay_instance WHERE instance_id = $1")
-            .bind(&self.instance_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "WITH ours AS (
+                 DELETE FROM outbox_relay_instance
+                 WHERE instance_id = $1 AND incarnation = $2 RETURNING instance_id)
+             UPDATE outbox_relay_lease SET owner = NULL, expires_at = now()
+             WHERE owner IN (SELECT instance_id FROM ours)",
+        )
+        .bind(&self.instance_id)
+        .bind(self.incarnation)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Marks this instance as sleeping with its doorbell armed, or not: for `status`
     /// and support. Writers do not read it; they try the doorbell's locks.
     pub(crate) async fn set_listening(&self, listening: bool) -> Result<()> {
-        sqlx::query("UPDATE outbox_relay_instance SET listening = $2 WHERE instance_id = $1")
-            .bind(&self.instance_id)
-            .bind(listening)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox_relay_instance SET listening = $3
+             WHERE instance_id = $1 AND incarnation = $2",
+        )
+        .bind(&self.instance_id)
+        .bind(self.incarnation)
+        .bind(listening)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

@@ -158,6 +158,12 @@ impl Metrics {
         self.published.load(Relaxed)
     }
 
+    /// Partitions this relay holds leases on, as of its last heartbeat: 0 while it
+    /// stands by because another running relay uses its instance id.
+    pub fn partitions_held(&self) -> usize {
+        self.partitions_held.load(Relaxed) as usize
+    }
+
     /// Whether the relay currently has a broker channel and a working database.
     pub fn ready(&self) -> bool {
         self.broker_node().is_some() && self.database_ok.load(Relaxed)

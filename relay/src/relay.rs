@@ -102,7 +102,7 @@ impl Relay {
         shared.metrics.set_database_ok(true);
         shared.metrics.set_partitions_held(report.held);
         tracing::info!(instance = %shared.config.instance_id, partitions = report.held,
-            live_instances = report.live_instances, "relay started");
+            live_instances = report.live_instances, standing_by = report.standing_by, "relay started");
 
         warm(&shared.pool, shared.config.max_in_flight_batches, &shutdown).await;
         let background = shutdown.child_token();

@@ -6,6 +6,7 @@ mod claim_plan;
 mod cluster;
 mod doorbell;
 mod failures;
+mod instance_id;
 mod nodes;
 mod operating;
 mod publishing;

@@ -1,0 +1,7 @@
+-- Two relay processes given one instance id (say, one OUTBOX_INSTANCE_ID for every
+-- replica of a deployment) renewed the same leases, so both published every partition
+-- they held: two publishers per ordering key. Each run of a relay now stamps the
+-- instance row with a token of its own; a relay whose heartbeat finds another live
+-- run's token publishes nothing and stands by until that run stops or goes stale.
+-- NULL: a row written by a relay of an earlier release.
+ALTER TABLE outbox_relay_instance ADD COLUMN incarnation uuid;

@@ -1,0 +1,173 @@
+//! Two relays given one instance id (say, one `OUTBOX_INSTANCE_ID` for every replica
+//! of a deployment): the leases are owned by instance id, so both would renew them and
+//! both publish every partition. One must hold the id and the other stand by.
+
+use std::time::Duration;
+
+use outbox_relay::{Relay, RelayConfig};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::support::*;
+
+/// A relay named `instance_id` on a pool of its own, as a process of its own has: on
+/// the test's pool, two relays' working sets left the heartbeats waiting for a
+/// connection longer than the lease time.
+async fn relay_named(pool: &PgPool, exchange: &str, instance_id: &str) -> anyhow::Result<Relay> {
+    let own = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await?;
+    let mut config: RelayConfig = fast_config(exchange);
+    config.instance_id = instance_id.to_owned();
+    Ok(Relay::new(own, amqp_url(), config))
+}
+
+/// Leases of `instance_id` that are unexpired now.
+async fn live_leases(pool: &PgPool, instance_id: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_relay_lease WHERE owner = $1 AND expires_at > now()",
+    )
+    .bind(instance_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stops(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let id = format!("twin-{}", uuid::Uuid::now_v7().simple());
+    let first = relay_named(&pool, &sandbox.exchange, &id).await?;
+    let first_metrics = first.metrics();
+    let first = first.spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the first relay holds every partition",
+        async || Ok(first_metrics.partitions_held() == 64),
+    )
+    .await?;
+
+    let second = relay_named(&pool, &sandbox.exchange, &id).await?;
+    let second_metrics = second.metrics();
+    let second = second.spawn();
+    let ids = fill(&pool, 20, 50, "twins").await?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
+    // Several of the second relay's heartbeats (every 300 ms) have passed by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        second_metrics.partitions_held(),
+        0,
+        "the second relay took leases"
+    );
+    assert_eq!(
+        second_metrics.published_total(),
+        0,
+        "the second relay published"
+    );
+    assert_eq!(
+        sandbox.received().len(),
+        ids.len(),
+        "a row was published twice"
+    );
+
+    // The first stops cleanly and leaves: the second takes over at its next heartbeat.
+    first.shutdown().await?;
+    wait_until(
+        Duration::from_secs(20),
+        "the second relay holds every partition",
+        async || Ok(second_metrics.partitions_held() == 64),
+    )
+    .await?;
+    let more = fill(&pool, 20, 5, "twins").await?;
+    sandbox.wait_for_all(&more, Duration::from_secs(30)).await?;
+    assert!(second_metrics.published_total() > 0);
+    second.shutdown().await?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_relay_standing_by_leaves_the_holders_row_and_leases_alone(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let id = format!("twin-{}", uuid::Uuid::now_v7().simple());
+    let holder = relay_named(&pool, &sandbox.exchange, &id).await?;
+    let holder_metrics = holder.metrics();
+    let holder = holder.spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the holder has every partition",
+        async || Ok(holder_metrics.partitions_held() == 64),
+    )
+    .await?;
+
+    let standby = relay_named(&pool, &sandbox.exchange, &id).await?;
+    let standby_metrics = standby.metrics();
+    let standby = standby.spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the standby has registered",
+        async || Ok(standby_metrics.database_ok()),
+    )
+    .await?;
+    standby.shutdown().await?;
+
+    // Checked at once, before the holder's next heartbeat could mend anything.
+    assert_eq!(
+        live_leases(&pool, &id).await?,
+        64,
+        "the standby gave the holder's leases back"
+    );
+    let instances = outbox_relay::instances(&pool).await?;
+    assert_eq!(instances.len(), 1, "the standby deleted the holder's row");
+    let ids = fill(&pool, 10, 10, "twins").await?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
+    holder.shutdown().await?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_relay_taking_over_a_stale_instance_id_waits_out_its_leases(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let id = format!("gone-{}", uuid::Uuid::now_v7().simple());
+    // An earlier run of this id died: its heartbeat is old, but a few of its leases
+    // still run for a while, and it may have batches in flight on those partitions.
+    sqlx::query(
+        "INSERT INTO outbox_relay_instance (instance_id, hostname, incarnation, heartbeat_at)
+         VALUES ($1, 'gone', $2, now() - interval '1 hour')",
+    )
+    .bind(&id)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "UPDATE outbox_relay_lease SET owner = $1, expires_at = now() + interval '4 seconds'
+         WHERE partition < 8",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await?;
+
+    let relay = relay_named(&pool, &sandbox.exchange, &id).await?;
+    let metrics = relay.metrics();
+    let relay = relay.spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the relay has taken the free partitions",
+        async || Ok(metrics.partitions_held() > 0),
+    )
+    .await?;
+    assert_eq!(
+        metrics.partitions_held(),
+        56,
+        "the relay renewed leases of the dead run instead of waiting them out"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the relay holds every partition",
+        async || Ok(metrics.partitions_held() == 64),
+    )
+    .await?;
+    relay.shutdown().await?;
+    sandbox.remove().await
+}
