@@ -171,3 +171,59 @@ async fn a_relay_taking_over_a_stale_instance_id_waits_out_its_leases(pool: PgPo
     relay.shutdown().await?;
     sandbox.remove().await
 }
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn the_operator_is_told_which_relay_stands_by_and_why(pool: PgPool) -> TestResult {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let sandbox = Sandbox::new("#").await?;
+    let id = format!("replica-{}", uuid::Uuid::now_v7().simple());
+    let url = database_url_of(&pool);
+    let mut first = spawn_relay(
+        &url,
+        &amqp_url(),
+        &sandbox.exchange,
+        &["--instance-id", &id],
+    )?;
+    wait_until(
+        Duration::from_secs(20),
+        "the first relay holds every partition",
+        async || Ok(live_leases(&pool, &id).await? == 64),
+    )
+    .await?;
+
+    let mut second = relay_command(&url, &amqp_url(), &sandbox.exchange, "127.0.0.1:0")
+        .env("OUTBOX_INSTANCE_ID", &id)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(second.stderr.take().expect("piped")).lines();
+    let told = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("another running relay uses this instance id") {
+                return anyhow::Ok(line);
+            }
+        }
+        anyhow::bail!("the second relay exited without saying why it stands by")
+    })
+    .await??;
+    assert!(
+        told.contains(&id),
+        "the message names the instance id: {told}"
+    );
+    assert!(
+        told.contains("OUTBOX_INSTANCE_ID"),
+        "the message says what to change: {told}"
+    );
+
+    let ids = fill(&pool, 10, 10, "replicas").await?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sandbox.received().len(),
+        ids.len(),
+        "a row was published twice"
+    );
+    second.start_kill()?;
+    first.start_kill()?;
+    sandbox.remove().await
+}
