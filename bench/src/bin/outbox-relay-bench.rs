@@ -6,7 +6,9 @@
 //! next to this bench's executable or given by `--relay-binary`).
 //!
 //! Each round, interleaved so machine noise hits all alike:
-//! (a) raw lapin publishing with confirms, 500 per batch issued together: the ceiling.
+//! (a) raw lapin publishing with confirms, 500 per batch issued together: the ceiling,
+//!     in a process of its own (this bench's executable started again), like the
+//!     relay, so that its CPU per message is the floor to hold the relay's against.
 //! (b) one `outbox-relay` process, started on 100,000 rows committed before it
 //!     starts, with its default settings: rows/s from its start until the outbox is
 //!     empty, and the ratio to (a).
@@ -74,6 +76,17 @@ struct Args {
     /// (e.g. "--batch-size 2000"), to compare settings.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     relay_flags: String,
+    /// Internal: publish `--messages` to this queue as (a) does and print the rate
+    /// and this process's CPU ticks; how (a) runs as a process of its own.
+    #[arg(long, hide = true)]
+    raw_publish_to: Option<String>,
+}
+
+/// (a) in one round: its rate and its CPU per message, in microseconds.
+#[derive(Clone, Copy)]
+struct Raw {
+    rate: f64,
+    cpu_us: f64,
 }
 
 /// One drain: its rate and what it cost per row, in microseconds of CPU.
@@ -88,6 +101,11 @@ struct Drain {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(queue) = &args.raw_publish_to {
+        let (rate, ticks) = publish_raw(queue, args.messages).await?;
+        println!("{rate} {ticks}");
+        return Ok(());
+    }
     let binary = match &args.relay_binary {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("outbox-relay"),
@@ -111,14 +129,14 @@ async fn main() -> anyhow::Result<()> {
     let queue_type = args.queue_type.as_str();
     let (mut raw, mut one, mut two, mut inside) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        raw.push(raw_lapin(args.messages, queue_type).await?);
+        raw.push(raw_lapin(args.messages, queue_type, relay.ticks_per_second).await?);
         one.push(backlog_drain(&pool, &relay, args.messages, queue_type).await?);
         two.push(balanced_drain(&pool, &relay, args.messages, 2, queue_type).await?);
         let (r, b, d) = (raw[round - 1], one[round - 1], two[round - 1]);
         eprintln!(
-            "round {round}: raw {r:.0}/s, one relay {:.0}/s ({:.1} + {:.1} us/row relay + postgres), \
+            "round {round}: raw {:.0}/s ({:.1} us/message), one relay {:.0}/s ({:.1} + {:.1} us/row relay + postgres), \
              two relays {:.0}/s ({:.1} + {:.1} us/row)",
-            b.rate, b.relay_us, b.postgres_us, d.rate, d.relay_us, d.postgres_us
+            r.rate, r.cpu_us, b.rate, b.relay_us, b.postgres_us, d.rate, d.relay_us, d.postgres_us
         );
         if args.in_process {
             let (from_insert, from_commit) =
@@ -130,7 +148,8 @@ async fn main() -> anyhow::Result<()> {
             inside.push((from_insert, from_commit));
         }
     }
-    let raw = median(&raw);
+    let raw_cpu_us = median(&raw.iter().map(|r| r.cpu_us).collect::<Vec<_>>());
+    let raw = median(&raw.iter().map(|r| r.rate).collect::<Vec<_>>());
     let (one, two) = (medians(&one), medians(&two));
     println!(
         "\n{} messages of 256 bytes, persistent, durable {} queue, consumer draining; median of {} rounds",
@@ -140,12 +159,17 @@ async fn main() -> anyhow::Result<()> {
         println!("outbox-relay flags: {}", args.relay_flags);
     }
     println!("(a) raw lapin, confirms, 500 per batch together  {raw:>9.0} msg/s");
+    println!("    CPU per message: the publisher's process {raw_cpu_us:.1} us");
     println!(
         "(b) one outbox-relay, backlog before its start   {:>9.0} rows/s  ({:.2} of a)",
         one.rate,
         one.rate / raw
     );
     one.print_cpu();
+    println!(
+        "    the relay's CPU per row over raw lapin's per message: {:.2}",
+        one.relay_us / raw_cpu_us
+    );
     println!(
         "(d) two outbox-relays, balanced, then the rows   {:>9.0} rows/s  ({:.2} of b)",
         two.rate,
@@ -222,21 +246,47 @@ fn properties(i: u64) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// (a) The ceiling: lapin alone, 500 publishes issued together, then their confirms.
-async fn raw_lapin(messages: u64, queue_type: &str) -> anyhow::Result<f64> {
+/// (a) The ceiling: lapin alone in a process of its own, 500 publishes issued
+/// together, then their confirms, to a queue this process drains.
+async fn raw_lapin(messages: u64, queue_type: &str, ticks_per_second: f64) -> anyhow::Result<Raw> {
     let queue = DrainedQueue::of_type(false, queue_type).await?;
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--raw-publish-to", &queue.name])
+        .args(["--messages", &messages.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    anyhow::ensure!(output.status.success(), "the raw publisher failed");
+    let report = String::from_utf8(output.stdout)?;
+    let mut fields = report.split_whitespace();
+    let (Some(rate), Some(ticks)) = (fields.next(), fields.next()) else {
+        anyhow::bail!("the raw publisher printed {report:?}");
+    };
+    let (rate, ticks): (f64, u64) = (rate.parse()?, ticks.parse()?);
+    queue.remove().await?;
+    Ok(Raw {
+        rate,
+        cpu_us: ticks as f64 / ticks_per_second * 1e6 / messages as f64,
+    })
+}
+
+/// What (a)'s own process does: connect, publish `messages` to `queue` 500 at a
+/// time with confirms; the rate and this process's CPU ticks from the first publish
+/// to the last confirm (the connect and making the bodies not counted).
+async fn publish_raw(queue: &str, messages: u64) -> anyhow::Result<(f64, u64)> {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let bodies: Vec<Vec<u8>> = (0..messages).map(payload).collect();
+    let ticks_before = cpu::ticks_of(std::process::id());
     let started = Instant::now();
     for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
         let publishes = chunk.iter().map(|i| {
             channel.basic_publish(
                 "".into(),
-                queue.name.as_str().into(),
+                queue.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -254,9 +304,9 @@ async fn raw_lapin(messages: u64, queue_type: &str) -> anyhow::Result<f64> {
         }
     }
     let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let ticks = cpu::ticks_of(std::process::id()).saturating_sub(ticks_before);
     let _ = connection.close(200, "done".into()).await;
-    queue.remove().await?;
-    Ok(rate)
+    Ok((rate, ticks))
 }
 
 /// The `outbox-relay` binary, and what it is started with.
