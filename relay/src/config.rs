@@ -123,9 +123,20 @@ impl RelayConfig {
         if self.instance_id.trim().is_empty() {
             return fail("instance_id", "must not be empty");
         }
+        // It is a primary key, a log field and part of the broker connection's name:
+        // kept to a length all three take, and to printable characters.
+        if self.instance_id.chars().count() > MAX_INSTANCE_ID_CHARS {
+            return fail("instance_id", "must be at most 200 characters");
+        }
+        if self.instance_id.chars().any(char::is_control) {
+            return fail("instance_id", "must not contain control characters");
+        }
         Ok(())
     }
 }
+
+/// The longest instance id taken, in characters.
+const MAX_INSTANCE_ID_CHARS: usize = 200;
 
 /// `host-pid-random`: unique per process, and readable in `outbox-relay status`.
 pub fn default_instance_id() -> String {
@@ -185,5 +196,15 @@ mod tests {
             "heartbeat_interval"
         );
         assert_eq!(with(|c| c.instance_id = " ".into()), "instance_id");
+        assert_eq!(with(|c| c.instance_id = "x".repeat(201)), "instance_id");
+        assert_eq!(with(|c| c.instance_id = "a\nb".into()), "instance_id");
+        assert_eq!(
+            RelayConfig {
+                instance_id: "é".repeat(200),
+                ..RelayConfig::default()
+            }
+            .validate(),
+            Ok(())
+        );
     }
 }

@@ -39,6 +39,7 @@ async fn bad_configuration_is_a_clear_message_and_exit_code_2() -> TestResult {
         "DATABASE_URL",
         "postgres://app:hunter2@127.0.0.1:5432/postgres",
     );
+    let long_id = "relay".repeat(41);
     let cases: Vec<BadConfig> = vec![
         (vec!["run"], vec![], "DATABASE_URL is not set"),
         (vec!["run"], vec![db], "AMQP_URL is not set"),
@@ -91,6 +92,15 @@ async fn bad_configuration_is_a_clear_message_and_exit_code_2() -> TestResult {
             "cannot read DATABASE_URL",
         ),
         (vec!["frobnicate"], vec![db], "unrecognized"),
+        (
+            vec!["run"],
+            vec![
+                db,
+                ("AMQP_URL", "amqp://mq"),
+                ("OUTBOX_INSTANCE_ID", &long_id),
+            ],
+            "instance_id must be at most 200 characters",
+        ),
     ];
     for (args, env, expected) in cases {
         let output = relay_cli(&args, &env).await?;
