@@ -77,6 +77,11 @@ impl Leases {
         }
     }
 
+    /// This run's token on the instance row, which fences its claims.
+    pub(crate) fn incarnation(&self) -> Uuid {
+        self.incarnation
+    }
+
     /// The partitions held as of the last heartbeat, in ascending order.
     pub(crate) fn owned(&self) -> Arc<[i16]> {
         Arc::clone(&self.owned.borrow())
@@ -97,13 +102,15 @@ impl Leases {
         if self.standing_by.swap(false, Ordering::Relaxed) {
             tracing::warn!(instance = %self.instance_id, "the other relay with this instance id is gone; this one takes over");
         }
-        if !self.holding.swap(true, Ordering::Relaxed) {
+        if !self.holding.load(Ordering::Relaxed) {
             // Leases left under this id by an earlier run are not renewed but wait
             // out their time, as if that run had died: it may still be settling.
+            // Marked as holding only once done, so a failure here is tried again.
             sqlx::query("UPDATE outbox_relay_lease SET owner = NULL WHERE owner = $1")
                 .bind(&self.instance_id)
                 .execute(&self.pool)
                 .await?;
+            self.holding.store(true, Ordering::Relaxed);
         }
 
         let renewed: Vec<i16> = sqlx::query_scalar(
@@ -205,9 +212,10 @@ impl Leases {
                 instance = %self.instance_id,
                 other_host = hostname.as_deref().unwrap_or("?"),
                 other_started_at = started_at.as_deref().unwrap_or("?"),
-                "another running relay uses this instance id; this one publishes nothing and \
-                 stands by until that one stops. Give each relay its own --instance-id \
-                 (OUTBOX_INSTANCE_ID), or leave it unset"
+                "another running relay uses this instance id, or an earlier run of this one \
+                 did not stop cleanly; this one publishes nothing and stands by until that \
+                 one stops or its heartbeat is older than the lease time. If two relays \
+                 run, give each its own --instance-id (OUTBOX_INSTANCE_ID), or leave it unset"
             );
         }
         Ok(LeaseReport {

@@ -121,6 +121,7 @@ pub struct Metrics {
     publish_latency: Histogram,
     batch_size: Histogram,
     partitions_held: AtomicU64,
+    standing_by: AtomicBool,
     /// The node of the current broker session, redacted; `None` between sessions.
     broker_node: Mutex<Option<String>>,
     database_ok: AtomicBool,
@@ -135,6 +136,7 @@ impl Default for Metrics {
             publish_latency: Histogram::new(LATENCY_BOUNDS),
             batch_size: Histogram::new(BATCH_BOUNDS),
             partitions_held: AtomicU64::new(0),
+            standing_by: AtomicBool::new(false),
             broker_node: Mutex::new(None),
             database_ok: AtomicBool::new(false),
         }
@@ -162,6 +164,12 @@ impl Metrics {
     /// stands by because another running relay uses its instance id.
     pub fn partitions_held(&self) -> usize {
         self.partitions_held.load(Relaxed) as usize
+    }
+
+    /// Whether another running relay uses this relay's instance id, so that this one
+    /// holds nothing and publishes nothing, as of its last heartbeat.
+    pub fn standing_by(&self) -> bool {
+        self.standing_by.load(Relaxed)
     }
 
     /// Whether the relay currently has a broker channel and a working database.
@@ -201,6 +209,10 @@ impl Metrics {
 
     pub(crate) fn set_partitions_held(&self, held: usize) {
         self.partitions_held.store(held as u64, Relaxed);
+    }
+
+    pub(crate) fn set_standing_by(&self, standing_by: bool) {
+        self.standing_by.store(standing_by, Relaxed);
     }
 
     /// A session on `node` started (`Some`) or ended (`None`).
@@ -258,6 +270,12 @@ impl Metrics {
             "outbox_relay_partitions_held",
             "Partitions this instance leases.",
             self.partitions_held.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_standing_by",
+            "1 while another running relay uses this instance id: this one publishes nothing.",
+            f64::from(u8::from(self.standing_by())),
         );
         gauge(
             &mut out,

@@ -101,6 +101,7 @@ impl Relay {
         };
         shared.metrics.set_database_ok(true);
         shared.metrics.set_partitions_held(report.held);
+        shared.metrics.set_standing_by(report.standing_by);
         tracing::info!(instance = %shared.config.instance_id, partitions = report.held,
             live_instances = report.live_instances, standing_by = report.standing_by, "relay started");
 
@@ -244,6 +245,7 @@ async fn lease_loop(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(report) => {
                 shared.metrics.set_database_ok(true);
                 shared.metrics.set_partitions_held(report.held);
+                shared.metrics.set_standing_by(report.standing_by);
             }
             Err(error) => {
                 shared.metrics.set_database_ok(false);

@@ -132,7 +132,9 @@ impl<'c> Session<'c> {
                 continue;
             }
             if shutdown.is_cancelled() {
-                return self.drain(in_flight).await;
+                let drained = self.drain(in_flight).await;
+                self.close_channel().await;
+                return drained;
             }
             let shared = Arc::clone(&self.shared);
             let config = &shared.config;
@@ -192,9 +194,15 @@ impl<'c> Session<'c> {
     }
 
     async fn fetch(&self, after_seq: i64, bound: BatchBound) -> Result<Vec<OutboxRow>> {
+        // No partition, no row: asked anyway, the claim would walk the whole unsent
+        // index looking for one (a relay standing by, or one of more than 64).
+        if self.partitions.is_empty() {
+            return Ok(Vec::new());
+        }
         let result = store::fetch_ready(
             &self.shared.pool,
             &self.shared.config.instance_id,
+            self.shared.leases.incarnation(),
             &self.partitions,
             after_seq,
             bound,
@@ -295,6 +303,14 @@ impl<'c> Session<'c> {
         }
     }
 
+    /// Closes the channel and waits (bounded) for the broker's close-ok. Left to be
+    /// dropped while the connection closes, the channel's close-ok would arrive on a
+    /// connection already closing, which lapin logs as an ERROR on every clean stop.
+    async fn close_channel(&self) {
+        let closing = self.channel.close(200, "outbox-relay stopping".into());
+        let _ = tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, closing).await;
+    }
+
     /// Waits for the oldest batch in flight (or shutdown), and isolates the rows it
     /// lost to a refusal.
     async fn settle_next(
@@ -315,3 +331,6 @@ impl<'c> Session<'c> {
 
 /// Is there anything to publish? One row, whatever its size.
 const PEEK: BatchBound = BatchBound { rows: 1, bytes: 0 };
+
+/// How long a stopping relay waits for the broker to confirm its channel's close.
+const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -30,8 +30,9 @@ pub(crate) struct OutboxRow {
 /// Ready rows after `after_seq` in write order, from `partitions`, while this
 /// instance holds all of them, with rows of blocked keys held back, at most `limit`
 /// rows and `max_bytes` bytes (a single larger row comes alone): the migrations'
-/// `outbox_ready_batch` explains the rules, and why they live in a function.
-const FETCH_READY: &str = "SELECT * FROM outbox_ready_batch($1, $2, $3, $4, $5)";
+/// `outbox_ready_batch` explains the rules, and why they live in a function. Fenced
+/// by the run's token: nothing while another run of this instance id holds it.
+const FETCH_READY: &str = "SELECT * FROM outbox_ready_batch($1, $2, $3, $4, $5, $6)";
 
 /// How much of a batch may be taken at once.
 #[derive(Debug, Clone, Copy)]
@@ -43,12 +44,14 @@ pub(crate) struct BatchBound {
 pub(crate) async fn fetch_ready(
     pool: &PgPool,
     instance_id: &str,
+    incarnation: Uuid,
     partitions: &[i16],
     after_seq: i64,
     bound: BatchBound,
 ) -> Result<Vec<OutboxRow>> {
     let rows = sqlx::query_as(FETCH_READY)
         .bind(instance_id)
+        .bind(incarnation)
         .bind(partitions)
         .bind(after_seq)
         .bind(i32::try_from(bound.rows).unwrap_or(i32::MAX))

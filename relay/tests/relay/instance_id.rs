@@ -2,25 +2,70 @@
 //! of a deployment): the leases are owned by instance id, so both would renew them and
 //! both publish every partition. One must hold the id and the other stand by.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_relay::{Relay, RelayConfig};
+use outbox_relay::{Metrics, Relay, RelayConfig, RelayHandle};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::support::*;
 
-/// A relay named `instance_id` on a pool of its own, as a process of its own has: on
-/// the test's pool, two relays' working sets left the heartbeats waiting for a
-/// connection longer than the lease time.
-async fn relay_named(pool: &PgPool, exchange: &str, instance_id: &str) -> anyhow::Result<Relay> {
+/// A relay named `instance_id` with `config`, on a pool of its own, as a process of
+/// its own has: on the test's pool, two relays' working sets left the heartbeats
+/// waiting for a connection longer than the lease time.
+async fn start(
+    pool: &PgPool,
+    instance_id: &str,
+    mut config: RelayConfig,
+) -> anyhow::Result<(RelayHandle, Arc<Metrics>)> {
     let own = PgPoolOptions::new()
         .max_connections(8)
         .connect_with(pool.connect_options().as_ref().clone())
         .await?;
-    let mut config: RelayConfig = fast_config(exchange);
     config.instance_id = instance_id.to_owned();
-    Ok(Relay::new(own, amqp_url(), config))
+    let relay = Relay::new(own, amqp_url(), config);
+    let metrics = relay.metrics();
+    Ok((relay.spawn(), metrics))
+}
+
+/// Test settings with a lease time a loaded machine does not outlast by accident:
+/// here a takeover comes from a clean stop or from a heartbeat set back by hand.
+fn patient_config(exchange: &str) -> RelayConfig {
+    let mut config = fast_config(exchange);
+    config.lease_ttl = Duration::from_secs(10);
+    config.heartbeat_interval = Duration::from_millis(300);
+    config
+}
+
+/// Starts a relay named `instance_id` and waits until it holds every partition.
+async fn holder(
+    pool: &PgPool,
+    instance_id: &str,
+    config: RelayConfig,
+) -> anyhow::Result<(RelayHandle, Arc<Metrics>)> {
+    let (relay, metrics) = start(pool, instance_id, config).await?;
+    wait_until(
+        Duration::from_secs(20),
+        "the relay holds every partition",
+        async || Ok(metrics.partitions_held() == 64),
+    )
+    .await?;
+    Ok((relay, metrics))
+}
+
+/// Starts a relay named `instance_id` and waits until it has found the id held.
+async fn standby(
+    pool: &PgPool,
+    instance_id: &str,
+    config: RelayConfig,
+) -> anyhow::Result<(RelayHandle, Arc<Metrics>)> {
+    let (relay, metrics) = start(pool, instance_id, config).await?;
+    wait_until(Duration::from_secs(20), "the relay stands by", async || {
+        Ok(metrics.standing_by())
+    })
+    .await?;
+    Ok((relay, metrics))
 }
 
 /// Leases of `instance_id` that are unexpired now.
@@ -33,29 +78,24 @@ async fn live_leases(pool: &PgPool, instance_id: &str) -> anyhow::Result<i64> {
     .await?)
 }
 
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stops(
     pool: PgPool,
 ) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
-    let id = format!("twin-{}", uuid::Uuid::now_v7().simple());
-    let first = relay_named(&pool, &sandbox.exchange, &id).await?;
-    let first_metrics = first.metrics();
-    let first = first.spawn();
-    wait_until(
-        Duration::from_secs(20),
-        "the first relay holds every partition",
-        async || Ok(first_metrics.partitions_held() == 64),
-    )
-    .await?;
+    let id = unique("twin");
+    let (first, _) = holder(&pool, &id, patient_config(&sandbox.exchange)).await?;
+    let (second, second_metrics) = standby(&pool, &id, patient_config(&sandbox.exchange)).await?;
 
-    let second = relay_named(&pool, &sandbox.exchange, &id).await?;
-    let second_metrics = second.metrics();
-    let second = second.spawn();
     let ids = fill(&pool, 20, 50, "twins").await?;
     sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
-    // Several of the second relay's heartbeats (every 300 ms) have passed by now.
+    // Several more of the second relay's heartbeats (every 300 ms) pass meanwhile.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(second_metrics.standing_by());
     assert_eq!(
         second_metrics.partitions_held(),
         0,
@@ -80,6 +120,7 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
         async || Ok(second_metrics.partitions_held() == 64),
     )
     .await?;
+    assert!(!second_metrics.standing_by());
     let more = fill(&pool, 20, 5, "twins").await?;
     sandbox.wait_for_all(&more, Duration::from_secs(30)).await?;
     assert!(second_metrics.published_total() > 0);
@@ -90,26 +131,9 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_relay_standing_by_leaves_the_holders_row_and_leases_alone(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
-    let id = format!("twin-{}", uuid::Uuid::now_v7().simple());
-    let holder = relay_named(&pool, &sandbox.exchange, &id).await?;
-    let holder_metrics = holder.metrics();
-    let holder = holder.spawn();
-    wait_until(
-        Duration::from_secs(20),
-        "the holder has every partition",
-        async || Ok(holder_metrics.partitions_held() == 64),
-    )
-    .await?;
-
-    let standby = relay_named(&pool, &sandbox.exchange, &id).await?;
-    let standby_metrics = standby.metrics();
-    let standby = standby.spawn();
-    wait_until(
-        Duration::from_secs(20),
-        "the standby has registered",
-        async || Ok(standby_metrics.database_ok()),
-    )
-    .await?;
+    let id = unique("twin");
+    let (holder, _) = holder(&pool, &id, patient_config(&sandbox.exchange)).await?;
+    let (standby, _) = standby(&pool, &id, patient_config(&sandbox.exchange)).await?;
     standby.shutdown().await?;
 
     // Checked at once, before the holder's next heartbeat could mend anything.
@@ -129,9 +153,9 @@ async fn a_relay_standing_by_leaves_the_holders_row_and_leases_alone(pool: PgPoo
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_relay_taking_over_a_stale_instance_id_waits_out_its_leases(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
-    let id = format!("gone-{}", uuid::Uuid::now_v7().simple());
+    let id = unique("gone");
     // An earlier run of this id died: its heartbeat is old, but a few of its leases
-    // still run for a while, and it may have batches in flight on those partitions.
+    // still run, and it may have batches in flight on those partitions.
     sqlx::query(
         "INSERT INTO outbox_relay_instance (instance_id, hostname, incarnation, heartbeat_at)
          VALUES ($1, 'gone', $2, now() - interval '1 hour')",
@@ -141,27 +165,92 @@ async fn a_relay_taking_over_a_stale_instance_id_waits_out_its_leases(pool: PgPo
     .execute(&pool)
     .await?;
     sqlx::query(
-        "UPDATE outbox_relay_lease SET owner = $1, expires_at = now() + interval '4 seconds'
+        "UPDATE outbox_relay_lease SET owner = $1, expires_at = now() + interval '1 hour'
          WHERE partition < 8",
     )
     .bind(&id)
     .execute(&pool)
     .await?;
 
-    let relay = relay_named(&pool, &sandbox.exchange, &id).await?;
-    let metrics = relay.metrics();
-    let relay = relay.spawn();
+    let (relay, metrics) = start(&pool, &id, patient_config(&sandbox.exchange)).await?;
     wait_until(
         Duration::from_secs(20),
         "the relay has taken the free partitions",
         async || Ok(metrics.partitions_held() > 0),
     )
     .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         metrics.partitions_held(),
         56,
         "the relay renewed leases of the dead run instead of waiting them out"
     );
+    sqlx::query("UPDATE outbox_relay_lease SET expires_at = now() WHERE partition < 8")
+        .execute(&pool)
+        .await?;
+    wait_until(
+        Duration::from_secs(20),
+        "the relay holds every partition",
+        async || Ok(metrics.partitions_held() == 64),
+    )
+    .await?;
+    relay.shutdown().await?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_relay_whose_instance_id_was_taken_over_claims_nothing_before_its_next_heartbeat(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let id = unique("stalled");
+    // Heartbeats far apart: the relay will not learn of the takeover from its own.
+    let mut config = fast_config(&sandbox.exchange);
+    config.lease_ttl = Duration::from_secs(120);
+    config.heartbeat_interval = Duration::from_secs(60);
+    let (relay, metrics) = holder(&pool, &id, config).await?;
+    let before = fill(&pool, 5, 2, "stalled").await?;
+    sandbox
+        .wait_for_all(&before, Duration::from_secs(30))
+        .await?;
+
+    // As if this run had stalled past the lease time and another run of the id had
+    // taken the row over, and its leases with it, meanwhile.
+    sqlx::query("UPDATE outbox_relay_instance SET incarnation = $2 WHERE instance_id = $1")
+        .bind(&id)
+        .bind(uuid::Uuid::now_v7())
+        .execute(&pool)
+        .await?;
+    fill(&pool, 5, 2, "stalled").await?;
+    // The relay polls every 200 ms: ten chances to claim them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(unsent(&pool).await?, 10, "the fenced-off run claimed rows");
+    assert_eq!(sandbox.received().len(), before.len());
+    assert_eq!(metrics.published_total(), before.len() as u64);
+    relay.shutdown().await?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_relay_of_an_earlier_release_on_the_same_id_is_another_run(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let id = unique("older");
+    // What a relay of the previous release writes: no token, a fresh heartbeat.
+    sqlx::query("INSERT INTO outbox_relay_instance (instance_id, hostname) VALUES ($1, 'old')")
+        .bind(&id)
+        .execute(&pool)
+        .await?;
+    let (relay, metrics) = standby(&pool, &id, patient_config(&sandbox.exchange)).await?;
+    assert_eq!(metrics.partitions_held(), 0);
+
+    // That relay is gone: its heartbeat ages past the lease time.
+    sqlx::query(
+        "UPDATE outbox_relay_instance SET heartbeat_at = now() - interval '1 hour'
+         WHERE instance_id = $1",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await?;
     wait_until(
         Duration::from_secs(20),
         "the relay holds every partition",
