@@ -275,3 +275,31 @@ async fn health_readiness_and_metrics_over_http(pool: PgPool) -> TestResult {
     stop.cancel();
     sandbox.remove().await
 }
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_clean_stop_logs_no_error(pool: PgPool) -> TestResult {
+    use tokio::io::AsyncReadExt;
+
+    let sandbox = Sandbox::new("#").await?;
+    let mut relay = relay_command(
+        &database_url_of(&pool),
+        &amqp_url(),
+        &sandbox.exchange,
+        "127.0.0.1:0",
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
+    let ids = fill(&pool, 5, 20, "stopping").await?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
+    let mut stderr = relay.stderr.take().expect("piped");
+    let status = stop(&mut relay, Duration::from_secs(15)).await?;
+    let mut logged = String::new();
+    stderr.read_to_string(&mut logged).await?;
+    assert!(status.success(), "{logged}");
+    // An operator alerts on ERROR: a deploy must not raise one.
+    assert!(
+        !logged.contains("ERROR"),
+        "a clean stop logged an error: {logged}"
+    );
+    sandbox.remove().await
+}
