@@ -38,6 +38,15 @@ fn patient_config(exchange: &str) -> RelayConfig {
     config
 }
 
+async fn holds_every_partition(metrics: &Metrics) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(20),
+        "the relay holds every partition",
+        async || Ok(metrics.partitions_held() == 64),
+    )
+    .await
+}
+
 /// Starts a relay named `instance_id` and waits until it holds every partition.
 async fn holder(
     pool: &PgPool,
@@ -45,12 +54,7 @@ async fn holder(
     config: RelayConfig,
 ) -> anyhow::Result<(RelayHandle, Arc<Metrics>)> {
     let (relay, metrics) = start(pool, instance_id, config).await?;
-    wait_until(
-        Duration::from_secs(20),
-        "the relay holds every partition",
-        async || Ok(metrics.partitions_held() == 64),
-    )
-    .await?;
+    holds_every_partition(&metrics).await?;
     Ok((relay, metrics))
 }
 
@@ -114,12 +118,7 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
 
     // The first stops cleanly and leaves: the second takes over at its next heartbeat.
     first.shutdown().await?;
-    wait_until(
-        Duration::from_secs(20),
-        "the second relay holds every partition",
-        async || Ok(second_metrics.partitions_held() == 64),
-    )
-    .await?;
+    holds_every_partition(&second_metrics).await?;
     assert!(!second_metrics.standing_by());
     let more = fill(&pool, 20, 5, "twins").await?;
     sandbox.wait_for_all(&more, Duration::from_secs(30)).await?;
@@ -188,12 +187,7 @@ async fn a_relay_taking_over_a_stale_instance_id_waits_out_its_leases(pool: PgPo
     sqlx::query("UPDATE outbox_relay_lease SET expires_at = now() WHERE partition < 8")
         .execute(&pool)
         .await?;
-    wait_until(
-        Duration::from_secs(20),
-        "the relay holds every partition",
-        async || Ok(metrics.partitions_held() == 64),
-    )
-    .await?;
+    holds_every_partition(&metrics).await?;
     relay.shutdown().await?;
     sandbox.remove().await
 }
@@ -251,12 +245,7 @@ async fn a_relay_of_an_earlier_release_on_the_same_id_is_another_run(pool: PgPoo
     .bind(&id)
     .execute(&pool)
     .await?;
-    wait_until(
-        Duration::from_secs(20),
-        "the relay holds every partition",
-        async || Ok(metrics.partitions_held() == 64),
-    )
-    .await?;
+    holds_every_partition(&metrics).await?;
     relay.shutdown().await?;
     sandbox.remove().await
 }
