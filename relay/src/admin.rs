@@ -48,6 +48,11 @@ pub struct InstanceStatus {
     pub listening: bool,
     /// Partitions it holds an unexpired lease on.
     pub partitions: Vec<i16>,
+    /// Where another relay started with this instance id stands by, publishing
+    /// nothing (a misconfiguration, or a restart waiting out a crashed run).
+    pub standby_host: Option<String>,
+    /// Seconds since that relay last said so (it does at each of its heartbeats).
+    pub standby_age_seconds: Option<f64>,
 }
 
 /// Every registered relay instance and the partitions it holds.
@@ -57,7 +62,9 @@ pub async fn instances(pool: &PgPool) -> Result<Vec<InstanceStatus>> {
                 extract(epoch FROM now() - i.heartbeat_at)::float8 AS heartbeat_age_seconds,
                 i.listening,
                 coalesce(array_agg(l.partition ORDER BY l.partition)
-                         FILTER (WHERE l.partition IS NOT NULL), '{}') AS partitions
+                         FILTER (WHERE l.partition IS NOT NULL), '{}') AS partitions,
+                i.standby_host,
+                extract(epoch FROM now() - i.standby_seen_at)::float8 AS standby_age_seconds
          FROM outbox_relay_instance i
          LEFT JOIN outbox_relay_lease l ON l.owner = i.instance_id AND l.expires_at > now()
          GROUP BY i.instance_id ORDER BY i.started_at",

@@ -174,7 +174,13 @@ impl Leases {
                      THEN outbox_relay_instance.started_at ELSE now() END,
                  listening = CASE
                      WHEN outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
-                     THEN outbox_relay_instance.listening ELSE false END
+                     THEN outbox_relay_instance.listening ELSE false END,
+                 standby_host = CASE
+                     WHEN outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                     THEN outbox_relay_instance.standby_host END,
+                 standby_seen_at = CASE
+                     WHEN outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                     THEN outbox_relay_instance.standby_seen_at END
              WHERE outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
                 OR outbox_relay_instance.heartbeat_at <= now() - $4
              RETURNING true",
@@ -188,8 +194,8 @@ impl Leases {
         Ok(ours.is_some())
     }
 
-    /// Another run heartbeats this instance id: hold nothing, renew nothing, and say
-    /// so once, with where that run is.
+    /// Another run heartbeats this instance id: hold nothing, renew nothing, say so
+    /// once, with where that run is, and leave word on its row for `status`.
     async fn stand_by(&self) -> Result<LeaseReport> {
         self.owned.send_if_modified(|current| {
             let changed = !current.is_empty();
@@ -199,12 +205,15 @@ impl Leases {
         self.holding.store(false, Ordering::Relaxed);
         let (hostname, started_at, live_instances): (Option<String>, Option<String>, i64) =
             sqlx::query_as(
-                "SELECT i.hostname, i.started_at::text,
-                        (SELECT count(*) FROM outbox_relay_instance WHERE heartbeat_at > now() - $2)
-                 FROM (VALUES (1)) AS one LEFT JOIN outbox_relay_instance i ON i.instance_id = $1",
+                "WITH holder AS (
+                     UPDATE outbox_relay_instance SET standby_host = $3, standby_seen_at = now()
+                     WHERE instance_id = $1 RETURNING hostname, started_at)
+                 SELECT (SELECT hostname FROM holder), (SELECT started_at::text FROM holder),
+                        (SELECT count(*) FROM outbox_relay_instance WHERE heartbeat_at > now() - $2)",
             )
             .bind(&self.instance_id)
             .bind(self.ttl)
+            .bind(&self.hostname)
             .fetch_one(&self.pool)
             .await?;
         if !self.standing_by.swap(true, Ordering::Relaxed) {

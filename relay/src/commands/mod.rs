@@ -62,6 +62,10 @@ pub(crate) async fn migrate(pool: PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A standby says so at each of its heartbeats; one not heard from for this long has
+/// stopped (or taken over), and `status` no longer shows it.
+const STANDBY_SHOWN_FOR_SECONDS: f64 = 60.0;
+
 pub(crate) async fn status(pool: PgPool, json: bool) -> anyhow::Result<()> {
     let backlog = outbox_relay::backlog(&pool).await?;
     let instances = outbox_relay::instances(&pool).await?;
@@ -91,6 +95,13 @@ pub(crate) async fn status(pool: PgPool, json: bool) -> anyhow::Result<()> {
             if instance.listening { "idle" } else { "busy" },
             instance.partitions.len(),
         );
+        if let (Some(host), Some(age)) = (&instance.standby_host, instance.standby_age_seconds)
+            && age < STANDBY_SHOWN_FOR_SECONDS
+        {
+            println!(
+                "    another relay with this instance id stands by, publishing nothing: host={host}, seen {age:.1}s ago"
+            );
+        }
     }
     Ok(())
 }

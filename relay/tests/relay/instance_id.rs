@@ -100,6 +100,12 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
     // Several more of the second relay's heartbeats (every 300 ms) pass meanwhile.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(second_metrics.standing_by());
+    let instances = outbox_relay::instances(&pool).await?;
+    assert_eq!(instances.len(), 1);
+    assert!(
+        instances[0].standby_host.is_some(),
+        "status cannot see the standby"
+    );
     assert_eq!(
         second_metrics.partitions_held(),
         0,
@@ -120,6 +126,11 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
     first.shutdown().await?;
     holds_every_partition(&second_metrics).await?;
     assert!(!second_metrics.standing_by());
+    let instances = outbox_relay::instances(&pool).await?;
+    assert_eq!(
+        instances[0].standby_host, None,
+        "the new holder is shown as its own standby"
+    );
     let more = fill(&pool, 20, 5, "twins").await?;
     sandbox.wait_for_all(&more, Duration::from_secs(30)).await?;
     assert!(second_metrics.published_total() > 0);
@@ -291,6 +302,18 @@ async fn the_operator_is_told_which_relay_stands_by_and_why(pool: PgPool) -> Tes
     assert!(
         told.contains("OUTBOX_INSTANCE_ID"),
         "the message says what to change: {told}"
+    );
+
+    // `status` shows it under the relay that holds the id, for support.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        .arg("status")
+        .env("DATABASE_URL", &url)
+        .output()
+        .await?;
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("another relay with this instance id stands by"),
+        "{said}"
     );
 
     let ids = fill(&pool, 10, 10, "replicas").await?;
