@@ -12,19 +12,26 @@
 //! renew them and both publish. Each run therefore stamps the instance row with its
 //! own token (`incarnation`); a run that finds another live run's token on its id
 //! holds nothing and stands by, and takes over only once that run has left or its
-//! heartbeat is older than the lease time.
+//! heartbeat is older than the lease time, or once that run's database session is
+//! gone: a run holds a session-level advisory lock on its id ([`LIVENESS_LOCK`]) for
+//! as long as it holds the id, so a run killed with its process (a crash, `kill -9`,
+//! a restart of the same relay under a fixed id) frees the id at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use outbox::postgres::interval;
-use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::Result;
+
+/// First key of the advisory lock a run holds on its instance id, in the two-key
+/// form `(LIVENESS_LOCK, hashtext(instance_id))`, next to the doorbell's.
+pub(crate) const LIVENESS_LOCK: i32 = 1869968483;
 
 /// Partitions in the schema (`outbox_partition_of`).
 pub(crate) const PARTITIONS: i64 = 64;
@@ -50,6 +57,8 @@ pub(crate) struct Leases {
     holding: AtomicBool,
     /// Whether another run holds the id, as of the last heartbeat: said once.
     standing_by: AtomicBool,
+    /// A connection of this run's own, and whether it holds the liveness lock.
+    liveness: tokio::sync::Mutex<Option<(PgConnection, bool)>>,
     hostname: String,
     ttl: PgInterval,
     grace: PgInterval,
@@ -71,6 +80,7 @@ impl Leases {
             incarnation: Uuid::now_v7(),
             holding: AtomicBool::new(false),
             standing_by: AtomicBool::new(false),
+            liveness: tokio::sync::Mutex::new(None),
             hostname,
             ttl: interval(ttl),
             grace: interval(grace),
@@ -96,22 +106,25 @@ impl Leases {
     /// Renews this instance's presence and leases, then moves towards a fair share;
     /// or, if another live run holds this instance id, gives up whatever it held.
     pub(crate) async fn heartbeat(&self) -> Result<LeaseReport> {
-        if !self.claim_instance().await? {
+        let no_other_session = self.hold_liveness_lock().await;
+        if !self.claim_instance(no_other_session).await? {
             return self.stand_by().await;
         }
         if self.standing_by.swap(false, Ordering::Relaxed) {
             tracing::warn!(instance = %self.instance_id, "the other relay with this instance id is gone; this one takes over");
         }
-        if !self.holding.load(Ordering::Relaxed) {
-            // Leases left under this id by an earlier run are not renewed but wait
-            // out their time, as if that run had died: it may still be settling.
-            // Marked as holding only once done, so a failure here is tried again.
+        if !self.holding.load(Ordering::Relaxed) && !no_other_session {
+            // Leases left under this id by an earlier run whose session may still be
+            // alive are not renewed but wait out their time: it may still be
+            // settling. (A run whose session is gone settles nothing more: its
+            // leases are renewed at once, as by the same run.) Marked as holding
+            // only once done, so a failure here is tried again.
             sqlx::query("UPDATE outbox_relay_lease SET owner = NULL WHERE owner = $1")
                 .bind(&self.instance_id)
                 .execute(&self.pool)
                 .await?;
-            self.holding.store(true, Ordering::Relaxed);
         }
+        self.holding.store(true, Ordering::Relaxed);
 
         let renewed: Vec<i16> = sqlx::query_scalar(
             "UPDATE outbox_relay_lease SET expires_at = now() + $2
@@ -158,13 +171,52 @@ impl Leases {
         })
     }
 
+    /// Takes (or checks that this run still holds) the advisory lock on this instance
+    /// id, on a connection of its own: true if no other session holds it. Any failure
+    /// proves nothing and says false; the connection is opened again next time.
+    async fn hold_liveness_lock(&self) -> bool {
+        let mut slot = self.liveness.lock().await;
+        if slot.is_none() {
+            let Ok(connection) = self.pool.acquire().await else {
+                return false;
+            };
+            *slot = Some((connection.detach(), false));
+        }
+        let (connection, held) = slot.as_mut().expect("filled above");
+        let asked = if *held {
+            sqlx::query_scalar::<_, bool>("SELECT true")
+                .fetch_one(&mut *connection)
+                .await
+        } else {
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .bind(LIVENESS_LOCK)
+                .bind(&self.instance_id)
+                .fetch_one(&mut *connection)
+                .await
+        };
+        match asked {
+            Ok(now) => {
+                *held = now;
+                now
+            }
+            Err(_) => {
+                *slot = None;
+                false
+            }
+        }
+    }
+
     /// Writes this run's heartbeat on the instance row: true if the row is this run's
-    /// (new, already stamped with its token, or taken over from a run gone stale),
-    /// false if another run of the same instance id heartbeats it.
-    async fn claim_instance(&self) -> Result<bool> {
+    /// (new, already stamped with its token, or taken over from a run gone stale, or
+    /// from one whose session is gone while `no_other_session`), false if another run
+    /// of the same instance id heartbeats it. The lock proves nothing against a row
+    /// of an earlier release (no token), whose relays do not take it.
+    async fn claim_instance(&self, no_other_session: bool) -> Result<bool> {
         let ours: Option<bool> = sqlx::query_scalar(
             "INSERT INTO outbox_relay_instance (instance_id, hostname, incarnation)
-             VALUES ($1, $2, $3)
+             SELECT $1, $2, $3
+             -- No row and the lock held elsewhere: another run is starting.
+             WHERE $5 OR EXISTS (SELECT 1 FROM outbox_relay_instance WHERE instance_id = $1)
              ON CONFLICT (instance_id) DO UPDATE SET
                  heartbeat_at = now(),
                  hostname = EXCLUDED.hostname,
@@ -183,12 +235,14 @@ impl Leases {
                      THEN outbox_relay_instance.standby_seen_at END
              WHERE outbox_relay_instance.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
                 OR outbox_relay_instance.heartbeat_at <= now() - $4
+                OR ($5 AND outbox_relay_instance.incarnation IS NOT NULL)
              RETURNING true",
         )
         .bind(&self.instance_id)
         .bind(&self.hostname)
         .bind(self.incarnation)
         .bind(self.ttl)
+        .bind(no_other_session)
         .fetch_optional(&self.pool)
         .await?;
         Ok(ours.is_some())
@@ -268,6 +322,8 @@ impl Leases {
     /// by leaves alone the row and leases of the run that holds its instance id.
     pub(crate) async fn leave(&self) -> Result<()> {
         self.owned.send_replace(Arc::from(Vec::new()));
+        // Closing the connection gives the liveness lock back.
+        *self.liveness.lock().await = None;
         sqlx::query(
             "WITH ours AS (
                  DELETE FROM outbox_relay_instance

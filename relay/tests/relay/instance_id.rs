@@ -164,8 +164,14 @@ async fn a_relay_standing_by_leaves_the_holders_row_and_leases_alone(pool: PgPoo
 async fn a_relay_taking_over_a_stale_instance_id_waits_out_its_leases(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
     let id = unique("gone");
-    // An earlier run of this id died: its heartbeat is old, but a few of its leases
+    // An earlier run of this id stalled or lost its network: its heartbeat is old,
+    // but its database session (and the lock on the id) lingers, a few of its leases
     // still run, and it may have batches in flight on those partitions.
+    let mut lingering = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(1869968483, hashtext($1))")
+        .bind(&id)
+        .execute(&mut *lingering)
+        .await?;
     sqlx::query(
         "INSERT INTO outbox_relay_instance (instance_id, hostname, incarnation, heartbeat_at)
          VALUES ($1, 'gone', $2, now() - interval '1 hour')",
@@ -199,6 +205,39 @@ async fn a_relay_taking_over_a_stale_instance_id_waits_out_its_leases(pool: PgPo
         .execute(&pool)
         .await?;
     holds_every_partition(&metrics).await?;
+    relay.shutdown().await?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_relay_restarted_under_its_id_after_a_kill_resumes_at_once(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let id = unique("restarted");
+    // What `kill -9` of a relay leaves: its row heartbeated a moment ago, its leases
+    // running, and its session (with its lock on the id) gone with the process.
+    sqlx::query(
+        "INSERT INTO outbox_relay_instance (instance_id, hostname, incarnation)
+         VALUES ($1, 'killed', $2)",
+    )
+    .bind(&id)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&pool)
+    .await?;
+    sqlx::query("UPDATE outbox_relay_lease SET owner = $1, expires_at = now() + interval '1 hour'")
+        .bind(&id)
+        .execute(&pool)
+        .await?;
+    let (relay, metrics) = start(&pool, &id, patient_config(&sandbox.exchange)).await?;
+    // Waiting out the lease time (10 s) or the leases (an hour) would time out here.
+    wait_until(
+        Duration::from_secs(5),
+        "the relay resumes every partition",
+        async || Ok(metrics.partitions_held() == 64),
+    )
+    .await?;
+    assert!(!metrics.standing_by());
+    let ids = fill(&pool, 10, 5, "restarted").await?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
     relay.shutdown().await?;
     sandbox.remove().await
 }
