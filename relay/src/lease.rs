@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use outbox::postgres::interval;
 use sqlx::postgres::types::PgInterval;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -32,6 +32,19 @@ use crate::error::Result;
 /// First key of the advisory lock a run holds on its instance id, in the two-key
 /// form `(LIVENESS_LOCK, hashtext(instance_id))`, next to the doorbell's.
 pub(crate) const LIVENESS_LOCK: i32 = 1869968483;
+
+/// How long opening the liveness connection, or one question on it, may take: a
+/// half-open socket must not hold up the heartbeat.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the liveness lock could not be asked about this time.
+#[derive(Debug, thiserror::Error)]
+enum LivenessError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("timed out")]
+    Timeout(#[from] tokio::time::error::Elapsed),
+}
 
 /// Partitions in the schema (`outbox_partition_of`).
 pub(crate) const PARTITIONS: i64 = 64;
@@ -172,38 +185,49 @@ impl Leases {
     }
 
     /// Takes (or checks that this run still holds) the advisory lock on this instance
-    /// id, on a connection of its own: true if no other session holds it. Any failure
-    /// proves nothing and says false; the connection is opened again next time.
+    /// id, on a connection of its own: true if no other session holds it. A lost
+    /// connection is opened again at once, once; any other failure proves nothing
+    /// and says false.
     async fn hold_liveness_lock(&self) -> bool {
         let mut slot = self.liveness.lock().await;
+        for _ in 0..2 {
+            match self.ask_liveness_lock(&mut slot).await {
+                Ok(held) => return held,
+                Err(_) => *slot = None,
+            }
+        }
+        false
+    }
+
+    async fn ask_liveness_lock(
+        &self,
+        slot: &mut Option<(PgConnection, bool)>,
+    ) -> std::result::Result<bool, LivenessError> {
         if slot.is_none() {
-            let Ok(connection) = self.pool.acquire().await else {
-                return false;
-            };
-            *slot = Some((connection.detach(), false));
+            // Not from the pool: the pool would wait up to its acquire timeout when
+            // busy, and it must not hand this session to anyone else.
+            let options = self.pool.connect_options();
+            let connecting = PgConnection::connect_with(options.as_ref());
+            let connection = tokio::time::timeout(LIVENESS_TIMEOUT, connecting).await??;
+            *slot = Some((connection, false));
         }
         let (connection, held) = slot.as_mut().expect("filled above");
-        let asked = if *held {
-            sqlx::query_scalar::<_, bool>("SELECT true")
-                .fetch_one(&mut *connection)
-                .await
-        } else {
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-                .bind(LIVENESS_LOCK)
-                .bind(&self.instance_id)
-                .fetch_one(&mut *connection)
-                .await
+        let asking = async {
+            if *held {
+                sqlx::query_scalar::<_, bool>("SELECT true")
+                    .fetch_one(&mut *connection)
+                    .await
+            } else {
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                    .bind(LIVENESS_LOCK)
+                    .bind(&self.instance_id)
+                    .fetch_one(&mut *connection)
+                    .await
+            }
         };
-        match asked {
-            Ok(now) => {
-                *held = now;
-                now
-            }
-            Err(_) => {
-                *slot = None;
-                false
-            }
-        }
+        let now = tokio::time::timeout(LIVENESS_TIMEOUT, asking).await??;
+        *held = now;
+        Ok(now)
     }
 
     /// Writes this run's heartbeat on the instance row: true if the row is this run's

@@ -107,6 +107,10 @@ impl Relay {
 
         warm(&shared.pool, shared.config.max_in_flight_batches, &shutdown).await;
         let background = shutdown.child_token();
+        // Aborted (`RelayHandle::abort`), this future is dropped where it stands: the
+        // heartbeats must stop with it, or its leases and its hold on the instance id
+        // would be renewed for ever by a relay that publishes nothing.
+        let _stop_background = background.clone().drop_guard();
         let lease_task = tokio::spawn(lease_loop(Arc::clone(shared), background.clone()));
         let cleanup_task = shared.config.retention.map(|retention| {
             tokio::spawn(cleanup_loop(

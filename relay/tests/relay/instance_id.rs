@@ -227,15 +227,22 @@ async fn a_relay_restarted_under_its_id_after_a_kill_resumes_at_once(pool: PgPoo
         .bind(&id)
         .execute(&pool)
         .await?;
-    let (relay, metrics) = start(&pool, &id, patient_config(&sandbox.exchange)).await?;
-    // Waiting out the lease time (10 s) or the leases (an hour) would time out here.
+    let mut config = fast_config(&sandbox.exchange);
+    config.lease_ttl = Duration::from_secs(60);
+    let (relay, metrics) = start(&pool, &id, config).await?;
+    // Waiting out the lease time (60 s) or the leases (an hour) would time out here.
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "the relay resumes every partition",
         async || Ok(metrics.partitions_held() == 64),
     )
     .await?;
     assert!(!metrics.standing_by());
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(1869968483, hashtext($1))")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await?;
+    assert!(!taken, "the relay does not hold the lock on its id");
     let ids = fill(&pool, 10, 5, "restarted").await?;
     sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;
     relay.shutdown().await?;
@@ -365,5 +372,20 @@ async fn the_operator_is_told_which_relay_stands_by_and_why(pool: PgPool) -> Tes
     );
     second.start_kill()?;
     first.start_kill()?;
+    sandbox.remove().await
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn an_aborted_relay_stops_renewing_its_leases(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let (aborted, _) = holder(&pool, &unique("aborted"), fast_config(&sandbox.exchange)).await?;
+    // Its heartbeats run on a task of their own by now (every 300 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Like a crash: its leases must lapse (2 s here), not be renewed by a heartbeat
+    // task left running, with its hold on the instance id.
+    aborted.abort();
+    let (next, metrics) = start(&pool, &unique("next"), fast_config(&sandbox.exchange)).await?;
+    holds_every_partition(&metrics).await?;
+    next.shutdown().await?;
     sandbox.remove().await
 }
