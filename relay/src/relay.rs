@@ -24,8 +24,8 @@ use outbox::nodes::{Node, Nodes, Rotation};
 const CLEANUP_PERIOD_MIN: Duration = Duration::from_secs(1);
 const CLEANUP_PERIOD_MAX: Duration = Duration::from_secs(60);
 
-/// How long a closing connection may wait for the broker's reply.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a closing connection (or channel) may wait for the broker's reply.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Publishes the outbox of one database to RabbitMQ.
 ///

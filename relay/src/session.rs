@@ -14,6 +14,7 @@ use crate::broker;
 use crate::error::{Error, Result};
 use crate::isolate::isolate;
 use crate::publish::publish_batch;
+use crate::relay::CLOSE_TIMEOUT;
 use crate::settle::{self, Settled, settle};
 use crate::shared::Shared;
 use crate::store::{self, BatchBound, OutboxRow};
@@ -308,7 +309,7 @@ impl<'c> Session<'c> {
     /// connection already closing, which lapin logs as an ERROR on every clean stop.
     async fn close_channel(&self) {
         let closing = self.channel.close(200, "outbox-relay stopping".into());
-        let _ = tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, closing).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
 
     /// Waits for the oldest batch in flight (or shutdown), and isolates the rows it
@@ -331,6 +332,3 @@ impl<'c> Session<'c> {
 
 /// Is there anything to publish? One row, whatever its size.
 const PEEK: BatchBound = BatchBound { rows: 1, bytes: 0 };
-
-/// How long a stopping relay waits for the broker to confirm its channel's close.
-const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -351,12 +351,8 @@ async fn the_operator_is_told_which_relay_stands_by_and_why(pool: PgPool) -> Tes
     );
 
     // `status` shows it under the relay that holds the id, for support.
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .arg("status")
-        .env("DATABASE_URL", &url)
-        .output()
-        .await?;
-    let said = String::from_utf8_lossy(&status.stdout);
+    let status = relay_cli(&["status"], &[("DATABASE_URL", &url)]).await?;
+    let said = text(&status);
     assert!(
         said.contains("another relay with this instance id stands by"),
         "{said}"

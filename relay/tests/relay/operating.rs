@@ -1,6 +1,5 @@
 //! The operator's side: the command line, its exit codes, and the HTTP endpoints.
 
-use std::process::Output;
 use std::time::Duration;
 
 use outbox::Message;
@@ -9,26 +8,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
-
-async fn relay_cli(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    command
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("AMQP_URL");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    Ok(tokio::time::timeout(Duration::from_secs(30), command.output()).await??)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// Arguments, environment, and what the error must say.
 type BadConfig<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);

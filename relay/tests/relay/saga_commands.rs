@@ -57,14 +57,6 @@ async fn saga_cli(pool: &PgPool, args: &[&str]) -> anyhow::Result<Output> {
     Ok(tokio::time::timeout(Duration::from_secs(30), command.output()).await??)
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 async fn state(pool: &PgPool, saga_id: &str) -> anyhow::Result<String> {
     Ok(
         sqlx::query_scalar("SELECT state FROM saga_instance WHERE saga_id = $1")

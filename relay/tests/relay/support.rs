@@ -3,7 +3,7 @@
 //! sandbox, URLs, waits, proxy and signals come from `testkit`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -189,4 +189,27 @@ pub(crate) async fn first_idle(pool: &PgPool) -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "the relay never went idle");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Runs the `outbox-relay` binary with `args`, with only `env` for its URLs (neither
+/// of the test's own leaks in), bounded to 30 s.
+pub(crate) async fn relay_cli(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Ok(tokio::time::timeout(Duration::from_secs(30), command.output()).await??)
+}
+
+/// What a command printed, stdout then stderr.
+pub(crate) fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
