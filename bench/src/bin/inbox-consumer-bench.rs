@@ -58,6 +58,18 @@ struct Args {
     /// batch.
     #[arg(long)]
     skip_pool_ping: bool,
+    /// What the inbox consumer's handler does: `insert` one row in the inbox's
+    /// transaction (a handler's least work), or `none`, which leaves the inbox's own
+    /// cost: its key, the transaction, the commit.
+    #[arg(long, value_enum, default_value_t = Work::Insert)]
+    handler: Work,
+}
+
+/// `--handler`: what the inbox consumer's handler does with each message.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Work {
+    Insert,
+    None,
 }
 
 /// `--queue-type`: the consumer's [`QueueType`]s.
@@ -99,8 +111,12 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
     let tls = if tls { "with TLS" } else { "without TLS" };
+    let work = match args.handler {
+        Work::Insert => "the inbox's handler inserts one row",
+        Work::None => "the inbox's handler does nothing",
+    };
     println!(
-        "{} messages per run, median of {} rounds; prefetch {} for both consumers; {ping}; PostgreSQL {tls}",
+        "{} messages per run, median of {} rounds; prefetch {} for both consumers; {work}; {ping}; PostgreSQL {tls}",
         args.messages, args.rounds, args.prefetch
     );
     let columns: Vec<String> = args
@@ -131,7 +147,10 @@ async fn main() -> anyhow::Result<()> {
                         batch_size: size,
                         prefetch: args.prefetch,
                     };
-                    runs.push(inbox_consumer(&pool, queue_type, args.messages, shape).await?);
+                    runs.push(
+                        inbox_consumer(&pool, queue_type, args.messages, shape, args.handler)
+                            .await?,
+                    );
                 }
             }
             let plain = Measured::median(&plain);
@@ -299,6 +318,12 @@ async fn plain_consumer(
 /// the inbox's keys asks PostgreSQL only once this reaches the goal.
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
+/// Nothing but counting: what is left is the inbox's own work.
+async fn count_only(_: Context<'_>, _: serde_json::Value) -> Result<(), BoxError> {
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
 /// One INSERT in the inbox's transaction; the payload is taken as any JSON.
 async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxError> {
     let envelope = ctx.envelope();
@@ -318,6 +343,7 @@ async fn inbox_consumer(
     queue_type: QueueType,
     messages: u64,
     shape: Shape,
+    work: Work,
 ) -> anyhow::Result<Measured> {
     sqlx::query("TRUNCATE effects, inbox").execute(pool).await?;
     HANDLED.store(0, Ordering::Relaxed);
@@ -325,9 +351,12 @@ async fn inbox_consumer(
     let queues = filled_queue(&connection, queue_type, messages).await?;
     let mark = CpuMark::now();
     let started = Instant::now();
-    let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", shaped(&queues, shape))
-        .on("ReserveStock", reserve)
-        .spawn()?;
+    let consumer = Consumer::new(pool.clone(), amqp_url(), "bench", shaped(&queues, shape));
+    let consumer = match work {
+        Work::Insert => consumer.on("ReserveStock", reserve),
+        Work::None => consumer.on("ReserveStock", count_only),
+    }
+    .spawn()?;
     while HANDLED.load(Ordering::Relaxed) < messages {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

@@ -5,6 +5,9 @@
 //!
 //! Modes, interleaved within each round so machine noise hits all alike:
 //! - `domain`: the domain row only (the baseline).
+//! - `plain-row`: plus one row of the outbox's columns and size in a table with a
+//!   primary key only: no trigger, no domain checks, no secondary index. What the
+//!   outbox row is measured against.
 //! - `outbox`: plus one message. No relay sleeps, as when a relay is busy: the
 //!   row's trigger takes its partition's doorbell lock, shared, and rings no bell.
 //! - `outbox+notify`: plus one message, with every partition's doorbell lock held
@@ -31,6 +34,7 @@ struct Args {
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Domain,
+    PlainRow,
     Outbox,
     OutboxNotify,
 }
@@ -39,13 +43,31 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Domain => "domain",
+            Mode::PlainRow => "plain-row",
             Mode::Outbox => "outbox",
             Mode::OutboxNotify => "outbox+notify",
         }
     }
 }
 
-const MODES: [Mode; 3] = [Mode::Domain, Mode::Outbox, Mode::OutboxNotify];
+const MODES: [Mode; 4] = [
+    Mode::Domain,
+    Mode::PlainRow,
+    Mode::Outbox,
+    Mode::OutboxNotify,
+];
+
+/// The outbox's columns, as base types, behind a primary key and nothing else.
+const PLAIN_ROWS: &str = "
+    CREATE TABLE plain_rows (
+        id uuid PRIMARY KEY, saga_id text NOT NULL, step text NOT NULL,
+        routing_key text NOT NULL, payload jsonb NOT NULL, exchange text,
+        headers jsonb NOT NULL DEFAULT '{}', ordering_key text,
+        available_at timestamptz NOT NULL DEFAULT now(),
+        created_at timestamptz NOT NULL DEFAULT now(),
+        seq bigint GENERATED ALWAYS AS IDENTITY, partition smallint NOT NULL DEFAULT 0,
+        state text NOT NULL DEFAULT 'pending', attempts integer NOT NULL DEFAULT 0,
+        last_error text, sent_at timestamptz)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -57,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .execute(&pool)
     .await?;
+    sqlx::query(PLAIN_ROWS).execute(&pool).await?;
 
     println!(
         "connections  mode            commits/s (median of {})  ratio to domain",
@@ -73,14 +96,14 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(relay) = relay {
                     relay.close().await?;
                 }
-                sqlx::query("TRUNCATE outbox, orders")
+                sqlx::query("TRUNCATE outbox, orders, plain_rows")
                     .execute(&pool)
                     .await?;
             }
         }
-        let baseline = median(&rates[0]);
-        for (mode, samples) in MODES.iter().zip(&rates) {
-            let rate = median(samples);
+        let medians: Vec<f64> = rates.iter().map(|samples| median(samples)).collect();
+        let baseline = medians[0];
+        for (mode, &rate) in MODES.iter().zip(&medians) {
             println!(
                 "{connections:>11}  {:<14}  {rate:>25.0}  {:>15.2}",
                 mode.name(),
@@ -90,10 +113,24 @@ async fn main() -> anyhow::Result<()> {
                 outbox_ratio = rate / baseline;
             }
         }
+        let [domain, plain_row, outbox, _] = medians[..] else {
+            unreachable!("one median per mode")
+        };
+        println!(
+            "{connections:>11}  commit time the outbox row adds / a plain row adds: {:.2}",
+            added_time(domain, outbox) / added_time(domain, plain_row)
+        );
     }
     // Last, for scripts: commits/s with an outbox row / without, 16 connections.
     println!("ratio {outbox_ratio:.2}");
     Ok(())
+}
+
+/// Seconds a row adds to each commit: one over the rate with it, less one over the
+/// rate without. Where the two rates are within noise of each other, the quotient of
+/// two such figures is noise too.
+fn added_time(without: f64, with: f64) -> f64 {
+    1.0 / with - 1.0 / without
 }
 
 /// With `asleep`, a connection of its own (the pool's are the writers') holding the
@@ -142,7 +179,9 @@ async fn write_one(pool: &PgPool, mode: Mode, writer: usize, n: u64) -> anyhow::
     )
     .fetch_one(&mut *tx)
     .await?;
-    if mode != Mode::Domain {
+    if mode == Mode::PlainRow {
+        plain_row(&mut tx, writer, n, order_id).await?;
+    } else if mode != Mode::Domain {
         let message = Message::builder(
             format!("order-{writer}-{n}"),
             "OrderCreated",
@@ -152,5 +191,32 @@ async fn write_one(pool: &PgPool, mode: Mode, writer: usize, n: u64) -> anyhow::
         outbox::enqueue(&mut *tx, &message).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// The outbox row's values, written as `outbox::enqueue` writes them, to the plain table.
+async fn plain_row(
+    tx: &mut PgConnection,
+    writer: usize,
+    n: u64,
+    order_id: i64,
+) -> anyhow::Result<()> {
+    let payload = serde_json::json!({"order_id": order_id, "total_cents": 4200});
+    sqlx::query(
+        "INSERT INTO plain_rows
+             (id, saga_id, step, routing_key, payload, exchange, headers, ordering_key, available_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(format!("order-{writer}-{n}"))
+    .bind("OrderCreated")
+    .bind("orders.created")
+    .bind(payload)
+    .bind(None::<String>)
+    .bind(serde_json::json!({}))
+    .bind(None::<String>)
+    .bind(0i64)
+    .execute(tx)
+    .await?;
     Ok(())
 }
