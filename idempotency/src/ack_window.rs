@@ -30,6 +30,11 @@ impl AckWindow {
         self.in_hand.extend(tags);
     }
 
+    /// How many deliveries batches hold now.
+    pub(crate) fn len(&self) -> usize {
+        self.in_hand.len()
+    }
+
     /// A batch is done: `settled` are all its tags, `acked` those of them to ack
     /// (the rest were nacked, before this). Says how to send the acks; send them
     /// before the next call, in the order the calls were made.

@@ -14,6 +14,10 @@ use crate::topology;
 /// subtransaction cache overflows, and every other session's snapshots get slower.
 pub const MAX_BATCH_SIZE: usize = 64;
 
+/// The longest [`ConsumerConfig::batch_linger`]: a message that arrives while the
+/// consumer is busy may wait this long for its batch to fill, and no longer.
+pub const MAX_BATCH_LINGER: Duration = Duration::from_secs(1);
+
 /// How a consumer reads its queue and what it does with failures.
 ///
 /// The fields are public so that a service can set the few it cares about after
@@ -38,6 +42,15 @@ pub struct ConsumerConfig {
     /// batch is what is there, from 1 up to this. 1 is a transaction per delivery.
     /// At most [`MAX_BATCH_SIZE`].
     pub batch_size: usize,
+    /// How long a batch formed while another batch of this consumer is still being
+    /// handled may wait for more deliveries, up to `batch_size` and to what
+    /// `prefetch` lets in. Zero (the default) never waits. Under a backlog with
+    /// several handlers at once, batches then fill up instead of splitting what
+    /// arrives among the free slots: fewer commits and round trips per message, for
+    /// up to this much latency of a message that arrives while the consumer is busy.
+    /// A message that finds no other batch in hand never waits. At most
+    /// [`MAX_BATCH_LINGER`].
+    pub batch_linger: Duration,
     /// Handler failures before a message is dead-lettered.
     pub max_attempts: u32,
     /// Delay before the first retry; doubles per attempt up to `retry_max`.
@@ -68,6 +81,12 @@ pub enum InvalidConfig {
          transaction (one savepoint each, and PostgreSQL caches {MAX_BATCH_SIZE} per transaction)"
     )]
     BatchTooLarge(usize),
+    /// `batch_linger` is above [`MAX_BATCH_LINGER`].
+    #[error(
+        "consumer config: `batch_linger` is {0:?}; at most {MAX_BATCH_LINGER:?}, since a \
+         message that arrives while the consumer is busy may wait that long"
+    )]
+    LingerTooLong(Duration),
     /// The first retry would wait longer than the longest retry may.
     #[error(
         "consumer config: `retry_base` ({base:?}) is longer than `retry_max` ({max:?}); \
@@ -91,6 +110,7 @@ impl ConsumerConfig {
             prefetch: 64,
             concurrency: 4,
             batch_size: 16,
+            batch_linger: Duration::ZERO,
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
@@ -122,6 +142,9 @@ impl ConsumerConfig {
         }
         if self.batch_size > MAX_BATCH_SIZE {
             return Err(InvalidConfig::BatchTooLarge(self.batch_size));
+        }
+        if self.batch_linger > MAX_BATCH_LINGER {
+            return Err(InvalidConfig::LingerTooLong(self.batch_linger));
         }
         if self.retry_base > self.retry_max {
             return Err(InvalidConfig::RetryBaseAboveMax {
@@ -241,6 +264,25 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("batch_size")
+        );
+    }
+
+    #[test]
+    fn a_linger_past_a_second_is_refused() {
+        let mut config = config();
+        config.batch_linger = MAX_BATCH_LINGER;
+        assert_eq!(config.validate(), Ok(()));
+        config.batch_linger = Duration::MAX;
+        assert_eq!(
+            config.validate(),
+            Err(InvalidConfig::LingerTooLong(Duration::MAX))
+        );
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("batch_linger")
         );
     }
 

@@ -99,6 +99,7 @@ mod context;
 mod decision;
 mod envelope;
 mod error;
+mod forming;
 mod handler;
 mod inbox;
 mod queue_type;
@@ -107,7 +108,7 @@ mod retention;
 mod session;
 mod topology;
 
-pub use config::{ConsumerConfig, InvalidConfig, MAX_BATCH_SIZE};
+pub use config::{ConsumerConfig, InvalidConfig, MAX_BATCH_LINGER, MAX_BATCH_SIZE};
 pub use consumer::{Consumer, ConsumerHandle};
 pub use context::Context;
 pub use envelope::Envelope;

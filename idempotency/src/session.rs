@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -21,6 +21,7 @@ use crate::ack_window::{AckWindow, Acks};
 use crate::consumer::Consumer;
 use crate::decision::Decision;
 use crate::error::{ConsumerError, DeclareError};
+use crate::forming::{linger, linger_for, take_ready};
 use crate::topology;
 
 /// How long deliveries in hand may take to finish when a session ends, so their
@@ -168,8 +169,18 @@ async fn session(
                 Some(Ok(delivery)) => {
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                     // What arrived while the slot was busy joins this batch; a lone
-                    // delivery goes on its own, at once.
-                    let (batch, ended) = take_ready(delivery, &mut deliveries, consumer.config.batch_size);
+                    // delivery goes on its own, at once, unless other batches are in
+                    // hand and `batch_linger` lets it wait for company.
+                    let (mut batch, mut ended) = take_ready(delivery, &mut deliveries, consumer.config.batch_size);
+                    let others_in_flight = slots.available_permits() + 1 < consumer.config.concurrency;
+                    let held = window.lock().await.len();
+                    if ended.is_none()
+                        && let Some(how) = linger_for(&consumer.config, others_in_flight, held, batch.len())
+                    {
+                        // The window is not locked meanwhile: other batches' acks,
+                        // which let more deliveries in, must not wait for this one.
+                        ended = linger(&mut batch, &mut deliveries, how).await;
+                    }
                     window.lock().await.taken(batch.iter().map(|d| d.delivery_tag));
                     let settling = Settling {
                         queue: consumer.config.queue.clone(),
@@ -201,25 +212,6 @@ async fn session(
     let goodbye = connection.close(200, "consumer stopping".into());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     result.map_err(Ended::from)
-}
-
-/// `first` and the deliveries already waiting behind it, up to `limit` in all,
-/// without waiting for more; and how the stream ended, if it did meanwhile.
-fn take_ready(
-    first: Delivery,
-    deliveries: &mut lapin::Consumer,
-    limit: usize,
-) -> (Vec<Delivery>, Option<lapin::Result<()>>) {
-    let mut batch = vec![first];
-    while batch.len() < limit {
-        match deliveries.next().now_or_never() {
-            Some(Some(Ok(delivery))) => batch.push(delivery),
-            Some(Some(Err(error))) => return (batch, Some(Err(error))),
-            Some(None) => return (batch, Some(Ok(()))),
-            None => break,
-        }
-    }
-    (batch, None)
 }
 
 /// What a finished batch needs to settle its deliveries with the broker.

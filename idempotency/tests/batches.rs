@@ -254,3 +254,42 @@ async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestRe
     assert!(sandbox.dead_reasons().await?.is_empty());
     sandbox.remove().await
 }
+
+/// How long the lingering test's second batch may wait for company: long enough
+/// for the rest to be published, short of the first batch's hold.
+const LINGER: Duration = Duration::from_secs(1);
+
+#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+async fn a_batch_beside_a_busy_one_lingers_for_what_arrives_next(pool: PgPool) -> TestResult {
+    with_effects(&pool).await?;
+    let sandbox = Sandbox::new().await?;
+    let mut config = config(&sandbox.queue);
+    config.concurrency = 2;
+    config.batch_size = 4;
+    config.batch_linger = LINGER;
+    let consumer = Consumer::new(pool.clone(), amqp_url(), "inventory", config)
+        .on_with("Reserve", Script::default(), scripted)
+        .spawn()?;
+    // order-0 holds one slot (HOLD); order-1 takes the other and, another batch
+    // being in hand, waits for order-2 to order-4, published a moment later.
+    publish_a_batch(&sandbox, &pool, 1).await?;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for i in 2..=4 {
+        sandbox
+            .publish(Some(&format!("order-{i}")), "Reserve", b"{}")
+            .await?;
+    }
+    wait_until(WAIT, "all five take effect", async || {
+        Ok(effects(&pool).await? == 5)
+    })
+    .await?;
+    consumer.shutdown().await?;
+    // Without lingering, order-1 would have gone alone the moment it arrived.
+    assert_eq!(
+        first_run_transactions(&pool).await?.len(),
+        1,
+        "order-1 to order-4 in one batch"
+    );
+    assert!(sandbox.dead_reasons().await?.is_empty());
+    sandbox.remove().await
+}

@@ -63,6 +63,10 @@ struct Args {
     /// cost: its key, the transaction, the commit.
     #[arg(long, value_enum, default_value_t = Work::Insert)]
     handler: Work,
+    /// The inbox consumer's `batch_linger`, in ms: how long a batch formed while
+    /// another is in hand may wait for more deliveries (0, the default, never waits).
+    #[arg(long, default_value_t = 0)]
+    batch_linger_ms: u64,
 }
 
 /// `--handler`: what the inbox consumer's handler does with each message.
@@ -116,8 +120,8 @@ async fn main() -> anyhow::Result<()> {
         Work::None => "the inbox's handler does nothing",
     };
     println!(
-        "{} messages per run, median of {} rounds; prefetch {} for both consumers; {work}; {ping}; PostgreSQL {tls}",
-        args.messages, args.rounds, args.prefetch
+        "{} messages per run, median of {} rounds; prefetch {} for both consumers; {work}; batch linger {} ms; {ping}; PostgreSQL {tls}",
+        args.messages, args.rounds, args.prefetch, args.batch_linger_ms
     );
     let columns: Vec<String> = args
         .batch_size
@@ -139,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
                     handlers,
                     batch_size: 1,
                     prefetch: args.prefetch,
+                    linger: Duration::from_millis(args.batch_linger_ms),
                 };
                 plain.push(plain_consumer(queue_type, args.messages, plain_shape).await?);
                 for (runs, &size) in inbox.iter_mut().zip(&args.batch_size) {
@@ -146,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
                         handlers,
                         batch_size: size,
                         prefetch: args.prefetch,
+                        linger: Duration::from_millis(args.batch_linger_ms),
                     };
                     runs.push(
                         inbox_consumer(&pool, queue_type, args.messages, shape, args.handler)
@@ -187,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
                 handlers: 4,
                 batch_size,
                 prefetch: args.prefetch,
+                linger: Duration::from_millis(args.batch_linger_ms),
             };
             let (p50, p99) = latency(
                 &pool,
@@ -207,12 +214,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How a consumer runs: handlers (batches) at once, deliveries per batch, prefetch.
+/// How a consumer runs: handlers (batches) at once, deliveries per batch, prefetch,
+/// and how long a batch may linger beside others.
 #[derive(Clone, Copy)]
 struct Shape {
     handlers: usize,
     batch_size: usize,
     prefetch: u16,
+    linger: Duration,
 }
 
 /// The queues of `idempotency::Consumer`, of `queue_type`, the queue holding
@@ -450,6 +459,7 @@ fn shaped(queues: &ConsumerConfig, shape: Shape) -> ConsumerConfig {
     config.concurrency = shape.handlers;
     config.batch_size = shape.batch_size;
     config.prefetch = shape.prefetch;
+    config.batch_linger = shape.linger;
     config
 }
 
