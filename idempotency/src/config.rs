@@ -38,13 +38,16 @@ pub struct ConsumerConfig {
     /// The most deliveries one transaction takes. Deliveries already waiting when a
     /// handler slot frees up are processed together: their keys recorded in one
     /// statement, each handler in a savepoint of its own, one commit (one flush of
-    /// the write-ahead log), one ack. A lone delivery never waits for others: a
-    /// batch is what is there, from 1 up to this. 1 is a transaction per delivery.
+    /// the write-ahead log), one ack. A lone delivery never waits for others (unless
+    /// `batch_linger` is set and other batches are in hand): a batch is what is
+    /// there, from 1 up to this. 1 is a transaction per delivery.
     /// At most [`MAX_BATCH_SIZE`].
     pub batch_size: usize,
     /// How long a batch formed while another batch of this consumer is still being
     /// handled may wait for more deliveries, up to `batch_size` and to what
-    /// `prefetch` lets in. Zero (the default) never waits. Under a backlog with
+    /// `prefetch` lets in (counted when the batch forms), and no longer than the
+    /// other batches take: once none is in hand it goes. Zero (the default) never
+    /// waits. Under a backlog with
     /// several handlers at once, batches then fill up instead of splitting what
     /// arrives among the free slots: fewer commits and round trips per message, for
     /// up to this much latency of a message that arrives while the consumer is busy.

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ConsumerConfig;
 
@@ -53,24 +55,46 @@ pub(crate) fn linger_for(
     (formed < limit).then_some((config.batch_linger, limit))
 }
 
-/// Adds deliveries to `batch` as they arrive, up to `limit` in all or for `linger`;
-/// and how the stream ended, if it did meanwhile.
+/// Adds deliveries to `batch` as they arrive, up to `limit` in all, for `linger` at
+/// most and until `stop` completes (no other batch is in hand any more, or the
+/// consumer shuts down); and how the stream ended, if it did meanwhile.
 pub(crate) async fn linger(
     batch: &mut Vec<Delivery>,
     deliveries: &mut lapin::Consumer,
     (linger, limit): (Duration, usize),
+    stop: impl Future<Output = ()>,
 ) -> Option<lapin::Result<()>> {
-    let deadline = tokio::time::Instant::now() + linger;
+    let deadline = tokio::time::sleep(linger);
+    tokio::pin!(deadline, stop);
     while batch.len() < limit {
-        // Cancel-safe: a delivery is either returned or left in the stream.
-        match tokio::time::timeout_at(deadline, deliveries.next()).await {
-            Ok(Some(Ok(delivery))) => batch.push(delivery),
-            Ok(Some(Err(error))) => return Some(Err(error)),
-            Ok(None) => return Some(Ok(())),
-            Err(_) => break,
+        tokio::select! {
+            // Cancel-safe: a delivery is either returned or left in the stream.
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => batch.push(delivery),
+                Some(Err(error)) => return Some(Err(error)),
+                None => return Some(Ok(())),
+            },
+            () = &mut deadline => break,
+            () = &mut stop => break,
         }
     }
     None
+}
+
+/// Completes once every other batch's slot is free (this batch holds its own), or
+/// at `shutdown`: a lingering batch then has nothing left to wait beside.
+pub(crate) async fn others_done_or(
+    slots: &Semaphore,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+) {
+    let others = u32::try_from(concurrency.saturating_sub(1)).unwrap_or(u32::MAX);
+    tokio::select! {
+        // Nothing else takes a slot while the batch lingers, so this waits only for
+        // the others to finish; the permits go back as soon as they are had.
+        _ = slots.acquire_many(others) => {}
+        () = shutdown.cancelled() => {}
+    }
 }
 
 #[cfg(test)]
@@ -114,5 +138,36 @@ mod tests {
     #[test]
     fn a_full_batch_goes_at_once() {
         assert_eq!(linger_for(&lingering(5), true, 0, 16), None);
+    }
+
+    #[tokio::test]
+    async fn a_linger_stops_when_the_other_batches_are_done() {
+        let slots = Semaphore::new(4);
+        let mine = slots.acquire().await.unwrap();
+        let other = slots.acquire().await.unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = others_done_or(&slots, 4, &shutdown);
+        tokio::pin!(stop);
+        assert!(
+            (&mut stop).now_or_never().is_none(),
+            "another batch is in hand"
+        );
+        drop(other);
+        assert!(stop.now_or_never().is_some(), "none is");
+        assert_eq!(slots.available_permits(), 3, "the permits went back");
+        drop(mine);
+    }
+
+    #[tokio::test]
+    async fn a_linger_stops_at_shutdown() {
+        let slots = Semaphore::new(2);
+        let _mine = slots.acquire().await.unwrap();
+        let _other = slots.acquire().await.unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = others_done_or(&slots, 2, &shutdown);
+        tokio::pin!(stop);
+        assert!((&mut stop).now_or_never().is_none());
+        shutdown.cancel();
+        assert!(stop.now_or_never().is_some());
     }
 }

@@ -74,7 +74,8 @@
 //! to [`ConsumerConfig::batch_size`]: one commit and one ack for the batch, each
 //! handler's effects still committing once with its key. A handler that fails takes
 //! nothing of the others' with it: the batch runs again without it, each handler in a
-//! savepoint. A lone message is not held back to fill a batch.
+//! savepoint. A lone message is not held back to fill a batch, unless
+//! [`ConsumerConfig::batch_linger`] is set and other batches are in hand.
 //!
 //! A failing (or panicking) handler's message is retried later through a TTL queue,
 //! then dead-lettered with its reason; a message no retry can fix (no saga id, not

@@ -21,7 +21,7 @@ use crate::ack_window::{AckWindow, Acks};
 use crate::consumer::Consumer;
 use crate::decision::Decision;
 use crate::error::{ConsumerError, DeclareError};
-use crate::forming::{linger, linger_for, take_ready};
+use crate::forming::{linger, linger_for, others_done_or, take_ready};
 use crate::topology;
 
 /// How long deliveries in hand may take to finish when a session ends, so their
@@ -179,7 +179,8 @@ async fn session(
                     {
                         // The window is not locked meanwhile: other batches' acks,
                         // which let more deliveries in, must not wait for this one.
-                        ended = linger(&mut batch, &mut deliveries, how).await;
+                        let stop = others_done_or(&slots, consumer.config.concurrency, shutdown);
+                        ended = linger(&mut batch, &mut deliveries, how, stop).await;
                     }
                     window.lock().await.taken(batch.iter().map(|d| d.delivery_tag));
                     let settling = Settling {

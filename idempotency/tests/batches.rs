@@ -256,7 +256,8 @@ async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestRe
 }
 
 /// How long the lingering test's second batch may wait for company: long enough
-/// for the rest to be published, short of the first batch's hold.
+/// for the rest to be published 150 ms later, while the first batch still holds
+/// its slot (`HOLD`), which keeps the second one lingering.
 const LINGER: Duration = Duration::from_secs(1);
 
 #[sqlx::test(migrator = "idempotency::MIGRATOR")]

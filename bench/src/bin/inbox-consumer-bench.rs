@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
                     handlers,
                     batch_size: 1,
                     prefetch: args.prefetch,
-                    linger: Duration::from_millis(args.batch_linger_ms),
+                    linger: Duration::ZERO, // the plain consumer takes one at a time
                 };
                 plain.push(plain_consumer(queue_type, args.messages, plain_shape).await?);
                 for (runs, &size) in inbox.iter_mut().zip(&args.batch_size) {
