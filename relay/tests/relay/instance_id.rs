@@ -133,7 +133,14 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
     );
     let more = fill(&pool, 20, 5, "twins").await?;
     sandbox.wait_for_all(&more, Duration::from_secs(30)).await?;
-    assert!(second_metrics.published_total() > 0);
+    // The count goes up once a batch is settled, after its confirms and its DELETE:
+    // later than the queue sees the messages.
+    wait_until(
+        Duration::from_secs(20),
+        "the second relay counts what it published",
+        async || Ok(second_metrics.published_total() == more.len() as u64),
+    )
+    .await?;
     second.shutdown().await?;
     sandbox.remove().await
 }
