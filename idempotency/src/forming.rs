@@ -37,6 +37,13 @@ pub(crate) fn take_ready(
     (batch, None)
 }
 
+/// Whether a batch may linger at all: lingering is on and another batch is in hand.
+/// Asked first, so that a consumer that never lingers does not count what its other
+/// batches hold.
+pub(crate) fn may_linger(config: &ConsumerConfig, others_in_flight: bool) -> bool {
+    !config.batch_linger.is_zero() && others_in_flight
+}
+
 /// How a batch of `formed` deliveries may linger: for how long, and up to how many
 /// in all. `None` when it goes as it is: lingering is off, no other batch is in
 /// hand (`others_in_flight` false), or it is full, or `prefetch` lets no more in
@@ -47,7 +54,7 @@ pub(crate) fn linger_for(
     held: usize,
     formed: usize,
 ) -> Option<(Duration, usize)> {
-    if config.batch_linger.is_zero() || !others_in_flight {
+    if !may_linger(config, others_in_flight) {
         return None;
     }
     let room = usize::from(config.prefetch).saturating_sub(held);

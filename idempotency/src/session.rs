@@ -21,7 +21,7 @@ use crate::ack_window::{AckWindow, Acks};
 use crate::consumer::Consumer;
 use crate::decision::Decision;
 use crate::error::{ConsumerError, DeclareError};
-use crate::forming::{linger, linger_for, others_done_or, take_ready};
+use crate::forming::{linger, linger_for, may_linger, others_done_or, take_ready};
 use crate::topology;
 
 /// How long deliveries in hand may take to finish when a session ends, so their
@@ -173,14 +173,14 @@ async fn session(
                     // hand and `batch_linger` lets it wait for company.
                     let (mut batch, mut ended) = take_ready(delivery, &mut deliveries, consumer.config.batch_size);
                     let others_in_flight = slots.available_permits() + 1 < consumer.config.concurrency;
-                    let held = window.lock().await.len();
-                    if ended.is_none()
-                        && let Some(how) = linger_for(&consumer.config, others_in_flight, held, batch.len())
-                    {
-                        // The window is not locked meanwhile: other batches' acks,
-                        // which let more deliveries in, must not wait for this one.
-                        let stop = others_done_or(&slots, consumer.config.concurrency, shutdown);
-                        ended = linger(&mut batch, &mut deliveries, how, stop).await;
+                    if ended.is_none() && may_linger(&consumer.config, others_in_flight) {
+                        let held = window.lock().await.len();
+                        if let Some(how) = linger_for(&consumer.config, others_in_flight, held, batch.len()) {
+                            // The window is not locked meanwhile: other batches' acks,
+                            // which let more deliveries in, must not wait for this one.
+                            let stop = others_done_or(&slots, consumer.config.concurrency, shutdown);
+                            ended = linger(&mut batch, &mut deliveries, how, stop).await;
+                        }
                     }
                     window.lock().await.taken(batch.iter().map(|d| d.delivery_tag));
                     let settling = Settling {
