@@ -1,8 +1,11 @@
 //! The AMQP side: one connection, channels in confirm mode.
 
+use futures_util::future::Fuse;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, ConnectionState, ErrorKind, Event};
 use outbox::nodes::Node;
+use tokio::sync::oneshot;
 
 /// Opens a connection to `node` named after the instance (visible in the RabbitMQ
 /// management UI and `rabbitmqctl list_connections`).
@@ -20,4 +23,43 @@ pub(crate) async fn confirm_channel(connection: &Connection) -> lapin::Result<Ch
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// The error that ends `connection`, once it does, from a watcher task that stops
+/// when the receiver is dropped.
+///
+/// A relay with nothing to publish sends the broker nothing, so without this it
+/// learned of a lost connection only at its next publish: `/readyz` said ready all
+/// that while, and the first row after the loss paid for the reconnect. Watched
+/// while it sleeps, the loss ends the session at once, like any other broker error.
+pub(crate) fn watch_loss(connection: &Connection) -> Fuse<oneshot::Receiver<lapin::Error>> {
+    let (mut tell, told) = oneshot::channel();
+    // Listening before looking at the status: an error between the two is then
+    // either seen by the status or sent to the listener.
+    let mut events = connection.events_listener();
+    let status = connection.status().clone();
+    tokio::spawn(async move {
+        let first_error = async {
+            if !status.connected() {
+                return ErrorKind::InvalidConnectionState(ConnectionState::Error).into();
+            }
+            while let Some(event) = events.next().await {
+                // A channel the broker closed (a refused publish) sends its error
+                // here too, with the connection still up: the session handles those.
+                if let Event::Error(error) = event
+                    && !status.connected()
+                {
+                    return error;
+                }
+            }
+            // The events end only with the connection itself.
+            ErrorKind::InvalidConnectionState(ConnectionState::Closed).into()
+        };
+        let error = tokio::select! {
+            error = first_error => error,
+            () = tell.closed() => return,
+        };
+        let _ = tell.send(error);
+    });
+    told.fuse()
 }

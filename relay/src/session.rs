@@ -4,8 +4,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Fuse;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use lapin::{Channel, Connection};
+use tokio::sync::oneshot;
 use tokio::task::{AbortHandle, JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -98,10 +100,14 @@ pub(crate) struct Session<'c> {
     /// being armed on one of the partitions: its rows ring no bell. Back to the
     /// first pause whenever rows are published.
     partly_armed_pause: Duration,
+    /// Completes when the broker connection is lost: watched while the relay sleeps,
+    /// when nothing it sends would tell it.
+    lost: Fuse<oneshot::Receiver<lapin::Error>>,
 }
 
 impl<'c> Session<'c> {
     pub(crate) async fn open(shared: Arc<Shared>, connection: &'c Connection) -> Result<Self> {
+        let lost = broker::watch_loss(connection);
         let channel = broker::confirm_channel(connection).await?;
         let partitions = shared.leases.owned();
         Ok(Self {
@@ -113,6 +119,7 @@ impl<'c> Session<'c> {
             last_rescan: Instant::now(),
             partitions,
             partly_armed_pause: FIRST_PARTLY_ARMED_PAUSE,
+            lost,
         })
     }
 

@@ -69,7 +69,8 @@ impl Session<'_> {
     /// writers ring for every partition; while a writer's transaction keeps one from
     /// being armed, only a little while, longer each time in case that transaction
     /// stays open. A change of the partitions held wakes it too: the doorbell is
-    /// armed only for those held when it went to sleep.
+    /// armed only for those held when it went to sleep. So does the loss of the
+    /// broker connection, which ends the session.
     async fn sleep(
         &mut self,
         doorbell: &mut Doorbell,
@@ -94,6 +95,9 @@ impl Session<'_> {
             tokio::select! {
                 () = doorbell.wait(pause, shutdown) => {}
                 Ok(()) = leases_changed.changed() => {}
+                // Ends the session now, not at the next publish: until then the
+                // relay would say ready without a broker.
+                Ok(error) = &mut self.lost => return Err(error.into()),
             }
         }
         Ok(())

@@ -105,6 +105,49 @@ async fn broker_connections_cut_under_load_lose_nothing(pool: PgPool) -> TestRes
     sandbox.remove().await
 }
 
+/// An idle relay sends the broker nothing; it used to learn of a lost connection only
+/// at its next publish, and said ready all that while.
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn an_idle_relay_that_loses_its_broker_says_not_ready_and_reconnects_before_the_next_row(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let proxy = FaultyProxy::to_broker().await?;
+    let mut config = fast_config(&sandbox.exchange);
+    // Asleep on the doorbell throughout: no fallback poll comes to look.
+    config.poll_interval = Duration::from_secs(60);
+    let relay = Relay::new(pool.clone(), proxy.amqp_url(), config);
+    let metrics = relay.metrics();
+    let relay = relay.spawn();
+    let warmup = fill(&pool, 1, 1, "warmup").await?;
+    sandbox
+        .wait_for_all(&warmup, Duration::from_secs(10))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await; // past the lingering looks
+
+    proxy.refuse(true); // the node stays away until the relay has said so
+    proxy.cut_all();
+    wait_until(
+        Duration::from_secs(10),
+        "the relay is not ready",
+        async || Ok(!metrics.ready()),
+    )
+    .await?;
+    proxy.refuse(false);
+    wait_until(
+        Duration::from_secs(30),
+        "the relay is connected again, with no row to publish",
+        async || Ok(metrics.ready() && proxy.open_connections() == 1),
+    )
+    .await?;
+
+    let ids = fill(&pool, 5, 2, "after").await?;
+    sandbox.wait_for_all(&ids, Duration::from_secs(10)).await?;
+    wait_until_drained(&pool, Duration::from_secs(10)).await?;
+    relay.shutdown().await?;
+    sandbox.remove().await
+}
+
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn confirms_that_never_come_are_given_up_and_published_again(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
