@@ -24,6 +24,10 @@ pub enum Error {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
 
+    /// The broker connection was lost while the relay had nothing to publish.
+    #[error("broker connection lost while the relay had nothing to publish: {0}")]
+    BrokerLostWhileIdle(lapin::Error),
+
     /// The broker did not confirm a batch within the confirm timeout.
     #[error("the broker did not confirm a batch within {0:?}")]
     ConfirmTimeout(std::time::Duration),
@@ -56,6 +60,7 @@ impl Error {
         match self {
             Error::Database(error) => outbox::postgres::is_transient(error),
             Error::Broker(_)
+            | Error::BrokerLostWhileIdle(_)
             | Error::ConfirmTimeout(_)
             | Error::ConnectTimeout(_)
             | Error::Unconfirmed => true,

@@ -166,6 +166,9 @@ impl Relay {
         // it connects would wait for it.
         doorbell.listen().await;
         let mut rotation = Rotation::new(nodes);
+        // Set while the broker is away since a session lost it with nothing to
+        // publish: the first row written then cuts the reconnect pause short.
+        let mut lost_while_idle = false;
         while !shutdown.is_cancelled() {
             let node = rotation.node().clone();
             let mut connected_at = None;
@@ -173,6 +176,9 @@ impl Relay {
                 .session(&node, &mut doorbell, shutdown, &mut connected_at)
                 .await;
             let Err(error) = result else { break };
+            if connected_at.is_some() {
+                lost_while_idle = matches!(error, Error::BrokerLostWhileIdle(_));
+            }
             if matches!(error, Error::Database(_)) {
                 shared.metrics.failed(FailureReason::Database, 1);
                 shared.metrics.set_database_ok(false);
@@ -190,11 +196,34 @@ impl Relay {
             if pause.is_zero() {
                 continue;
             }
+            if lost_while_idle {
+                // Once rows wait, the pauses are plain again: a writer's every row
+                // must not bring on a connect to a broker that is still away.
+                lost_while_idle = !self.pause_until_a_row(pause, &mut doorbell, shutdown).await;
+                continue;
+            }
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => {}
             }
         }
+    }
+
+    /// Waits `pause` before the next connect, or less if a writer's row rings first
+    /// (true). A relay that learned of a lost broker while it had nothing to publish
+    /// reconnects with the backoff like any client, up to seconds apart; without
+    /// this, the first row after the broker came back would wait out that pause.
+    async fn pause_until_a_row(
+        &self,
+        pause: Duration,
+        doorbell: &mut Doorbell,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        doorbell.listen().await;
+        doorbell.arm(&self.shared.leases.owned()).await;
+        let rang = doorbell.wait(pause, shutdown).await;
+        doorbell.disarm().await;
+        rang
     }
 
     /// One connection to `node` and the session on it, until shutdown (`Ok`) or a

@@ -113,18 +113,24 @@ impl Doorbell {
     /// connection (with the doorbell's locks), whichever comes first. It does
     /// not connect: [`Doorbell::listen`] comes first, before writers are asked to
     /// ring, and a listener it could not connect leaves the fallback poll alone.
-    pub(crate) async fn wait(&mut self, poll_interval: Duration, shutdown: &CancellationToken) {
+    /// True if a writer rang.
+    pub(crate) async fn wait(
+        &mut self,
+        poll_interval: Duration,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut rang = false;
         let Some(listener) = self.listener.as_mut() else {
             // No listener: the fallback poll alone keeps the relay going.
             tokio::select! {
                 () = tokio::time::sleep(poll_interval) => {}
                 () = shutdown.cancelled() => {}
             }
-            return;
+            return rang;
         };
         tokio::select! {
             ring = listener.try_recv() => match ring {
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => rang = true,
                 // Its connection was lost, and the doorbell's locks with it: writers
                 // no longer ring, so wake to look and arm again (on a new one).
                 Ok(None) => tracing::debug!("doorbell listener reconnected; arming again"),
@@ -140,6 +146,7 @@ impl Doorbell {
         if let Some(listener) = self.listener.as_mut() {
             while listener.next_buffered().is_some() {}
         }
+        rang
     }
 
     async fn connect(&self) -> Option<PgListener> {

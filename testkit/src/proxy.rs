@@ -21,6 +21,7 @@ pub struct FaultyProxy {
     stalled: Arc<AtomicBool>,
     refusing: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
 }
 
 impl FaultyProxy {
@@ -53,10 +54,13 @@ impl FaultyProxy {
         let refusing_flag = Arc::clone(&refusing);
         let open = Arc::new(AtomicUsize::new(0));
         let open_count = Arc::clone(&open);
+        let refused = Arc::new(AtomicUsize::new(0));
+        let refused_count = Arc::clone(&refused);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if refusing_flag.load(Ordering::SeqCst) {
                     drop(client); // closed before a byte reaches the server
+                    refused_count.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 let mut cut_rx = cut_tx.subscribe();
@@ -87,6 +91,7 @@ impl FaultyProxy {
             stalled,
             refusing,
             open,
+            refused,
         })
     }
 
@@ -119,6 +124,12 @@ impl FaultyProxy {
     /// Connections through the proxy now: which "node" a client is on.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections refused so far (see [`FaultyProxy::refuse`]): a client's attempts
+    /// to reach a node that is away.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// While refusing, a new connection is closed as soon as it is accepted, before it

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{PEEK, Session};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wake::{Armed, Doorbell};
 
 /// Quick looks for new rows before an idle relay arms the doorbell, so under steady
@@ -93,11 +93,11 @@ impl Session<'_> {
         // A row committed before the locks were taken rang no bell: look once more.
         if self.fetch(0, PEEK).await?.is_empty() {
             tokio::select! {
-                () = doorbell.wait(pause, shutdown) => {}
+                _ = doorbell.wait(pause, shutdown) => {}
                 Ok(()) = leases_changed.changed() => {}
                 // Ends the session now, not at the next publish: until then the
                 // relay would say ready without a broker.
-                Ok(error) = &mut self.lost => return Err(error.into()),
+                Ok(error) = &mut self.lost => return Err(Error::BrokerLostWhileIdle(error)),
             }
         }
         Ok(())

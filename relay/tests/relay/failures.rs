@@ -148,6 +148,45 @@ async fn an_idle_relay_that_loses_its_broker_says_not_ready_and_reconnects_befor
     sandbox.remove().await
 }
 
+/// The relay above reconnects with the backoff, whose pauses grow to seconds while
+/// the broker stays away; a row written meanwhile must not wait out the pause.
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_row_written_while_an_idle_relay_waits_to_reconnect_cuts_the_wait_short(
+    pool: PgPool,
+) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let proxy = FaultyProxy::to_broker().await?;
+    let mut config = fast_config(&sandbox.exchange);
+    config.poll_interval = Duration::from_secs(60);
+    let relay = Relay::new(pool.clone(), proxy.amqp_url(), config).spawn();
+    let warmup = fill(&pool, 1, 1, "warmup").await?;
+    sandbox
+        .wait_for_all(&warmup, Duration::from_secs(10))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await; // past the lingering looks
+
+    proxy.refuse(true);
+    proxy.cut_all();
+    // Pauses of 0.1 s doubling, each up to twice that with jitter: after the sixth
+    // refused attempt the next is at least 5 s away (`outbox::backoff`).
+    wait_until(
+        Duration::from_secs(40),
+        "six refused reconnects",
+        async || Ok(proxy.refused() >= 6),
+    )
+    .await?;
+    proxy.refuse(false);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the relay is in its pause
+
+    let ids = fill(&pool, 5, 2, "cut-short").await?;
+    sandbox
+        .wait_for_all(&ids, Duration::from_secs(3))
+        .await
+        .map_err(|e| e.context("the rows waited for the reconnect pause"))?;
+    relay.shutdown().await?;
+    sandbox.remove().await
+}
+
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn confirms_that_never_come_are_given_up_and_published_again(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new("#").await?;
