@@ -105,25 +105,48 @@ async fn broker_connections_cut_under_load_lose_nothing(pool: PgPool) -> TestRes
     sandbox.remove().await
 }
 
+/// A relay through a proxy to the broker, with nothing left to publish, asleep on
+/// the doorbell: its fallback poll is a minute away, so only a ring wakes it.
+struct Asleep {
+    sandbox: Sandbox,
+    proxy: FaultyProxy,
+    metrics: std::sync::Arc<outbox_relay::Metrics>,
+    relay: outbox_relay::RelayHandle,
+}
+
+async fn asleep_behind_a_proxy(pool: &PgPool) -> anyhow::Result<Asleep> {
+    let sandbox = Sandbox::new("#").await?;
+    let proxy = FaultyProxy::to_broker().await?;
+    let mut config = fast_config(&sandbox.exchange);
+    config.poll_interval = Duration::from_secs(60);
+    let relay = Relay::new(pool.clone(), proxy.amqp_url(), config);
+    let metrics = relay.metrics();
+    let relay = relay.spawn();
+    let warmup = fill(pool, 1, 1, "warmup").await?;
+    sandbox
+        .wait_for_all(&warmup, Duration::from_secs(10))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await; // past the lingering looks
+    Ok(Asleep {
+        sandbox,
+        proxy,
+        metrics,
+        relay,
+    })
+}
+
 /// An idle relay sends the broker nothing; it used to learn of a lost connection only
 /// at its next publish, and said ready all that while.
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn an_idle_relay_that_loses_its_broker_says_not_ready_and_reconnects_before_the_next_row(
     pool: PgPool,
 ) -> TestResult {
-    let sandbox = Sandbox::new("#").await?;
-    let proxy = FaultyProxy::to_broker().await?;
-    let mut config = fast_config(&sandbox.exchange);
-    // Asleep on the doorbell throughout: no fallback poll comes to look.
-    config.poll_interval = Duration::from_secs(60);
-    let relay = Relay::new(pool.clone(), proxy.amqp_url(), config);
-    let metrics = relay.metrics();
-    let relay = relay.spawn();
-    let warmup = fill(&pool, 1, 1, "warmup").await?;
-    sandbox
-        .wait_for_all(&warmup, Duration::from_secs(10))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await; // past the lingering looks
+    let Asleep {
+        sandbox,
+        proxy,
+        metrics,
+        relay,
+    } = asleep_behind_a_proxy(&pool).await?;
 
     proxy.refuse(true); // the node stays away until the relay has said so
     proxy.cut_all();
@@ -154,16 +177,12 @@ async fn an_idle_relay_that_loses_its_broker_says_not_ready_and_reconnects_befor
 async fn a_row_written_while_an_idle_relay_waits_to_reconnect_cuts_the_wait_short(
     pool: PgPool,
 ) -> TestResult {
-    let sandbox = Sandbox::new("#").await?;
-    let proxy = FaultyProxy::to_broker().await?;
-    let mut config = fast_config(&sandbox.exchange);
-    config.poll_interval = Duration::from_secs(60);
-    let relay = Relay::new(pool.clone(), proxy.amqp_url(), config).spawn();
-    let warmup = fill(&pool, 1, 1, "warmup").await?;
-    sandbox
-        .wait_for_all(&warmup, Duration::from_secs(10))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await; // past the lingering looks
+    let Asleep {
+        sandbox,
+        proxy,
+        relay,
+        ..
+    } = asleep_behind_a_proxy(&pool).await?;
 
     proxy.refuse(true);
     proxy.cut_all();
