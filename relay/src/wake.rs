@@ -119,29 +119,32 @@ impl Doorbell {
         poll_interval: Duration,
         shutdown: &CancellationToken,
     ) -> bool {
-        let mut rang = false;
         let Some(listener) = self.listener.as_mut() else {
             // No listener: the fallback poll alone keeps the relay going.
             tokio::select! {
                 () = tokio::time::sleep(poll_interval) => {}
                 () = shutdown.cancelled() => {}
             }
-            return rang;
+            return false;
         };
-        tokio::select! {
+        let rang = tokio::select! {
             ring = listener.try_recv() => match ring {
-                Ok(Some(_)) => rang = true,
+                Ok(Some(_)) => true,
                 // Its connection was lost, and the doorbell's locks with it: writers
                 // no longer ring, so wake to look and arm again (on a new one).
-                Ok(None) => tracing::debug!("doorbell listener reconnected; arming again"),
+                Ok(None) => {
+                    tracing::debug!("doorbell listener reconnected; arming again");
+                    false
+                }
                 Err(error) => {
                     tracing::debug!(%error, "doorbell listener lost; polling until it is back");
                     self.forget().await;
+                    false
                 }
             },
-            () = tokio::time::sleep(poll_interval) => {}
-            () = shutdown.cancelled() => {}
-        }
+            () = tokio::time::sleep(poll_interval) => false,
+            () = shutdown.cancelled() => false,
+        };
         // One ring is enough: drop the others queued behind it.
         if let Some(listener) = self.listener.as_mut() {
             while listener.next_buffered().is_some() {}
