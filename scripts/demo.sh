@@ -9,5 +9,5 @@ scripts/services.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
-cargo build --quiet --release -p outbox-relay -p examples --bins
+cargo build --quiet --release -p txoutbox-relay -p examples --bins
 exec target/release/exactly-once-demo "$@"

@@ -15,7 +15,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The exactly-once demo, short, in both saga modes: every kind of fault at least once
 # (the broker's restarts too, where rabbitmq-server is installed), verified from the
 # databases; a broken invariant fails the run.
-cargo build -p outbox-relay -p examples --bins
+cargo build -p txoutbox-relay -p examples --bins
 target/debug/exactly-once-demo --short --seed 7 --saga choreography
 target/debug/exactly-once-demo --short --seed 7 --saga orchestration
 # The same on a three-node cluster of the run's own, its nodes killed one at a time.

@@ -27,7 +27,7 @@ pub async fn fresh_database(name: &'static str, connections: u32) -> anyhow::Res
         .max_connections(connections)
         .connect_with(server.database(name))
         .await?;
-    outbox::migrate(&pool).await?;
+    txoutbox::migrate(&pool).await?;
     Ok(pool)
 }
 

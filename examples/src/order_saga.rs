@@ -9,17 +9,17 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox_relay::{Relay, RelayConfig};
-use saga::participant::{SagaCommands, Verdict};
-use saga::{Orchestrator, OrchestratorConfig, Registry, Saga, SagaState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
+use txoutbox_relay::{Relay, RelayConfig};
+use txoutbox_saga::participant::{SagaCommands, Verdict};
+use txoutbox_saga::{Orchestrator, OrchestratorConfig, Registry, Saga, SagaState};
 
 /// An order as its saga carries it. The card limit is 100,000 cents; no courier goes
 /// to Antarctica. The ids are the actions' results, merged in for the compensations.
@@ -223,7 +223,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<SagaReport>> {
     sqlx::raw_sql(SCHEMA).execute(pool).await?;
     let run = format!("order-saga-{}", uuid::Uuid::now_v7().simple());
-    let reply_key = saga::wire::reply_routing_key(definition().name());
+    let reply_key = txoutbox_saga::wire::reply_routing_key(definition().name());
     let queues = [
         ConsumerConfig::new(format!("{run}-inventory")).bind(&run, "inventory.*"),
         ConsumerConfig::new(format!("{run}-payment")).bind(&run, "payment.*"),
@@ -292,7 +292,7 @@ async fn run_orders(
         // The order service's own INSERT would join this transaction.
         let mut tx = pool.begin().await?;
         let saga_id = format!("order-{}", order.order_id);
-        saga::start(&mut tx, &definition(), &saga_id, &order).await?;
+        txoutbox_saga::start(&mut tx, &definition(), &saga_id, &order).await?;
         tx.commit().await?;
         saga_ids.push(saga_id);
     }

@@ -1,9 +1,9 @@
 //! The smallest useful outbox: an order and its `OrderCreated` message, written in
 //! one transaction.
 
-use outbox::{Message, StoredMessage};
 use serde::Serialize;
 use sqlx::PgPool;
+use txoutbox::{Message, StoredMessage};
 
 /// The event a new order announces.
 #[derive(Debug, Serialize)]
@@ -18,7 +18,7 @@ pub struct OrderCreated {
 
 /// Creates the example's own `orders` table next to the toolkit's tables.
 pub async fn prepare(pool: &PgPool) -> anyhow::Result<()> {
-    outbox::migrate(pool).await?;
+    txoutbox::migrate(pool).await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS orders (
              id          bigserial   PRIMARY KEY,
@@ -55,14 +55,14 @@ pub async fn place_order(
         total_cents,
     };
     let message = Message::builder(&saga_id, "OrderCreated", "orders.created").payload(&event)?;
-    outbox::enqueue(&mut *tx, &message).await?;
+    txoutbox::enqueue(&mut *tx, &message).await?;
     tx.commit().await?;
     Ok(saga_id)
 }
 
 /// The outbox rows of one saga, as the relay will see them.
 pub async fn messages_of(pool: &PgPool, saga_id: &str) -> anyhow::Result<Vec<StoredMessage>> {
-    Ok(outbox::messages_for_saga(pool, saga_id).await?)
+    Ok(txoutbox::messages_for_saga(pool, saga_id).await?)
 }
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 //! that go through are shipped once, the declined ones are undone once, in reverse.
 
 use examples::order_saga;
-use saga::SagaState;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use txoutbox_saga::SagaState;
 
-static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&outbox::MIGRATOR);
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
 
 /// What the participants' tables hold for one order, every effect in commit order.
 async fn effects(pool: &PgPool, order_id: i64) -> anyhow::Result<Vec<String>> {

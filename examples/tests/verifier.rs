@@ -88,8 +88,8 @@ async fn two_finished_orders() -> anyhow::Result<DemoDatabases> {
     for (service, sent, handled) in traffic {
         let pool = databases.pool(service);
         for (saga_id, step) in sent {
-            let message = outbox::Message::builder(*saga_id, *step, "demo").payload(&())?;
-            outbox::enqueue(pool, &message).await?;
+            let message = txoutbox::Message::builder(*saga_id, *step, "demo").payload(&())?;
+            txoutbox::enqueue(pool, &message).await?;
         }
         sqlx::query("UPDATE outbox SET state = 'sent', sent_at = now()")
             .execute(pool)

@@ -69,14 +69,23 @@ impl Prepared {
     }
 }
 
+/// What became of a delivery whose handling committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Took {
+    /// Its handler ran and its effect committed with its key.
+    Effect,
+    /// Its key was there already: no effect, the duplicate counted.
+    Duplicate,
+}
+
 /// Runs `batch` (no key twice: see [`split_repeats`]) for inbox `consumer`, and
-/// says what became of each, in order: `Ok` took effect or was a duplicate.
+/// says what became of each, in order.
 pub(crate) async fn run(
     pool: &PgPool,
     consumer: &str,
     batch: Vec<Prepared>,
-) -> Vec<Result<(), Failure>> {
-    let mut outcomes: Vec<Option<Result<(), Failure>>> = batch.iter().map(|_| None).collect();
+) -> Vec<Result<Took, Failure>> {
+    let mut outcomes: Vec<Option<Result<Took, Failure>>> = batch.iter().map(|_| None).collect();
     let everyone: Vec<usize> = (0..batch.len()).collect();
     let mut ended = transaction(pool, consumer, &batch, &everyone, &mut outcomes, false).await;
     // A batch of one needs no second pass: its rollback was all the isolation there
@@ -95,7 +104,7 @@ pub(crate) async fn run(
         .map(|outcome| match (outcome, &ended) {
             // A handler that failed failed, whatever became of the transaction.
             (Some(Err(failure)), _) => Err(failure),
-            (outcome, Ok(Ended::Committed)) => outcome.unwrap_or(Ok(())),
+            (outcome, Ok(Ended::Committed)) => outcome.unwrap_or(Ok(Took::Effect)),
             // Not reached (only a batch of one ends with a failed handler, and its
             // one outcome is that failure), but if it were: rolled back, so again.
             (_, Ok(Ended::HandlerFailed)) => Err(Failure::Database(Arc::new(
@@ -163,7 +172,7 @@ async fn transaction(
     consumer: &str,
     batch: &[Prepared],
     indexes: &[usize],
-    outcomes: &mut [Option<Result<(), Failure>>],
+    outcomes: &mut [Option<Result<Took, Failure>>],
     savepoints: bool,
 ) -> Result<Ended, Arc<sqlx::Error>> {
     let mut keys = Keys::default();
@@ -184,7 +193,7 @@ async fn transaction(
             .is_some_and(|steps| steps.contains(key.1))
         {
             duplicates.push(key);
-            outcomes[index] = Some(Ok(()));
+            outcomes[index] = Some(Ok(Took::Duplicate));
             continue;
         }
         if savepoints {
@@ -199,7 +208,7 @@ async fn transaction(
                     stored.push(key);
                     results.push(result);
                 }
-                outcomes[index] = Some(Ok(()));
+                outcomes[index] = Some(Ok(Took::Effect));
             }
             Err(failure) => {
                 outcomes[index] = Some(Err(failure));

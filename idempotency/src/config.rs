@@ -27,7 +27,7 @@ pub const MAX_BATCH_LINGER: Duration = Duration::from_secs(1);
 #[non_exhaustive]
 pub struct ConsumerConfig {
     /// The durable queue to consume; declared if missing, with its dead-letter queue
-    /// ([`outbox::wire::dead_queue`]).
+    /// ([`txoutbox::wire::dead_queue`]).
     pub queue: String,
     /// `(exchange, routing pattern)` pairs to bind the queue to.
     pub bindings: Vec<(String, String)>,
@@ -168,7 +168,7 @@ impl ConsumerConfig {
     }
 
     /// Every delay a retry can wait, shortest first. Each has a retry queue of its
-    /// own ([`outbox::wire::retry_queue`]), declared with the others.
+    /// own ([`txoutbox::wire::retry_queue`]), declared with the others.
     pub fn retry_delays(&self) -> Vec<Duration> {
         let mut delays: Vec<Duration> = (1..self.max_attempts.max(2))
             .map(|failed| self.retry_delay(failed))

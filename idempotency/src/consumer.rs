@@ -5,25 +5,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use lapin::message::Delivery;
-use outbox::nodes::Nodes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use txoutbox::nodes::Nodes;
 
-use crate::batch::{self, Prepared};
+use crate::batch::{self, Prepared, Took};
 use crate::config::ConsumerConfig;
 use crate::decision::{Decision, Failure, decide};
 use crate::envelope::{attempts, decode};
 use crate::error::{ConsumerError, StartError};
 use crate::handler::{BoxError, Handler, Route, StatefulHandler, Typed, WithState};
 use crate::inbox::Inbox;
+use crate::metrics::Metrics;
 use crate::session;
 
 /// Consumes a queue and runs each message's handler through the inbox.
 ///
 /// ```rust,no_run
-/// use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
+/// use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Deserialize)]
@@ -57,12 +58,13 @@ pub struct Consumer {
     inbox: Inbox,
     pub(crate) config: ConsumerConfig,
     routes: HashMap<String, Arc<dyn Route>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Consumer {
     /// A consumer whose inbox is named `consumer` (one name per service or handler),
     /// reading from the broker at `amqp_url`: one `amqp://` or `amqps://` URL, or the
-    /// nodes of one cluster separated by commas (see [`outbox::nodes`]). It connects to
+    /// nodes of one cluster separated by commas (see [`txoutbox::nodes`]). It connects to
     /// the first node that answers and, when its node goes away, to the next.
     pub fn new(
         pool: PgPool,
@@ -70,13 +72,22 @@ impl Consumer {
         consumer: impl Into<String>,
         config: ConsumerConfig,
     ) -> Self {
+        let inbox = Inbox::new(consumer);
+        let metrics = Arc::new(Metrics::new(inbox.consumer(), &config.queue));
         Self {
             pool,
             amqp_url: amqp_url.into(),
-            inbox: Inbox::new(consumer),
+            inbox,
             config,
             routes: HashMap::new(),
+            metrics,
         }
+    }
+
+    /// Its counters, for `/metrics` ([`Metrics::render`]); the same after `spawn`
+    /// through [`ConsumerHandle::metrics`].
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Handles messages of `step` with `handler`, an `async fn(Context<'_>, T) ->
@@ -135,16 +146,21 @@ impl Consumer {
     pub fn spawn(self) -> Result<ConsumerHandle, StartError> {
         let nodes = self.check()?;
         let shutdown = CancellationToken::new();
+        let metrics = self.metrics();
         let task = tokio::spawn(session::run(Arc::new(self), nodes, shutdown.clone()));
-        Ok(ConsumerHandle { shutdown, task })
+        Ok(ConsumerHandle {
+            shutdown,
+            task,
+            metrics,
+        })
     }
 
     /// Opens one database connection per batch in flight before the first delivery
     /// waits on one: opened lazily, each costs it ~90 ms with TLS (see
-    /// [`outbox::postgres::open_ahead`]).
+    /// [`txoutbox::postgres::open_ahead`]).
     pub(crate) async fn open_connections_ahead(&self, shutdown: &CancellationToken) {
         let wanted = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
-        outbox::postgres::open_ahead(&self.pool, wanted, shutdown.cancelled()).await;
+        txoutbox::postgres::open_ahead(&self.pool, wanted, shutdown.cancelled()).await;
     }
 
     /// The config, then the node list, checked before anything connects.
@@ -160,7 +176,7 @@ impl Consumer {
     /// each, run their handlers through the inbox in one transaction (a key that
     /// comes twice waits for the next), and decide what becomes of each, in order.
     pub(crate) async fn process(&self, deliveries: &[Delivery]) -> Vec<Decision> {
-        let mut outcomes: Vec<Option<Result<(), Failure>>> =
+        let mut outcomes: Vec<Option<Result<Took, Failure>>> =
             deliveries.iter().map(|_| None).collect();
         let mut ready = Vec::new();
         for (index, delivery) in deliveries.iter().enumerate() {
@@ -183,7 +199,11 @@ impl Consumer {
             .zip(outcomes)
             .map(|(delivery, outcome)| {
                 let attempt = attempts(delivery.properties.headers().as_ref()).saturating_add(1);
-                decide(outcome.unwrap_or(Ok(())), attempt, &self.config)
+                let outcome = outcome.unwrap_or(Ok(Took::Effect));
+                if let Ok(took) = outcome {
+                    self.metrics.took(took);
+                }
+                decide(outcome.map(|_| ()), attempt, &self.config)
             })
             .collect()
     }
@@ -194,7 +214,7 @@ impl Consumer {
         let envelope = decode(delivery).map_err(Failure::Undecodable)?;
         let route = self
             .routes
-            .get(outbox::wire::step_route(&envelope.step))
+            .get(txoutbox::wire::step_route(&envelope.step))
             .ok_or_else(|| Failure::UnknownStep(envelope.step.clone()))?;
         let call = route.prepare(&envelope).map_err(Failure::BadPayload)?;
         let route = Arc::clone(route);
@@ -205,7 +225,7 @@ impl Consumer {
         // or no OpenTelemetry layer, leaves the span as it was; the handler runs.
         #[cfg(feature = "opentelemetry")]
         if let Some(traceparent) = &envelope.traceparent {
-            outbox::trace::set_parent(&span, traceparent);
+            txoutbox::trace::set_parent(&span, traceparent);
         }
         Ok(Prepared::new(envelope, route, call, span))
     }
@@ -215,9 +235,15 @@ impl Consumer {
 pub struct ConsumerHandle {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), ConsumerError>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ConsumerHandle {
+    /// The consumer's counters, for `/metrics` ([`Metrics::render`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// Stops at once, like a crash: deliveries in hand are neither finished nor
     /// acked, and the broker redelivers them.
     pub fn abort(self) {

@@ -39,15 +39,15 @@ impl<'a> Context<'a> {
     }
 
     /// A message of the same saga, carrying the trace on, to
-    /// finish with [`MessageBuilder::payload`](outbox::MessageBuilder::payload) and
+    /// finish with [`MessageBuilder::payload`](txoutbox::MessageBuilder::payload) and
     /// hand to [`Context::enqueue`]: for a message that needs more than
     /// [`Context::emit`] sets (an exchange, a delay, a header).
     pub fn message(
         &self,
         step: impl Into<String>,
         routing_key: impl Into<String>,
-    ) -> outbox::MessageBuilder {
-        let builder = outbox::Message::builder(&self.envelope.saga_id, step, routing_key);
+    ) -> txoutbox::MessageBuilder {
+        let builder = txoutbox::Message::builder(&self.envelope.saga_id, step, routing_key);
         match self.traceparent() {
             Some(traceparent) => builder.traceparent(traceparent),
             None => builder,
@@ -59,7 +59,7 @@ impl<'a> Context<'a> {
     /// without it, or outside a trace, this message's own `traceparent`.
     fn traceparent(&self) -> Option<String> {
         #[cfg(feature = "opentelemetry")]
-        if let Some(current) = outbox::trace::current_traceparent() {
+        if let Some(current) = txoutbox::trace::current_traceparent() {
             return Some(current);
         }
         self.envelope.traceparent.clone()
@@ -67,8 +67,8 @@ impl<'a> Context<'a> {
 
     /// Writes `message` to the outbox in the handler's transaction; the relay
     /// publishes it once the transaction commits. Returns the message's id.
-    pub async fn enqueue(&mut self, message: &outbox::Message) -> outbox::Result<Uuid> {
-        outbox::enqueue(&mut *self.conn, message).await
+    pub async fn enqueue(&mut self, message: &txoutbox::Message) -> txoutbox::Result<Uuid> {
+        txoutbox::enqueue(&mut *self.conn, message).await
     }
 
     /// Sends the saga's next message, `step` with `payload`, published with
@@ -83,7 +83,7 @@ impl<'a> Context<'a> {
         step: impl Into<String>,
         routing_key: impl Into<String>,
         payload: &P,
-    ) -> outbox::Result<Uuid> {
+    ) -> txoutbox::Result<Uuid> {
         let message = self.message(step, routing_key).payload(payload)?;
         self.enqueue(&message).await
     }

@@ -63,7 +63,51 @@ pub(crate) enum Decision {
         error: String,
     },
     /// Give up: to the dead-letter queue, with `reason`.
-    Dead { attempts: u32, reason: String },
+    Dead {
+        attempts: u32,
+        reason: String,
+        kind: DeadKind,
+    },
+}
+
+/// Why a delivery was given up, as a class for metrics (the reason says the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadKind {
+    /// Not a message of the relay's envelope (no saga id, not JSON, ...).
+    Undecodable,
+    /// No handler for its step.
+    UnknownStep,
+    /// Its payload does not fit the handler's type.
+    BadPayload,
+    /// The inbox refused its key or its result.
+    Refused,
+    /// The handler said no retry can help ([`Reject`]).
+    Rejected,
+    /// The handler failed on every attempt.
+    AttemptsExhausted,
+}
+
+impl DeadKind {
+    pub(crate) const ALL: [DeadKind; 6] = [
+        DeadKind::Undecodable,
+        DeadKind::UnknownStep,
+        DeadKind::BadPayload,
+        DeadKind::Refused,
+        DeadKind::Rejected,
+        DeadKind::AttemptsExhausted,
+    ];
+
+    /// Its `reason` label in `inbox_dead_lettered_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            DeadKind::Undecodable => "undecodable",
+            DeadKind::UnknownStep => "unknown_step",
+            DeadKind::BadPayload => "bad_payload",
+            DeadKind::Refused => "refused",
+            DeadKind::Rejected => "rejected",
+            DeadKind::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
 }
 
 /// Decides the fate of attempt `attempt` (1 for a first delivery) of a message.
@@ -79,13 +123,13 @@ pub(crate) fn decide(
     };
     let spends_attempt = match &failure {
         // Nothing about the message changes on a retry: dead at once.
-        Failure::Undecodable(_) | Failure::UnknownStep(_) | Failure::BadPayload(_) => {
-            return dead(untried, failure.to_string());
-        }
-        Failure::Refused(_) => return dead(attempt, failure.to_string()),
+        Failure::Undecodable(_) => return dead(DeadKind::Undecodable, untried, &failure),
+        Failure::UnknownStep(_) => return dead(DeadKind::UnknownStep, untried, &failure),
+        Failure::BadPayload(_) => return dead(DeadKind::BadPayload, untried, &failure),
+        Failure::Refused(_) => return dead(DeadKind::Refused, attempt, &failure),
         // The handler says no retry can help.
         Failure::Handler(error) if error.downcast_ref::<Reject>().is_some() => {
-            return dead(attempt, failure.to_string());
+            return dead(DeadKind::Rejected, attempt, &failure);
         }
         // The database, not the message, failed: retry without spending an attempt.
         // Around the handler that is any database error (the inbox's statements are
@@ -95,7 +139,7 @@ pub(crate) fn decide(
         Failure::Database(_) => false,
         Failure::Handler(error) => !error
             .downcast_ref::<sqlx::Error>()
-            .is_some_and(|error| outbox::postgres::is_transient(error) || lost_a_conflict(error)),
+            .is_some_and(|error| txoutbox::postgres::is_transient(error) || lost_a_conflict(error)),
     };
     if !spends_attempt {
         return Decision::Retry {
@@ -106,10 +150,11 @@ pub(crate) fn decide(
     }
     let error = failure.to_string();
     if attempt >= config.max_attempts {
-        return dead(
-            attempt,
-            format!("handler failed {attempt} times; last: {error}"),
-        );
+        return Decision::Dead {
+            attempts: attempt,
+            reason: format!("handler failed {attempt} times; last: {error}"),
+            kind: DeadKind::AttemptsExhausted,
+        };
     }
     Decision::Retry {
         attempts: attempt,
@@ -125,8 +170,12 @@ fn lost_a_conflict(error: &sqlx::Error) -> bool {
     matches!(code.as_deref(), Some("40P01" | "40001"))
 }
 
-fn dead(attempts: u32, reason: String) -> Decision {
-    Decision::Dead { attempts, reason }
+fn dead(kind: DeadKind, attempts: u32, failure: &Failure) -> Decision {
+    Decision::Dead {
+        attempts,
+        reason: failure.to_string(),
+        kind,
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +202,9 @@ mod tests {
 
     fn reason(decision: Decision) -> (u32, String) {
         match decision {
-            Decision::Dead { attempts, reason } => (attempts, reason),
+            Decision::Dead {
+                attempts, reason, ..
+            } => (attempts, reason),
             other => panic!("expected dead, got {other:?}"),
         }
     }

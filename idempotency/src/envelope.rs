@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
-use outbox::wire::{ATTEMPTS_HEADER, SAGA_ID_HEADER, STEP_HEADER, TRACEPARENT_HEADER};
 use serde::de::DeserializeOwned;
+use txoutbox::wire::{ATTEMPTS_HEADER, SAGA_ID_HEADER, STEP_HEADER, TRACEPARENT_HEADER};
 
 /// A decoded message, as a handler sees it (through [`Context::envelope`]).
 ///

@@ -26,7 +26,7 @@ pub enum Error<E> {
     Result(#[source] serde_json::Error),
 
     /// PostgreSQL failed.
-    #[error("database: {}", outbox::postgres::describe(.0))]
+    #[error("database: {}", txoutbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 }
 
@@ -45,7 +45,7 @@ pub enum StartError {
     /// The AMQP URL (one node, or the nodes of a cluster separated by commas) cannot
     /// work; the message shows it with its password redacted.
     #[error("consumer AMQP URL: {0}")]
-    AmqpUrl(#[from] outbox::nodes::InvalidNodes),
+    AmqpUrl(#[from] txoutbox::nodes::InvalidNodes),
 }
 
 /// Why [`ConsumerConfig::declare`](crate::ConsumerConfig::declare) (and so a consumer

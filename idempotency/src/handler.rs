@@ -69,7 +69,7 @@ where
 }
 
 /// A stateful handler with its state: a [`Handler`] like any other, for APIs that
-/// take a `Handler` and have no `_with` variant (the saga crate's participant
+/// take a `Handler` and have no `_with` variant (the `txoutbox-saga` crate's participant
 /// helpers): `.action("payment.charge", WithState::new(charge, policy))`.
 pub struct WithState<H, S> {
     pub(crate) handler: H,

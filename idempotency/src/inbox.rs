@@ -52,7 +52,7 @@ impl Inbox {
     /// outcome is [`Outcome::Duplicate`].
     ///
     /// The handler gets the transaction's connection: write your effect and enqueue
-    /// your replies through it (`outbox::enqueue(&mut *conn, ...)`), so the effect,
+    /// your replies through it (`txoutbox::enqueue(&mut *conn, ...)`), so the effect,
     /// the replies and the key commit together. On a duplicate nothing is sent again:
     /// the first run's replies are already in the outbox.
     ///

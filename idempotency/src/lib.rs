@@ -7,7 +7,7 @@
 //! effect.
 //!
 //! ```rust,no_run
-//! use idempotency::{Inbox, InboxKey, Outcome};
+//! use txoutbox_inbox::{Inbox, InboxKey, Outcome};
 //! use sqlx::PgConnection;
 //!
 //! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
@@ -18,10 +18,10 @@
 //!         let charge_id: i64 = sqlx::query_scalar("INSERT INTO charges (order_id) VALUES (42) RETURNING id")
 //!             .fetch_one(&mut *conn)
 //!             .await?;
-//!         let reply = outbox::Message::builder("order-42", "PaymentCharged", "payments.charged")
+//!         let reply = txoutbox::Message::builder("order-42", "PaymentCharged", "payments.charged")
 //!             .payload(&serde_json::json!({ "charge_id": charge_id }))?;
-//!         outbox::enqueue(&mut *conn, &reply).await?;
-//!         Ok::<_, outbox::Error>(charge_id)
+//!         txoutbox::enqueue(&mut *conn, &reply).await?;
+//!         Ok::<_, txoutbox::Error>(charge_id)
 //!     })
 //!     .await?;
 //! match outcome {
@@ -39,7 +39,7 @@
 //! the commit:
 //!
 //! ```rust,no_run
-//! use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
+//! use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Deserialize)]
@@ -80,7 +80,7 @@
 //! A failing (or panicking) handler's message is retried later through a TTL queue,
 //! then dead-lettered with its reason; a message no retry can fix (no saga id, not
 //! JSON, a payload that does not fit the handler's type, a step with no handler) is
-//! dead-lettered at once. Queue and header names are those of [`outbox::wire`].
+//! dead-lettered at once. Queue and header names are those of [`txoutbox::wire`].
 //! The queues are quorum queues (RabbitMQ 3.10 or later) unless
 //! [`ConsumerConfig::queue_type`] says [`QueueType::Classic`]; a queue that exists
 //! with another type stops the consumer with a [`DeclareError`] that names it.
@@ -103,6 +103,7 @@ mod error;
 mod forming;
 mod handler;
 mod inbox;
+mod metrics;
 mod queue_type;
 mod reject;
 mod retention;
@@ -116,8 +117,9 @@ pub use envelope::Envelope;
 pub use error::{ConsumerError, DeclareError, Error, StartError};
 pub use handler::{BoxError, Handler, StatefulHandler, WithState};
 pub use inbox::{Inbox, InboxKey, Outcome};
-pub use outbox::wire::DEAD_REASON_HEADER;
-pub use outbox::{MIGRATOR, migrate};
+pub use metrics::Metrics;
 pub use queue_type::QueueType;
 pub use reject::Reject;
 pub use retention::{DEFAULT_RETENTION, cleanup};
+pub use txoutbox::wire::DEAD_REASON_HEADER;
+pub use txoutbox::{MIGRATOR, migrate};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable};
-use outbox::wire::dead_queue;
+use txoutbox::wire::dead_queue;
 
 /// The type of the queues a consumer declares (`x-queue-type`).
 ///

@@ -16,7 +16,7 @@ pub async fn cleanup(
     retention: Duration,
     batch_size: u32,
 ) -> Result<u64, sqlx::Error> {
-    let retention = outbox::postgres::interval(retention);
+    let retention = txoutbox::postgres::interval(retention);
     let mut total = 0;
     for _ in 0..100 {
         let deleted = sqlx::query(

@@ -12,16 +12,17 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
-use outbox::nodes::{Node, Nodes, Rotation};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
+use txoutbox::nodes::{Node, Nodes, Rotation};
 
 use crate::ack_window::{AckWindow, Acks};
 use crate::consumer::Consumer;
 use crate::decision::Decision;
 use crate::error::{ConsumerError, DeclareError};
 use crate::forming::{linger, linger_for, may_linger, others_done_or, take_ready};
+use crate::metrics::Metrics;
 use crate::topology;
 
 /// How long deliveries in hand may take to finish when a session ends, so their
@@ -152,6 +153,7 @@ async fn session(
         }
     };
     *connected_at = Some(Instant::now());
+    consumer.metrics.set_connected(true);
     tracing::info!(queue = %consumer.config.queue, %node, "consumer connected");
     let Opened {
         channel,
@@ -188,12 +190,16 @@ async fn session(
                         publisher: publisher.clone(),
                         channel: channel.clone(),
                         window: Arc::clone(&window),
+                        metrics: Arc::clone(&consumer.metrics),
                     };
                     let consumer = Arc::clone(consumer);
                     handling.spawn(async move {
                         let _slot = slot;
+                        let started = Instant::now();
                         let decisions = consumer.process(&batch).await;
-                        settling.settle(batch, decisions).await
+                        let settled = settling.settle(batch, decisions).await;
+                        consumer.metrics.batch_done(started.elapsed());
+                        settled
                     });
                     if let Some(ended) = ended {
                         break ended;
@@ -210,6 +216,7 @@ async fn session(
         }
     })
     .await;
+    consumer.metrics.set_connected(false);
     let goodbye = connection.close(200, "consumer stopping".into());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     result.map_err(Ended::from)
@@ -221,6 +228,7 @@ struct Settling {
     publisher: Channel,
     channel: Channel,
     window: Arc<Mutex<AckWindow>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Settling {
@@ -276,9 +284,19 @@ impl Settling {
         let (data, properties) = (&delivery.data, &delivery.properties);
         match decision {
             Decision::Ack => Ok(true),
-            Decision::Dead { attempts, reason } => {
+            Decision::Dead {
+                attempts,
+                reason,
+                kind,
+            } => {
                 tracing::error!(%queue, %reason, "dead-lettering a message");
-                topology::dead_letter(publisher, queue, data, properties, *attempts, reason).await
+                let moved =
+                    topology::dead_letter(publisher, queue, data, properties, *attempts, reason)
+                        .await?;
+                if moved {
+                    self.metrics.dead_lettered(*kind);
+                }
+                Ok(moved)
             }
             Decision::Retry {
                 attempts,
@@ -286,8 +304,14 @@ impl Settling {
                 error,
             } => {
                 tracing::warn!(%queue, %error, attempts, "handler failed; retrying later");
-                topology::retry_later(publisher, queue, data, properties, *attempts, *delay, error)
-                    .await
+                let moved = topology::retry_later(
+                    publisher, queue, data, properties, *attempts, *delay, error,
+                )
+                .await?;
+                if moved {
+                    self.metrics.retried();
+                }
+                Ok(moved)
             }
         }
     }

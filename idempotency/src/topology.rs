@@ -1,5 +1,5 @@
 //! The queues a consumer needs: its own, a dead-letter queue, and retry queues,
-//! named by the rules of [`outbox::wire`], with the arguments of their
+//! named by the rules of [`txoutbox::wire`], with the arguments of their
 //! [`QueueType`].
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ErrorKind};
-use outbox::wire::{
+use txoutbox::wire::{
     ATTEMPTS_HEADER, DEAD_REASON_HEADER, LAST_ERROR_HEADER, dead_queue, retry_queue,
 };
 

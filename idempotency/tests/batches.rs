@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Sandbox, config, effects};
-use idempotency::{BoxError, Consumer, ConsumerHandle, Context};
-use outbox::wire::dead_queue;
 use sqlx::PgPool;
 use testkit::{FaultyProxy, amqp_url, wait_until};
+use txoutbox::wire::dead_queue;
+use txoutbox_inbox::{BoxError, Consumer, ConsumerHandle, Context};
 
 type TestResult = anyhow::Result<()>;
 
@@ -122,7 +122,7 @@ async fn first_run_transactions(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
     .await?)
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_failing_handler_in_a_batch_takes_nothing_of_the_others_with_it(
     pool: PgPool,
 ) -> TestResult {
@@ -170,7 +170,7 @@ async fn a_failing_handler_in_a_batch_takes_nothing_of_the_others_with_it(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_batch_cut_off_between_its_commit_and_its_ack_comes_back_as_duplicates(
     pool: PgPool,
 ) -> TestResult {
@@ -212,7 +212,7 @@ async fn a_batch_cut_off_between_its_commit_and_its_ack_comes_back_as_duplicates
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -260,7 +260,7 @@ async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestRe
 /// its slot (`HOLD`), which keeps the second one lingering.
 const LINGER: Duration = Duration::from_secs(1);
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_batch_beside_a_busy_one_lingers_for_what_arrives_next(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;

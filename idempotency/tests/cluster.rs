@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use idempotency::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::PgPool;
 use testkit::{RabbitCluster, RabbitNode, wait_until};
+use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
 
 type TestResult = anyhow::Result<()>;
 
@@ -73,7 +73,7 @@ async fn wait_for_effects(pool: &PgPool, count: i64) -> TestResult {
     wait_until(WAIT, &what, async || Ok(effects(pool).await?.1 >= count)).await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_lost_node_and_a_stopped_leader_cost_no_message_and_no_second_effect(
     pool: PgPool,
 ) -> TestResult {

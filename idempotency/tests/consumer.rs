@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotency::{
-    BoxError, Consumer, ConsumerConfig, ConsumerError, Context, InvalidConfig, StartError,
-};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use outbox::wire::{TRACEPARENT_HEADER, dead_queue};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::{FaultyProxy, amqp_url, wait_until};
+use txoutbox::wire::{TRACEPARENT_HEADER, dead_queue};
+use txoutbox_inbox::{
+    BoxError, Consumer, ConsumerConfig, ConsumerError, Context, InvalidConfig, StartError,
+};
 
 mod common;
 
@@ -130,7 +130,7 @@ async fn stall_once(
     record(ctx, payload).await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -152,13 +152,17 @@ async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> Test
     )
     .on("ReserveStock", record)
     .spawn()?;
+    let metrics = consumer.metrics();
 
     wait_until(WAIT, "all three are acked", async || {
         Ok(sandbox.waiting(&sandbox.queue).await? == 0 && effects(&pool).await? == 2)
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(metrics.connected());
     consumer.shutdown().await?;
+    assert_eq!((metrics.processed(), metrics.duplicates()), (2, 1));
+    assert!(!metrics.connected(), "a stopped consumer is not connected");
     assert_eq!(effects(&pool).await?, 2, "order-1 took effect once");
     assert_eq!(
         sandbox.waiting(&sandbox.queue).await?,
@@ -169,7 +173,7 @@ async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> Test
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn the_same_message_to_two_consumers_at_once_takes_effect_once(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -194,7 +198,7 @@ async fn the_same_message_to_two_consumers_at_once_takes_effect_once(pool: PgPoo
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_failing_handler_is_retried_later_not_at_once(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -230,13 +234,14 @@ async fn a_failing_handler_is_retried_later_not_at_once(pool: PgPool) -> TestRes
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
     let consumer = Consumer::new(pool.clone(), amqp_url(), "payments", config(&sandbox.queue))
         .on("Charge", failing)
         .spawn()?;
+    let metrics = consumer.metrics();
     sandbox.publish(Some("order-5"), "Charge", b"{}").await?;
     let dead = dead_queue(&sandbox.queue);
     wait_until(WAIT, "it is dead-lettered", async || {
@@ -244,6 +249,15 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgP
     })
     .await?;
     consumer.shutdown().await?;
+    assert_eq!(
+        (metrics.retried_total(), metrics.dead_lettered_total()),
+        (2, 1)
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("reason=\"attempts_exhausted\"} 1\n")
+    );
     let reasons = sandbox.dead_reasons().await?;
     assert_eq!(reasons.len(), 1);
     assert!(
@@ -257,7 +271,7 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgP
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
     pool: PgPool,
 ) -> TestResult {
@@ -321,7 +335,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
     pool: PgPool,
 ) -> TestResult {
@@ -355,7 +369,13 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
         Ok(sandbox.waiting(&dead).await? == 4 && effects(&pool).await? == 1)
     })
     .await?;
+    let metrics = consumer.metrics();
     consumer.shutdown().await?;
+    let text = metrics.render();
+    for (reason, count) in [("undecodable", 3), ("unknown_step", 1), ("bad_payload", 0)] {
+        let series = format!("reason=\"{reason}\"}} {count}\n");
+        assert!(text.contains(&series), "{series:?} not in {text}");
+    }
     let reasons = sandbox.dead_reasons().await?.join(" | ");
     for expected in [
         "payload is not JSON",
@@ -373,7 +393,7 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
     pool: PgPool,
 ) -> TestResult {
@@ -434,7 +454,7 @@ fn named(pool: &PgPool, application_name: &str) -> PgConnectOptions {
         .application_name(application_name)
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -499,7 +519,7 @@ async fn reserve(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<u32, BoxErro
     Ok(cmd.quantity)
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_payload_that_does_not_fit_the_handler_is_dead_lettered_at_once(
     pool: PgPool,
 ) -> TestResult {
@@ -590,7 +610,7 @@ async fn forward(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<Observed, Bo
     })
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn emit_carries_the_saga_id_and_the_traceparent_and_commits_with_the_key(
     pool: PgPool,
 ) -> TestResult {
@@ -707,7 +727,7 @@ async fn a_config_that_cannot_work_is_an_error_before_connecting() -> TestResult
 /// would wait that long. The consumer opens one per batch in flight before it
 /// consumes. Without that, one message processed leaves one connection open (it
 /// failed so: 1 of 4).
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn the_consumer_opens_a_connection_per_batch_in_flight_before_it_consumes(
     pool: PgPool,
 ) -> TestResult {

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency::{Error, Inbox, InboxKey, Outcome, cleanup};
 use sqlx::{PgConnection, PgPool};
+use txoutbox_inbox::{Error, Inbox, InboxKey, Outcome, cleanup};
 
 type TestResult = anyhow::Result<()>;
 
@@ -34,7 +34,7 @@ async fn charge(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_redelivered_message_takes_no_second_effect(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -70,7 +70,7 @@ async fn a_redelivered_message_takes_no_second_effect(pool: PgPool) -> TestResul
     Ok(())
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn the_same_message_delivered_at_the_same_moment_takes_effect_once(
     pool: PgPool,
 ) -> TestResult {
@@ -102,7 +102,7 @@ async fn the_same_message_delivered_at_the_same_moment_takes_effect_once(
     Ok(())
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_failing_handler_leaves_neither_effect_nor_key(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -129,7 +129,7 @@ async fn a_failing_handler_leaves_neither_effect_nor_key(pool: PgPool) -> TestRe
     Ok(())
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn each_consumer_processes_a_message_once(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     for consumer in ["payments", "audit"] {
@@ -145,7 +145,7 @@ async fn each_consumer_processes_a_message_once(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn replies_commit_with_the_effect_and_are_not_sent_twice(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -154,19 +154,19 @@ async fn replies_commit_with_the_effect_and_are_not_sent_twice(pool: PgPool) -> 
             .process(&pool, KEY, async |conn: &mut PgConnection| {
                 let id = charge(conn).await?;
                 let reply =
-                    outbox::Message::builder("order-42", "PaymentCharged", "payments.charged")
+                    txoutbox::Message::builder("order-42", "PaymentCharged", "payments.charged")
                         .payload(&serde_json::json!({ "charge_id": id }))?;
-                outbox::enqueue(&mut *conn, &reply).await?;
-                Ok::<_, outbox::Error>(id)
+                txoutbox::enqueue(&mut *conn, &reply).await?;
+                Ok::<_, txoutbox::Error>(id)
             })
             .await?;
     }
-    let replies = outbox::messages_for_saga(&pool, "order-42").await?;
+    let replies = txoutbox::messages_for_saga(&pool, "order-42").await?;
     assert_eq!((replies.len(), charges(&pool).await?), (1, 1));
     Ok(())
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_message_without_a_key_is_refused_and_nothing_is_written(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -194,7 +194,7 @@ async fn a_message_without_a_key_is_refused_and_nothing_is_written(pool: PgPool)
     Ok(())
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn keys_past_the_retention_go_and_their_duplicates_take_effect_again(
     pool: PgPool,
 ) -> TestResult {
@@ -213,7 +213,7 @@ async fn keys_past_the_retention_go_and_their_duplicates_take_effect_again(
         .await?;
 
     assert_eq!(
-        cleanup(&pool, idempotency::DEFAULT_RETENTION, 3).await?,
+        cleanup(&pool, txoutbox_inbox::DEFAULT_RETENTION, 3).await?,
         4,
         "in batches of 3"
     );

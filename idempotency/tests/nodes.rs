@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerError, Context, StartError};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use outbox::nodes::InvalidNodes;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use testkit::{FaultyProxy, amqp_url, wait_until};
+use txoutbox::nodes::InvalidNodes;
+use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, ConsumerError, Context, StartError};
 
 type TestResult = anyhow::Result<()>;
 
@@ -109,7 +109,7 @@ async fn wait_for_connection(proxy: &FaultyProxy, name: &str) -> anyhow::Result<
     wait_until(WAIT, &what, async || Ok(proxy.open_connections() == 1)).await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_dead_first_node_is_skipped(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let queue = Queue::new().await?;
@@ -130,7 +130,7 @@ async fn a_dead_first_node_is_skipped(pool: PgPool) -> TestResult {
     queue.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_lost_node_is_left_for_the_next_and_every_message_takes_effect_once(
     pool: PgPool,
 ) -> TestResult {

@@ -6,10 +6,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use idempotency::{
-    BoxError, Consumer, ConsumerConfig, ConsumerError, Context, DEAD_REASON_HEADER, DeclareError,
-    QueueType,
-};
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
@@ -17,9 +13,13 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
-use outbox::wire::{ATTEMPTS_HEADER, dead_queue, retry_queue};
 use sqlx::PgPool;
 use testkit::{amqp_url, wait_until};
+use txoutbox::wire::{ATTEMPTS_HEADER, dead_queue, retry_queue};
+use txoutbox_inbox::{
+    BoxError, Consumer, ConsumerConfig, ConsumerError, Context, DEAD_REASON_HEADER, DeclareError,
+    QueueType,
+};
 
 type TestResult = anyhow::Result<()>;
 
@@ -285,7 +285,7 @@ async fn queues_are_classic_by_config_as_before() -> TestResult {
     broker.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_queue_of_another_type_stops_the_consumer_with_an_error_naming_both(
     pool: PgPool,
 ) -> TestResult {
@@ -434,14 +434,14 @@ async fn retried_then_dead_lettered(pool: PgPool, queue_type: QueueType) -> Test
     broker.remove().await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_failing_handler_is_retried_through_quorum_queues_then_dead_lettered(
     pool: PgPool,
 ) -> TestResult {
     retried_then_dead_lettered(pool, QueueType::Quorum).await
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_failing_handler_is_retried_through_classic_queues_then_dead_lettered(
     pool: PgPool,
 ) -> TestResult {

@@ -5,16 +5,16 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
 use lapin::{Connection, ConnectionProperties};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use outbox::wire::TRACEPARENT_HEADER;
-use outbox_relay::{Relay, RelayConfig};
 use serde_json::json;
 use sqlx::PgPool;
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
+use txoutbox::wire::TRACEPARENT_HEADER;
+use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context};
+use txoutbox_relay::{Relay, RelayConfig};
 
 type TestResult = anyhow::Result<()>;
 
@@ -36,7 +36,7 @@ type Seen = Arc<Mutex<Option<String>>>;
 
 /// The next service: notes its trace context, and sends the saga's next message.
 async fn reserve(mut ctx: Context<'_>, _: serde_json::Value, seen: Seen) -> Result<(), BoxError> {
-    *seen.lock().unwrap() = outbox::trace::current_traceparent();
+    *seen.lock().unwrap() = txoutbox::trace::current_traceparent();
     ctx.emit("StockReserved", "stock.reserved", &json!({ "sku": "A-1" }))
         .await?;
     Ok(())
@@ -60,11 +60,11 @@ async fn run_saga(pool: &PgPool, traceparent: Option<&str>) -> anyhow::Result<Ho
     let queue = format!("test-trace-{}", uuid::Uuid::now_v7().simple());
 
     async {
-        let mut builder = outbox::Message::builder("order-1", "ReserveStock", "stock.reserve");
+        let mut builder = txoutbox::Message::builder("order-1", "ReserveStock", "stock.reserve");
         if let Some(traceparent) = traceparent {
             builder = builder.traceparent(traceparent);
         }
-        outbox::enqueue(pool, &builder.payload(&json!({ "sku": "A-1" }))?).await
+        txoutbox::enqueue(pool, &builder.payload(&json!({ "sku": "A-1" }))?).await
     }
     .instrument(tracing::info_span!("place_order"))
     .await?;
@@ -129,7 +129,7 @@ fn ids(traceparent: &str) -> anyhow::Result<(&str, &str)> {
     }
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn one_trace_runs_from_the_writers_row_to_the_next_services_handler(
     pool: PgPool,
 ) -> TestResult {
@@ -156,7 +156,7 @@ async fn one_trace_runs_from_the_writers_row_to_the_next_services_handler(
     Ok(())
 }
 
-#[sqlx::test(migrator = "idempotency::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
 async fn a_malformed_traceparent_is_ignored_and_the_handler_runs(pool: PgPool) -> TestResult {
     let hops = run_saga(&pool, Some("00-not-a-trace-01")).await?;
     assert_eq!(hops.written, "00-not-a-trace-01");

@@ -9,7 +9,7 @@
 //! # Quick start
 //!
 //! ```rust,no_run
-//! use outbox::Message;
+//! use txoutbox::Message;
 //! use serde::Serialize;
 //!
 //! #[derive(Serialize)]
@@ -17,7 +17,7 @@
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = sqlx::PgPool::connect("postgres://127.0.0.1/shop").await?;
-//! outbox::migrate(&pool).await?;
+//! txoutbox::migrate(&pool).await?;
 //!
 //! let mut tx = pool.begin().await?;
 //! let order_id: i64 = sqlx::query_scalar("INSERT INTO orders (total_cents) VALUES (4200) RETURNING id")
@@ -25,7 +25,7 @@
 //!     .await?;
 //! let message = Message::builder(format!("order-{order_id}"), "OrderCreated", "orders.created")
 //!     .payload(&OrderCreated { order_id, total_cents: 4200 })?;
-//! outbox::enqueue(&mut *tx, &message).await?;
+//! txoutbox::enqueue(&mut *tx, &message).await?;
 //! tx.commit().await?; // the order and its message, together
 //! # Ok(())
 //! # }
@@ -44,6 +44,7 @@ pub mod backoff;
 mod enqueue;
 mod error;
 mod message;
+pub mod metrics;
 mod migrate;
 #[cfg(feature = "amqp")]
 pub mod nodes;

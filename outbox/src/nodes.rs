@@ -5,7 +5,7 @@
 //! list of one:
 //!
 //! ```
-//! use outbox::nodes::{Nodes, Rotation};
+//! use txoutbox::nodes::{Nodes, Rotation};
 //!
 //! let nodes = Nodes::parse("amqp://app:s3cr3t@mq-1/%2f, amqp://app:s3cr3t@mq-2/%2f")?;
 //! assert_eq!(nodes.to_string(), "amqp://app:***@mq-1/%2f,amqp://app:***@mq-2/%2f");
@@ -14,7 +14,7 @@
 //! assert_eq!(rotation.node().host(), "mq-1");
 //! rotation.connect_failed(); // mq-1 is down: mq-2 at once, no pause
 //! assert_eq!(rotation.node().host(), "mq-2");
-//! # Ok::<(), outbox::nodes::InvalidNodes>(())
+//! # Ok::<(), txoutbox::nodes::InvalidNodes>(())
 //! ```
 //!
 //! The nodes of one cluster differ in host and port only: [`Nodes::parse`] refuses a

@@ -8,7 +8,7 @@
 /// scheme (`user:password@host`). What has no password comes back as it was.
 ///
 /// ```
-/// use outbox::url::redact;
+/// use txoutbox::url::redact;
 ///
 /// assert_eq!(redact("amqp://app:s3cr3t@mq:5672/%2f"), "amqp://app:***@mq:5672/%2f");
 /// ```

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use outbox::{Error, Message, State, enqueue, enqueue_batch, messages_for_saga};
 use serde_json::json;
 use sqlx::PgPool;
+use txoutbox::{Error, Message, State, enqueue, enqueue_batch, messages_for_saga};
 
 type TestResult = anyhow::Result<()>;
 
@@ -20,7 +20,7 @@ fn order_created(saga_id: &str) -> Message {
         .expect("valid message")
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn commit_makes_the_row_visible_with_defaults(pool: PgPool) -> TestResult {
     let message = order_created("saga-commit");
     let mut tx = pool.begin().await?;
@@ -52,7 +52,7 @@ async fn commit_makes_the_row_visible_with_defaults(pool: PgPool) -> TestResult 
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn rollback_leaves_nothing(pool: PgPool) -> TestResult {
     sqlx::query("CREATE TABLE orders (id bigserial PRIMARY KEY, total bigint NOT NULL)")
         .execute(&pool)
@@ -71,7 +71,7 @@ async fn rollback_leaves_nothing(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_batch_of_a_thousand_is_one_statement_in_order(pool: PgPool) -> TestResult {
     let messages: Vec<Message> = (0..1000)
         .map(|i| {
@@ -91,7 +91,7 @@ async fn a_batch_of_a_thousand_is_one_statement_in_order(pool: PgPool) -> TestRe
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_failing_batch_writes_nothing(pool: PgPool) -> TestResult {
     let first = order_created("saga-dup");
     let same_id = Message::builder("saga-dup", "Other", "orders.other")
@@ -106,7 +106,7 @@ async fn a_failing_batch_writes_nothing(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn concurrent_writers_each_commit_their_own_rows(pool: PgPool) -> TestResult {
     let mut writers = tokio::task::JoinSet::new();
     for writer in 0..16 {
@@ -130,7 +130,7 @@ async fn concurrent_writers_each_commit_their_own_rows(pool: PgPool) -> TestResu
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_raw_sql_writer_produces_the_same_row(pool: PgPool) -> TestResult {
     // Exactly the statement README gives a writer in another language.
     sqlx::query(
@@ -151,7 +151,7 @@ async fn a_raw_sql_writer_produces_the_same_row(pool: PgPool) -> TestResult {
         7,
         "the database default is a UUIDv7 too"
     );
-    let comparable = |m: &outbox::StoredMessage| {
+    let comparable = |m: &txoutbox::StoredMessage| {
         (
             m.step.clone(),
             m.routing_key.clone(),
@@ -167,7 +167,7 @@ async fn a_raw_sql_writer_produces_the_same_row(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn the_table_rejects_rows_that_break_the_contract(pool: PgPool) -> TestResult {
     let long = "k".repeat(256);
     let cases: [(&str, &str, &str, &str, &str); 6] = [
@@ -206,7 +206,7 @@ async fn the_table_rejects_rows_that_break_the_contract(pool: PgPool) -> TestRes
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn bad_messages_never_reach_the_database(pool: PgPool) -> TestResult {
     let bad = [
         Message::builder("", "s", "r").payload(&1),
@@ -227,7 +227,7 @@ async fn bad_messages_never_reach_the_database(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn options_land_in_their_columns(pool: PgPool) -> TestResult {
     let message = Message::builder("saga-opts", "PaymentCharged", "payments.charged")
         .exchange("payments")

@@ -1,4 +1,4 @@
-//! `outbox::postgres::open_ahead`: a pool's connections opened before they are
+//! `txoutbox::postgres::open_ahead`: a pool's connections opened before they are
 //! needed.
 
 use sqlx::PgPool;
@@ -16,9 +16,9 @@ fn lazy_pool(pool: &PgPool, size: u32) -> PgPool {
 #[sqlx::test]
 async fn opens_what_is_wanted_and_no_more_than_the_pool_holds(pool: PgPool) -> TestResult {
     let small = lazy_pool(&pool, 3);
-    outbox::postgres::open_ahead(&small, 2, std::future::pending()).await;
+    txoutbox::postgres::open_ahead(&small, 2, std::future::pending()).await;
     assert_eq!(small.size(), 2, "two");
-    outbox::postgres::open_ahead(&small, 10, std::future::pending()).await;
+    txoutbox::postgres::open_ahead(&small, 10, std::future::pending()).await;
     assert_eq!(small.size(), 3, "capped at the pool's size");
     Ok(())
 }
@@ -26,7 +26,7 @@ async fn opens_what_is_wanted_and_no_more_than_the_pool_holds(pool: PgPool) -> T
 #[sqlx::test]
 async fn gives_up_when_told(pool: PgPool) -> TestResult {
     let lazy = lazy_pool(&pool, 4);
-    outbox::postgres::open_ahead(&lazy, 4, std::future::ready(())).await;
+    txoutbox::postgres::open_ahead(&lazy, 4, std::future::ready(())).await;
     assert!(lazy.size() < 4, "nothing more opened once told to give up");
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! column rules into domains keeps every row, its defaults and every rule, and a
 //! writer's prepared INSERT goes on working across it.
 
-use outbox::Message;
 use sqlx::PgPool;
+use txoutbox::Message;
 
 type TestResult = anyhow::Result<()>;
 
@@ -14,7 +14,7 @@ const DOMAINS: i64 = 20261201000001;
 /// false, from) `version`, as plain SQL: the point is the schema change itself,
 /// on a table that has rows.
 async fn apply(pool: &PgPool, version: i64, before: bool) -> anyhow::Result<()> {
-    for migration in outbox::MIGRATOR.iter() {
+    for migration in txoutbox::MIGRATOR.iter() {
         if (migration.version < version) == before {
             sqlx::raw_sql(migration.sql.clone()).execute(pool).await?;
         }
@@ -40,7 +40,7 @@ async fn moving_the_rules_into_domains_keeps_rows_and_rules(pool: PgPool) -> Tes
     // A writer's connection, with its INSERT prepared before the upgrade.
     let mut writer = pool.acquire().await?;
     let message = |step: &str| Message::builder("saga-writer", step, "orders.created").payload(&1);
-    outbox::enqueue(&mut *writer, &message("Before")?).await?;
+    txoutbox::enqueue(&mut *writer, &message("Before")?).await?;
     // The casts keep this reading's result type the same on both sides of the
     // upgrade; a statement prepared before it whose result has one of the changed
     // columns fails on its connection afterwards (see CHANGELOG).
@@ -68,9 +68,9 @@ async fn moving_the_rules_into_domains_keeps_rows_and_rules(pool: PgPool) -> Tes
         still_claimable, claimable,
         "a running relay's claim still works"
     );
-    outbox::enqueue(&mut *writer, &message("After")?).await?;
-    let written: Vec<outbox::StoredMessage> =
-        outbox::messages_for_saga(&pool, "saga-writer").await?;
+    txoutbox::enqueue(&mut *writer, &message("After")?).await?;
+    let written: Vec<txoutbox::StoredMessage> =
+        txoutbox::messages_for_saga(&pool, "saga-writer").await?;
     assert_eq!(written.len(), 2, "the writer's prepared INSERT still works");
     assert_eq!(written[1].ordering_key, "saga-writer");
     let dead: (String, Option<String>) =

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox::State;
-use outbox::postgres::interval;
 use sqlx::PgPool;
+use txoutbox::State;
+use txoutbox::postgres::interval;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};

@@ -3,7 +3,7 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use outbox::wire::{SAGA_ID_HEADER, STEP_HEADER};
+use txoutbox::wire::{SAGA_ID_HEADER, STEP_HEADER};
 
 use crate::store::OutboxRow;
 

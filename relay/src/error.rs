@@ -14,10 +14,10 @@ pub enum Error {
 
     /// The AMQP URL (a node or a list of nodes) cannot work; nothing was started.
     #[error("relay AMQP URL: {0}")]
-    AmqpUrl(#[from] outbox::nodes::InvalidNodes),
+    AmqpUrl(#[from] txoutbox::nodes::InvalidNodes),
 
     /// PostgreSQL failed or refused a query.
-    #[error("database: {}", outbox::postgres::describe(.0))]
+    #[error("database: {}", txoutbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 
     /// The AMQP connection or channel failed.
@@ -42,7 +42,7 @@ pub enum Error {
 
     /// Applying the migrations failed.
     #[error(transparent)]
-    Outbox(#[from] outbox::Error),
+    Outbox(#[from] txoutbox::Error),
 
     /// No dead outbox row has this id (`dead retry` of an unknown or live row).
     #[error("no dead outbox row with id {0}")]
@@ -58,7 +58,7 @@ impl Error {
     /// rather than a query being wrong (say, the tables were never migrated).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Database(error) => outbox::postgres::is_transient(error),
+            Error::Database(error) => txoutbox::postgres::is_transient(error),
             Error::Broker(_)
             | Error::BrokerLostWhileIdle(_)
             | Error::ConfirmTimeout(_)

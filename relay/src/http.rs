@@ -50,15 +50,21 @@ pub async fn serve(
 }
 
 /// 200 naming the RabbitMQ node the relay publishes to, or 503 saying what it waits
-/// for. The node's URL has its password redacted.
+/// for. The node's URL has its password redacted. A broker that blocks publishing
+/// (a resource alarm) is named but leaves the relay ready: restarting or moving the
+/// relay would not clear the broker's alarm.
 fn readiness(metrics: &Metrics) -> (&'static str, &'static str, String) {
     let node = metrics.broker_node();
     let database_ok = metrics.database_ok();
     if let (Some(node), true) = (&node, database_ok) {
+        let blocked = metrics
+            .broker_blocked()
+            .map(|reason| format!("; the broker blocks publishing: {reason}"))
+            .unwrap_or_default();
         return (
             "200 OK",
             "text/plain",
-            format!("ready: RabbitMQ node {node}\n"),
+            format!("ready: RabbitMQ node {node}{blocked}\n"),
         );
     }
     let broker = node.map_or_else(

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use outbox::postgres::interval;
 use sqlx::postgres::types::PgInterval;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
+use txoutbox::postgres::interval;
 use uuid::Uuid;
 
 use crate::error::Result;

@@ -8,11 +8,11 @@
 //! Run it as the `outbox-relay` sidecar, or inside your service:
 //!
 //! ```rust,no_run
-//! use outbox_relay::{Relay, RelayConfig};
+//! use txoutbox_relay::{Relay, RelayConfig};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
-//! outbox::migrate(&pool).await?;
+//! txoutbox::migrate(&pool).await?;
 //! let mut config = RelayConfig::default();
 //! config.exchange = "events".into();
 //! let relay = Relay::new(pool, std::env::var("AMQP_URL")?, config).spawn();
@@ -52,6 +52,6 @@ pub use config::{ConfigError, RelayConfig, default_instance_id};
 pub use error::{Error, Result};
 pub use http::serve as serve_http;
 pub use metrics::{Backlog, Metrics};
-/// A URL with its password replaced by `***` (now [`outbox::url::redact`]).
-pub use outbox::url::redact as redact_url;
 pub use relay::{Relay, RelayHandle};
+/// A URL with its password replaced by `***` (now [`txoutbox::url::redact`]).
+pub use txoutbox::url::redact as redact_url;

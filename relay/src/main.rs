@@ -1,7 +1,7 @@
 //! `outbox-relay`: publishes a service's outbox to RabbitMQ. Run it as a sidecar.
 //!
 //! Parses the configuration (exit code 2 when it is bad), installs logging and the
-//! shutdown signals, and hands over to the `outbox_relay` library.
+//! shutdown signals, and hands over to the `txoutbox_relay` library.
 
 mod cli;
 mod commands;
@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
-use outbox_relay::redact_url;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use txoutbox_relay::redact_url;
 
 /// A command waits this long for a database connection before it reports one failure.
 const POOL_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -68,7 +68,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
     let pool = PgPoolOptions::new()
         .max_connections(5)
         // Kept open while idle: a new TLS connection costs ~90 ms (see
-        // `outbox::postgres::open_ahead`).
+        // `txoutbox::postgres::open_ahead`).
         .min_connections(5)
         .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
         .connect_lazy_with(options);
@@ -77,7 +77,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
         Command::Run(args) => {
             let amqp = secret("AMQP_URL", cli.global.amqp_url_file.as_deref())?;
             // One URL, or the nodes of one cluster separated by commas.
-            if let Err(problem) = outbox::nodes::Nodes::parse(&amqp) {
+            if let Err(problem) = txoutbox::nodes::Nodes::parse(&amqp) {
                 return Err(Failure::Config(format!("AMQP_URL: {problem}")));
             }
             let migrate = args.migrate;

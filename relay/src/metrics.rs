@@ -1,11 +1,11 @@
 //! Counters and histograms for `/metrics`, in the Prometheus text format.
 
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use outbox::nodes::Node;
+use txoutbox::metrics::{Histogram, Kind, SECONDS, counter, family, gauge, sample};
+use txoutbox::nodes::Node;
 
 /// Why a publish did not count as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,53 +64,6 @@ impl FailureReason {
     }
 }
 
-struct Histogram {
-    bounds: &'static [f64],
-    buckets: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, value: f64, times: u64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(times, Relaxed);
-        }
-        self.sum_micros
-            .fetch_add((value * 1e6) as u64 * times, Relaxed);
-        self.count.fetch_add(times, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
-const LATENCY_BOUNDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 const BATCH_BOUNDS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 
 /// The relay's live figures. Cheap to update from the hot path (relaxed atomics).
@@ -124,6 +77,8 @@ pub struct Metrics {
     standing_by: AtomicBool,
     /// The node of the current broker session, redacted; `None` between sessions.
     broker_node: Mutex<Option<String>>,
+    /// Why the broker blocks the current session's publishes (a resource alarm), if it does.
+    broker_blocked: Mutex<Option<String>>,
     database_ok: AtomicBool,
 }
 
@@ -133,11 +88,12 @@ impl Default for Metrics {
             published: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             failures: std::array::from_fn(|_| AtomicU64::new(0)),
-            publish_latency: Histogram::new(LATENCY_BOUNDS),
+            publish_latency: Histogram::new(SECONDS),
             batch_size: Histogram::new(BATCH_BOUNDS),
             partitions_held: AtomicU64::new(0),
             standing_by: AtomicBool::new(false),
             broker_node: Mutex::new(None),
+            broker_blocked: Mutex::new(None),
             database_ok: AtomicBool::new(false),
         }
     }
@@ -180,10 +136,14 @@ impl Metrics {
     /// The RabbitMQ node the relay is connected to, as its URL with the password
     /// replaced by `***`; `None` while it is not connected.
     pub fn broker_node(&self) -> Option<String> {
-        self.broker_node
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.broker_node).clone()
+    }
+
+    /// Why the broker blocks this relay's publishes, while it does: RabbitMQ's reason
+    /// for a resource alarm (`low on memory`, `low on disk`). Publishes wait, and
+    /// their confirms time out, until the alarm clears.
+    pub fn broker_blocked(&self) -> Option<String> {
+        lock(&self.broker_blocked).clone()
     }
 
     /// Whether PostgreSQL answered the relay's last query.
@@ -217,10 +177,13 @@ impl Metrics {
 
     /// A session on `node` started (`Some`) or ended (`None`).
     pub(crate) fn set_broker_node(&self, node: Option<&Node>) {
-        *self
-            .broker_node
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = node.map(Node::to_string);
+        *lock(&self.broker_node) = node.map(Node::to_string);
+    }
+
+    /// The broker blocked (`Some(reason)`) or unblocked (`None`) the session's
+    /// connection; a session's end unblocks it too, as the next connection starts free.
+    pub(crate) fn set_broker_blocked(&self, reason: Option<String>) {
+        *lock(&self.broker_blocked) = reason;
     }
 
     pub(crate) fn set_database_ok(&self, ok: bool) {
@@ -236,18 +199,16 @@ impl Metrics {
             "Messages confirmed by the broker.",
             self.published_total(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP outbox_relay_failures_total Publishes that did not count as sent, by reason.\n\
-             # TYPE outbox_relay_failures_total counter"
+        let failures = "outbox_relay_failures_total";
+        family(
+            &mut out,
+            failures,
+            "Publishes that did not count as sent, by reason.",
+            Kind::Counter,
         );
         for (reason, count) in REASONS.iter().zip(&self.failures) {
-            let _ = writeln!(
-                out,
-                "outbox_relay_failures_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                count.load(Relaxed)
-            );
+            let labels = [("reason", reason.label())];
+            sample(&mut out, failures, &labels, count.load(Relaxed));
         }
         counter(
             &mut out,
@@ -279,6 +240,12 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "outbox_relay_broker_blocked",
+            "1 while the broker blocks this relay's publishes (a memory or disk alarm).",
+            f64::from(u8::from(self.broker_blocked().is_some())),
+        );
+        gauge(
+            &mut out,
             "outbox_relay_ready",
             "1 when connected to both PostgreSQL and RabbitMQ.",
             f64::from(u8::from(self.ready())),
@@ -307,18 +274,11 @@ impl Metrics {
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-    );
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-    );
+/// The value behind a lock that a panic elsewhere cannot take away.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

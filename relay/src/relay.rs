@@ -17,8 +17,8 @@ use crate::session::Session;
 use crate::shared::Shared;
 use crate::wake::Doorbell;
 use crate::warm::warm;
-use outbox::backoff::RECONNECT_MAX;
-use outbox::nodes::{Node, Nodes, Rotation};
+use txoutbox::backoff::RECONNECT_MAX;
+use txoutbox::nodes::{Node, Nodes, Rotation};
 
 /// The retention cleanup runs every half retention, within these bounds.
 const CLEANUP_PERIOD_MIN: Duration = Duration::from_secs(1);
@@ -30,8 +30,8 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Publishes the outbox of one database to RabbitMQ.
 ///
 /// ```rust,no_run
-/// # async fn example(pool: sqlx::PgPool) -> Result<(), outbox_relay::Error> {
-/// use outbox_relay::{Relay, RelayConfig};
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), txoutbox_relay::Error> {
+/// use txoutbox_relay::{Relay, RelayConfig};
 ///
 /// let mut config = RelayConfig::default();
 /// config.exchange = "orders".into();
@@ -49,7 +49,7 @@ pub struct Relay {
 impl Relay {
     /// A relay publishing the outbox in `pool`'s database to the broker at `amqp_url`:
     /// one `amqp://` or `amqps://` URL, or the nodes of one cluster separated by commas
-    /// (see [`outbox::nodes`]). It connects to the first node that answers and, when
+    /// (see [`txoutbox::nodes`]). It connects to the first node that answers and, when
     /// its node goes away, to the next.
     pub fn new(pool: PgPool, amqp_url: impl Into<String>, config: RelayConfig) -> Self {
         let grace = config.confirm_timeout + config.heartbeat_interval;
@@ -255,6 +255,7 @@ impl Relay {
         }
         .await;
         shared.metrics.set_broker_node(None);
+        shared.metrics.set_broker_blocked(None);
         let goodbye = connection.close(200, "outbox-relay session ended".into());
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
         result
@@ -262,7 +263,7 @@ impl Relay {
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    outbox::backoff::reconnect()
+    txoutbox::backoff::reconnect()
 }
 
 /// Renews leases and rebalances partitions every heartbeat.

@@ -3,13 +3,13 @@
 
 /// The error and its causes, joined by ": ". A cause whose words the text already
 /// holds is left out (an error's message often repeats its source's), and the chain
-/// ends at a database error, told by [`outbox::postgres::describe`]: what lies
+/// ends at a database error, told by [`txoutbox::postgres::describe`]: what lies
 /// beneath it is the same refusal again.
 pub(crate) fn describe(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let database = cause.downcast_ref::<sqlx::Error>();
-        let words = database.map_or_else(|| cause.to_string(), outbox::postgres::describe);
+        let words = database.map_or_else(|| cause.to_string(), txoutbox::postgres::describe);
         if !text.contains(&words) {
             if !text.is_empty() {
                 text.push_str(": ");

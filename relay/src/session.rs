@@ -107,7 +107,7 @@ pub(crate) struct Session<'c> {
 
 impl<'c> Session<'c> {
     pub(crate) async fn open(shared: Arc<Shared>, connection: &'c Connection) -> Result<Self> {
-        let lost = broker::watch_loss(connection);
+        let lost = broker::watch_loss(connection, Arc::clone(&shared.metrics));
         let channel = broker::confirm_channel(connection).await?;
         let partitions = shared.leases.owned();
         Ok(Self {

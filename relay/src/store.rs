@@ -1,9 +1,9 @@
 //! The relay's queries on the hot path: claim ready rows, record what the broker said.
 
 use chrono::{DateTime, Utc};
-use outbox::State;
 use sqlx::PgPool;
 use sqlx::types::Json;
+use txoutbox::State;
 use uuid::Uuid;
 
 use crate::error::Result;

@@ -1,5 +1,5 @@
 //! Opening the relay's database connections before its first claim
-//! (see [`outbox::postgres::open_ahead`] for why).
+//! (see [`txoutbox::postgres::open_ahead`] for why).
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ pub(crate) async fn warm(
     shutdown: &CancellationToken,
 ) {
     let wanted = working_set(max_in_flight_batches);
-    outbox::postgres::open_ahead(pool, wanted, shutdown.cancelled()).await;
+    txoutbox::postgres::open_ahead(pool, wanted, shutdown.cancelled()).await;
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub(crate) async fn send_erased(
             .unwrap_or(name),
         _ => name,
     };
-    let mut message = outbox::Message::builder(saga_id, step, routing_key)
+    let mut message = txoutbox::Message::builder(saga_id, step, routing_key)
         .id(id)
         .header(wire::SAGA_TYPE_HEADER, saga_type)
         .header(wire::ATTEMPT_HEADER, attempt.to_string())
@@ -68,7 +68,7 @@ pub(crate) async fn send_erased(
         message = message.header(wire::COMPENSATES_HEADER, action);
     }
     let message = message.payload(&payload)?;
-    let id = outbox::enqueue(&mut *conn, &message).await?;
+    let id = txoutbox::enqueue(&mut *conn, &message).await?;
     let mut entry = Entry::new("command_sent");
     entry.step = Some(command.step);
     entry.phase = Some(command.phase);

@@ -3,7 +3,7 @@
 //!
 //! ```rust
 //! use std::time::Duration;
-//! use saga::Saga;
+//! use txoutbox_saga::Saga;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
@@ -21,7 +21,7 @@
 //!         .action("shipping.schedule", |o| serde_json::json!({ "order_id": o.order_id }))
 //!     .build()?;
 //! assert_eq!(order_saga.steps().len(), 3);
-//! # Ok::<_, saga::DefinitionError>(())
+//! # Ok::<_, txoutbox_saga::DefinitionError>(())
 //! ```
 
 use std::collections::HashSet;

@@ -38,7 +38,7 @@ where
     else {
         unreachable!("a built saga has a first step");
     };
-    let timeout = outbox::postgres::interval(saga.steps()[0].timeout());
+    let timeout = txoutbox::postgres::interval(saga.steps()[0].timeout());
     let deadline_ms: Option<i64> = sqlx::query_scalar(
         "INSERT INTO saga_instance
              (saga_id, saga_type, definition_version, state, current_step, attempts, deadline_at, data)
@@ -171,7 +171,7 @@ async fn apply_locked(
             }
             let deadline = command.map(|c| {
                 let timeout = command_timeout(definition.timeout(c.step), to.attempts);
-                outbox::postgres::interval(timeout)
+                txoutbox::postgres::interval(timeout)
             });
             let deadline_ms: Option<i64> = sqlx::query_scalar(
                 "UPDATE saga_instance

@@ -2,17 +2,17 @@
 
 use thiserror::Error;
 
-/// An error of the saga crate. In every case nothing was committed.
+/// An error of the txoutbox-saga crate. In every case nothing was committed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// PostgreSQL failed or refused a statement.
-    #[error("database: {}", outbox::postgres::describe(.0))]
+    #[error("database: {}", txoutbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 
     /// A command could not be written to the outbox.
     #[error(transparent)]
-    Outbox(#[from] outbox::Error),
+    Outbox(#[from] txoutbox::Error),
 
     /// The saga's data does not serialize, or no longer fits its type.
     #[error("saga data: {0}")]
@@ -48,7 +48,7 @@ impl Error {
     /// True when trying again can help: the database connection failed, not the saga.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Database(error) => outbox::postgres::is_transient(error),
+            Error::Database(error) => txoutbox::postgres::is_transient(error),
             Error::Outbox(error) => error.is_transient(),
             _ => false,
         }

@@ -2,8 +2,9 @@
 //! the database (sagas by state, the oldest unfinished one) come from
 //! [`admin::stats`](crate::admin), read when scraped.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use txoutbox::metrics::{Kind, counter, family, gauge, sample};
 
 use crate::admin::SagaStats;
 use crate::engine::Applied;
@@ -82,31 +83,28 @@ impl Metrics {
     /// [`admin::stats`](crate::admin::stats) when scraped), as Prometheus text.
     pub fn render_with(&self, stats: &SagaStats) -> String {
         let mut out = self.render();
-        let _ = writeln!(
-            out,
-            "# HELP saga_instances Sagas in the database, by state.\n# TYPE saga_instances gauge"
+        let instances = "saga_instances";
+        family(
+            &mut out,
+            instances,
+            "Sagas in the database, by state.",
+            Kind::Gauge,
         );
         for (state, count) in &stats.by_state {
-            let _ = writeln!(out, "saga_instances{{state=\"{state}\"}} {count}");
+            sample(&mut out, instances, &[("state", state.as_str())], count);
         }
-        let gauges = [
-            (
-                "saga_oldest_active_age_seconds",
-                "Age of the oldest saga not yet finished: nothing is stuck silently.",
-                stats.oldest_active_age_seconds,
-            ),
-            (
-                "saga_overdue",
-                "Unfinished sagas past their deadline and not yet swept.",
-                stats.overdue as f64,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
+        gauge(
+            &mut out,
+            "saga_oldest_active_age_seconds",
+            "Age of the oldest saga not yet finished: nothing is stuck silently.",
+            stats.oldest_active_age_seconds,
+        );
+        gauge(
+            &mut out,
+            "saga_overdue",
+            "Unfinished sagas past their deadline and not yet swept.",
+            stats.overdue as f64,
+        );
         out
     }
 
@@ -141,25 +139,25 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let value = value.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            counter(&mut out, name, help, value.load(Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP saga_finished_total Sagas finished by this instance, by state.\n# TYPE saga_finished_total counter"
+        let finished = "saga_finished_total";
+        family(
+            &mut out,
+            finished,
+            "Sagas finished by this instance, by state.",
+            Kind::Counter,
         );
         for state in [
             SagaState::Completed,
             SagaState::Compensated,
             SagaState::Failed,
         ] {
-            let _ = writeln!(
-                out,
-                "saga_finished_total{{state=\"{state}\"}} {}",
-                self.finished(state)
+            sample(
+                &mut out,
+                finished,
+                &[("state", state.as_str())],
+                self.finished(state),
             );
         }
         out

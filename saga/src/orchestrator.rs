@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency::{
-    BoxError, Consumer, ConsumerConfig, ConsumerError, ConsumerHandle, Context, Reject, StartError,
-};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use txoutbox_inbox::{
+    BoxError, Consumer, ConsumerConfig, ConsumerError, ConsumerHandle, Context, Reject, StartError,
+};
 
 use crate::engine;
 use crate::error::Error;
@@ -166,7 +166,7 @@ async fn sweep(
     batch: usize,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = outbox::backoff::reconnect();
+    let mut backoff = txoutbox::backoff::reconnect();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -174,13 +174,13 @@ async fn sweep(
         }
         match sweep_due(&pool, &shared.registry, batch).await {
             Ok(outcomes) => {
-                backoff = outbox::backoff::reconnect();
+                backoff = txoutbox::backoff::reconnect();
                 for swept in &outcomes {
                     shared.metrics.swept(swept);
                 }
             }
             Err(error) => {
-                let pause = backoff.next().unwrap_or(outbox::backoff::RECONNECT_MAX);
+                let pause = backoff.next().unwrap_or(txoutbox::backoff::RECONNECT_MAX);
                 tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "saga sweep failed");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}

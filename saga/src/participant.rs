@@ -3,8 +3,8 @@
 //! same transaction.
 //!
 //! ```rust,no_run
-//! use idempotency::{BoxError, Consumer, ConsumerConfig, Context};
-//! use saga::participant::{SagaCommands, Verdict};
+//! use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context};
+//! use txoutbox_saga::participant::{SagaCommands, Verdict};
 //! use serde::Deserialize;
 //!
 //! #[derive(Deserialize)]
@@ -51,10 +51,10 @@
 
 use std::sync::Arc;
 
-use idempotency::{BoxError, Consumer, Context, Handler, Reject};
-use outbox::wire::step_route;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use txoutbox::wire::step_route;
+use txoutbox_inbox::{BoxError, Consumer, Context, Handler, Reject};
 
 use crate::effects::{self, Claim};
 use crate::wire::{self, Reply};

@@ -70,7 +70,7 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
             // rather than spin on it.
             sqlx::query("UPDATE saga_instance SET deadline_at = now() + $2 WHERE saga_id = $1")
                 .bind(&saga_id)
-                .bind(outbox::postgres::interval(STUCK_DEADLINE_PUSH))
+                .bind(txoutbox::postgres::interval(STUCK_DEADLINE_PUSH))
                 .execute(&mut *tx)
                 .await?;
             tracing::warn!(%saga_id, why, "a due saga's timeout did not apply");

@@ -31,7 +31,7 @@ pub fn reply_routing_key(saga_type: &str) -> String {
 }
 
 /// A command goes out as `{command}#{token}`: the participant's consumer routes it
-/// by the part before `#` (see `outbox::wire::step_route`), and the token, unique per
+/// by the part before `#` (see `txoutbox::wire::step_route`), and the token, unique per
 /// command sent, keeps a resent command from looking like a redelivery of the first.
 pub fn command_step(command: &str, token: &str) -> String {
     format!("{command}#{token}")

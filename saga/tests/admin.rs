@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use saga::admin::{self, AdminError, ListFilter, OperatorRequest};
-use saga::{Event, Incoming, Outcome, Phase, Registry, Saga, SagaState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use txoutbox_saga::admin::{self, AdminError, ListFilter, OperatorRequest};
+use txoutbox_saga::{Event, Incoming, Outcome, Phase, Registry, Saga, SagaState};
 
 type TestResult = anyhow::Result<()>;
 
@@ -44,7 +44,7 @@ fn registry() -> Registry {
 
 async fn start(pool: &PgPool, saga_id: &str) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    saga::start(&mut tx, &order_saga(), saga_id, &Order { order_id: 7 }).await?;
+    txoutbox_saga::start(&mut tx, &order_saga(), saga_id, &Order { order_id: 7 }).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -60,7 +60,7 @@ async fn state_of(pool: &PgPool, saga_id: &str) -> anyhow::Result<SagaState> {
     Ok(view.instance.state)
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn list_and_show_answer_where_a_saga_is(pool: PgPool) -> TestResult {
     start(&pool, "order-1").await?;
     start(&pool, "order-2").await?;
@@ -111,7 +111,7 @@ async fn list_and_show_answer_where_a_saga_is(pool: PgPool) -> TestResult {
     );
     assert_eq!(view.outbox.len(), 1);
     assert_eq!(view.outbox[0].routing_key, "inventory.reserve");
-    assert_eq!(view.outbox[0].state, outbox::State::Pending);
+    assert_eq!(view.outbox[0].state, txoutbox::State::Pending);
     assert_eq!(view.inbox.len(), 1);
     assert_eq!(
         (view.inbox[0].consumer.as_str(), view.inbox[0].duplicates),
@@ -127,7 +127,7 @@ async fn list_and_show_answer_where_a_saga_is(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn an_abort_is_requested_then_carried_out_by_the_next_sweep(pool: PgPool) -> TestResult {
     start(&pool, "order-7").await?;
     admin::request_abort(&pool, "order-7", "customer called").await?;
@@ -145,7 +145,7 @@ async fn an_abort_is_requested_then_carried_out_by_the_next_sweep(pool: PgPool) 
     assert_eq!(last.from_state, Some(SagaState::Running));
     assert_eq!(commands(&pool, "order-7").await?, ["inventory.reserve"]);
 
-    let swept = saga::sweep_due(&pool, &registry(), 10).await?;
+    let swept = txoutbox_saga::sweep_due(&pool, &registry(), 10).await?;
     assert_eq!(swept.len(), 1);
     assert!(
         !swept[0].timed_out,
@@ -188,7 +188,7 @@ async fn an_abort_is_requested_then_carried_out_by_the_next_sweep(pool: PgPool) 
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_retry_applies_only_to_a_failed_saga(pool: PgPool) -> TestResult {
     start(&pool, "order-8").await?;
     let Err(error) = admin::request_retry(&pool, "order-8").await else {
@@ -204,14 +204,14 @@ async fn a_retry_applies_only_to_a_failed_saga(pool: PgPool) -> TestResult {
 
     // Abort, then let the compensation fail past its single attempt: `failed`.
     admin::request_abort(&pool, "order-8", "test").await?;
-    saga::sweep_due(&pool, &registry(), 10).await?;
+    txoutbox_saga::sweep_due(&pool, &registry(), 10).await?;
     let mut tx = pool.begin().await?;
     let failed = Event::Reply {
         step: 0,
         phase: Phase::Compensation,
         outcome: Outcome::Failed("warehouse offline"),
     };
-    saga::apply(
+    txoutbox_saga::apply(
         &mut tx,
         &registry(),
         "order-8",
@@ -224,7 +224,12 @@ async fn a_retry_applies_only_to_a_failed_saga(pool: PgPool) -> TestResult {
 
     admin::request_retry(&pool, "order-8").await?;
     assert_eq!(state_of(&pool, "order-8").await?, SagaState::Failed);
-    assert_eq!(saga::sweep_due(&pool, &registry(), 10).await?.len(), 1);
+    assert_eq!(
+        txoutbox_saga::sweep_due(&pool, &registry(), 10)
+            .await?
+            .len(),
+        1
+    );
     assert_eq!(state_of(&pool, "order-8").await?, SagaState::Compensating);
     assert_eq!(
         commands(&pool, "order-8").await?,
@@ -238,7 +243,7 @@ async fn a_retry_applies_only_to_a_failed_saga(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn an_unknown_saga_is_a_clear_error(pool: PgPool) -> TestResult {
     for result in [
         admin::request_retry(&pool, "order-404").await,
@@ -254,7 +259,7 @@ async fn an_unknown_saga_is_a_clear_error(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn overdue_sagas_are_listed_and_counted(pool: PgPool) -> TestResult {
     start(&pool, "order-late").await?;
     start(&pool, "order-on-time").await?;

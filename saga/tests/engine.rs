@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use saga::wire::{self, Reply};
-use saga::{Applied, Event, Incoming, Registry, Saga, SagaState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use txoutbox_saga::wire::{self, Reply};
+use txoutbox_saga::{Applied, Event, Incoming, Registry, Saga, SagaState};
 
 type TestResult = anyhow::Result<()>;
 
@@ -56,7 +56,7 @@ fn registry() -> Registry {
 
 async fn start(pool: &PgPool, saga_id: &str) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    saga::start(
+    txoutbox_saga::start(
         &mut tx,
         &order_saga(1),
         saga_id,
@@ -116,7 +116,8 @@ async fn reply(
     let sent = sent.unwrap_or_else(|| wire::command_step(command, "never-sent"));
     let mut tx = pool.begin().await?;
     let step = wire::reply_step(&sent);
-    let applied = saga::apply_reply(&mut tx, &registry(), saga_id, &step, &reply, None).await?;
+    let applied =
+        txoutbox_saga::apply_reply(&mut tx, &registry(), saga_id, &step, &reply, None).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -152,7 +153,7 @@ async fn expire(pool: &PgPool, saga_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn the_happy_path_sends_each_command_after_the_last_reply_and_merges_results(
     pool: PgPool,
 ) -> TestResult {
@@ -199,7 +200,7 @@ async fn the_happy_path_sends_each_command_after_the_last_reply_and_merges_resul
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_failed_step_compensates_the_earlier_ones_once_in_reverse(pool: PgPool) -> TestResult {
     start(&pool, "order-2").await?;
     reply(
@@ -245,16 +246,23 @@ async fn a_failed_step_compensates_the_earlier_ones_once_in_reverse(pool: PgPool
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_timed_out_step_is_compensated_and_its_late_reply_changes_nothing(
     pool: PgPool,
 ) -> TestResult {
     start(&pool, "order-3").await?;
     reply(&pool, "order-3", "inventory.reserve", 1, ok(None)).await?;
     expire(&pool, "order-3").await?;
-    assert_eq!(saga::sweep_due(&pool, &registry(), 10).await?.len(), 1);
+    assert_eq!(
+        txoutbox_saga::sweep_due(&pool, &registry(), 10)
+            .await?
+            .len(),
+        1
+    );
     assert!(
-        saga::sweep_due(&pool, &registry(), 10).await?.is_empty(),
+        txoutbox_saga::sweep_due(&pool, &registry(), 10)
+            .await?
+            .is_empty(),
         "one timeout, once"
     );
     let sent = commands(&pool, "order-3").await?;
@@ -283,7 +291,7 @@ async fn a_timed_out_step_is_compensated_and_its_late_reply_changes_nothing(
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_compensation_that_keeps_failing_leaves_the_saga_failed_until_retried(
     pool: PgPool,
 ) -> TestResult {
@@ -299,7 +307,7 @@ async fn a_compensation_that_keeps_failing_leaves_the_saga_failed_until_retried(
     )
     .await?;
     expire(&pool, "order-4").await?;
-    saga::sweep_due(&pool, &registry(), 10).await?;
+    txoutbox_saga::sweep_due(&pool, &registry(), 10).await?;
     let (state_now, error, deadline) = state(&pool, "order-4").await?;
     assert_eq!(
         (state_now, deadline),
@@ -327,7 +335,7 @@ async fn a_compensation_that_keeps_failing_leaves_the_saga_failed_until_retried(
     );
 
     let mut tx = pool.begin().await?;
-    saga::apply(
+    txoutbox_saga::apply(
         &mut tx,
         &registry(),
         "order-4",
@@ -341,7 +349,7 @@ async fn a_compensation_that_keeps_failing_leaves_the_saga_failed_until_retried(
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn two_replies_at_once_apply_once(pool: PgPool) -> TestResult {
     start(&pool, "order-5").await?;
     let (a, b) = tokio::join!(
@@ -361,10 +369,10 @@ async fn two_replies_at_once_apply_once(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_saga_of_an_unregistered_version_fails_with_its_reason(pool: PgPool) -> TestResult {
     let mut tx = pool.begin().await?;
-    saga::start(
+    txoutbox_saga::start(
         &mut tx,
         &order_saga(2),
         "order-6",
@@ -387,7 +395,7 @@ async fn a_saga_of_an_unregistered_version_fails_with_its_reason(pool: PgPool) -
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn unknown_sagas_commands_and_second_starts_are_errors(pool: PgPool) -> TestResult {
     start(&pool, "order-7").await?;
     let unknown = reply(&pool, "order-404", "inventory.reserve", 1, ok(None)).await;
@@ -409,12 +417,12 @@ async fn unknown_sagas_commands_and_second_starts_are_errors(pool: PgPool) -> Te
     Ok(())
 }
 
-#[sqlx::test(migrator = "outbox::MIGRATOR")]
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn an_abort_compensates_a_running_saga(pool: PgPool) -> TestResult {
     start(&pool, "order-8").await?;
     reply(&pool, "order-8", "inventory.reserve", 1, ok(None)).await?;
     let mut tx = pool.begin().await?;
-    saga::apply(
+    txoutbox_saga::apply(
         &mut tx,
         &registry(),
         "order-8",

@@ -5,15 +5,17 @@
 
 use std::time::Duration;
 
-use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
-use outbox_relay::{Relay, RelayConfig, RelayHandle};
-use saga::participant::{SagaCommands, Verdict};
-use saga::{Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry, Saga, SagaState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use testkit::{Sandbox, amqp_url, wait_until};
+use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
+use txoutbox_relay::{Relay, RelayConfig, RelayHandle};
+use txoutbox_saga::participant::{SagaCommands, Verdict};
+use txoutbox_saga::{
+    Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry, Saga, SagaState,
+};
 
-static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&outbox::MIGRATOR);
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
 
 type TestResult = anyhow::Result<()>;
 
@@ -164,7 +166,7 @@ impl Services {
         // routed there only, and lost to the consumer.
         let replies = orchestrator_queue.clone().bind(
             &sandbox.exchange,
-            saga::wire::reply_routing_key(definition.name()),
+            txoutbox_saga::wire::reply_routing_key(definition.name()),
         );
         let connection =
             lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
@@ -230,7 +232,7 @@ async fn start_order(
         amount_cents,
         charge: None,
     };
-    saga::start(&mut tx, registry_saga, &saga_id, &order).await?;
+    txoutbox_saga::start(&mut tx, registry_saga, &saga_id, &order).await?;
     tx.commit().await?;
     Ok(saga_id)
 }
@@ -448,7 +450,7 @@ async fn an_operator_aborts_a_running_saga_while_orchestrators_run(pool: PgPool)
         waiting_to_ship,
     )
     .await?;
-    saga::admin::request_abort(&pool, &saga_id, "customer called").await?;
+    txoutbox_saga::admin::request_abort(&pool, &saga_id, "customer called").await?;
     wait_for(&pool, &saga_id, SagaState::Compensated).await?;
     assert_eq!(
         effects(&pool, 6).await?,
@@ -478,7 +480,7 @@ async fn a_reply_for_an_unknown_saga_is_dead_lettered_at_once_with_its_reason(
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let orchestrator_queue = &services.queues[1];
-    let dead = outbox::wire::dead_queue(&orchestrator_queue.queue);
+    let dead = txoutbox::wire::dead_queue(&orchestrator_queue.queue);
     // Declared the way the orchestrator's consumer declares it, in case it has not yet.
     orchestrator_queue.declare(&channel).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -498,14 +500,14 @@ async fn a_reply_for_an_unknown_saga_is_dead_lettered_at_once_with_its_reason(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let reason = match headers.inner().get(outbox::wire::DEAD_REASON_HEADER) {
+    let reason = match headers.inner().get(txoutbox::wire::DEAD_REASON_HEADER) {
         Some(lapin::types::AMQPValue::LongString(text)) => {
             String::from_utf8_lossy(text.as_bytes()).into_owned()
         }
         other => format!("{other:?}"),
     };
     assert_eq!(reason, "rejected: no saga with id order-404");
-    let attempts = headers.inner().get(outbox::wire::ATTEMPTS_HEADER);
+    let attempts = headers.inner().get(txoutbox::wire::ATTEMPTS_HEADER);
     assert_eq!(
         attempts,
         Some(&lapin::types::AMQPValue::LongLongInt(1)),

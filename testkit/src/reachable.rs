@@ -97,8 +97,8 @@ fn accepts(address: &str) -> bool {
 /// one line of [`require_servers`]:
 ///
 /// ```rust,no_run
-/// # mod outbox { pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT; }
-/// static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&outbox::MIGRATOR);
+/// # mod txoutbox { pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT; }
+/// static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
 ///
 /// #[sqlx::test(migrator = "MIGRATOR")]
 /// async fn publishes(pool: sqlx::PgPool) -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! What the inbox costs a consumer: messages/s through `idempotency::Consumer`
+//! What the inbox costs a consumer: messages/s through `txoutbox_inbox::Consumer`
 //! (handler = one INSERT, in the inbox's transaction) against a plain consumer that
 //! only acks, on the same pre-filled queue, with 1 and 4 handlers at once; for
 //! quorum queues (the consumer's default) and classic queues; with a transaction
@@ -19,7 +19,6 @@ use bench::broker::{amqp_url, payload};
 use bench::{cpu, fresh_database, median};
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
-use idempotency::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -29,6 +28,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Semaphore;
+use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
 
 #[derive(Parser)]
 struct Args {
@@ -224,7 +224,7 @@ struct Shape {
     linger: Duration,
 }
 
-/// The queues of `idempotency::Consumer`, of `queue_type`, the queue holding
+/// The queues of `txoutbox_inbox::Consumer`, of `queue_type`, the queue holding
 /// `messages` messages in the relay's envelope.
 async fn filled_queue(
     connection: &Connection,

@@ -1,7 +1,7 @@
 //! The relay against its ceiling, in one run on one broker: 256-byte persistent
 //! JSON to a durable queue that a consumer drains.
 //!
-//! Run with: `cargo build --release -p outbox-relay -p bench && target/release/outbox-relay-bench`
+//! Run with: `cargo build --release -p txoutbox-relay -p bench && target/release/outbox-relay-bench`
 //! (the relay is measured as users run it: the release `outbox-relay` binary, found
 //! next to this bench's executable or given by `--relay-binary`).
 //!
@@ -35,9 +35,9 @@ use clap::Parser;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
-use outbox_relay::{Relay, RelayConfig};
 use sqlx::PgPool;
 use tokio::process::Child;
+use txoutbox_relay::{Relay, RelayConfig};
 
 /// The bench's database, also how its backends are told from other databases'.
 const DATABASE: &str = "outbox_bench_relay";
@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     memory_backlog: u64,
     /// The `outbox-relay` binary to measure (default: the one next to this bench's
-    /// executable, as `cargo build --release -p outbox-relay` leaves it).
+    /// executable, as `cargo build --release -p txoutbox-relay` leaves it).
     #[arg(long)]
     relay_binary: Option<PathBuf>,
     /// Also measure (e): one relay in this process, in this runtime, as before.
@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     };
     anyhow::ensure!(
         binary.is_file(),
-        "no relay binary at {}: build it with `cargo build --release -p outbox-relay`, or pass --relay-binary",
+        "no relay binary at {}: build it with `cargo build --release -p txoutbox-relay`, or pass --relay-binary",
         binary.display()
     );
     let pool = fresh_database(DATABASE, 8).await?;
@@ -559,7 +559,7 @@ async fn in_process_drain(
 async fn wait_for_balance(pool: &PgPool, instances: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let held: Vec<usize> = outbox_relay::instances(pool)
+        let held: Vec<usize> = txoutbox_relay::instances(pool)
             .await?
             .iter()
             .map(|i| i.partitions.len())
@@ -605,7 +605,7 @@ async fn latency(
     // connection of it opened now, so that none is opened (~90 ms with TLS) while
     // rows wait.
     let connections = pool.options().get_max_connections();
-    outbox::postgres::open_ahead(pool, connections, std::future::pending()).await;
+    txoutbox::postgres::open_ahead(pool, connections, std::future::pending()).await;
     let relay = Relay::new(pool.clone(), amqp_url(), RelayConfig::default()).spawn();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
@@ -615,14 +615,14 @@ async fn latency(
     let mut i = 0u64;
     while Instant::now() < until {
         ticks.tick().await;
-        let message = outbox::Message::builder(
+        let message = txoutbox::Message::builder(
             format!("saga-{}", i % 1000),
             "OrderCreated",
             queue.name.as_str(),
         )
         .payload(&serde_json::json!({"order_id": i, "pad": "x".repeat(222)}))?;
         let mut tx = pool.begin().await?;
-        let id = outbox::enqueue(&mut *tx, &message).await?;
+        let id = txoutbox::enqueue(&mut *tx, &message).await?;
         tx.commit().await?;
         committed.push((id.to_string(), Instant::now()));
         i += 1;

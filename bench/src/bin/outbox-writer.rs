@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use bench::{fresh_database, median};
 use clap::Parser;
-use outbox::Message;
 use sqlx::{Connection, PgConnection, PgPool};
+use txoutbox::Message;
 
 #[derive(Parser)]
 struct Args {
@@ -188,13 +188,13 @@ async fn write_one(pool: &PgPool, mode: Mode, writer: usize, n: u64) -> anyhow::
             "orders.created",
         )
         .payload(&serde_json::json!({"order_id": order_id, "total_cents": 4200}))?;
-        outbox::enqueue(&mut *tx, &message).await?;
+        txoutbox::enqueue(&mut *tx, &message).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-/// The outbox row's values, written as `outbox::enqueue` writes them, to the plain table.
+/// The outbox row's values, written as `txoutbox::enqueue` writes them, to the plain table.
 async fn plain_row(
     tx: &mut PgConnection,
     writer: usize,

@@ -1,7 +1,7 @@
 //! What a row the broker refuses costs the relay, and what bounding batches by bytes
 //! saves in memory.
 //!
-//! Run with: `cargo build --release -p outbox-relay && cargo run --release -p bench --bin relay-refusal-bench`
+//! Run with: `cargo build --release -p txoutbox-relay && cargo run --release -p bench --bin relay-refusal-bench`
 //!
 //! (A) The relay library draining `--rows` small rows over `--keys` ordering keys, with
 //!     and without `--bad-rows` rows among them whose `exchange` names a missing
@@ -31,10 +31,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox_relay::{Relay, RelayConfig};
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use txoutbox_relay::{Relay, RelayConfig};
 
 const DATABASE: &str = "outbox_bench_refusal";
 
@@ -314,7 +314,7 @@ async fn fill(pool: &PgPool, args: &Args, bad: u64) -> anyhow::Result<()> {
 async fn wait_for_leases(pool: &PgPool) -> anyhow::Result<()> {
     let what = "the relay holds all 64 partitions";
     testkit::wait_until(Duration::from_secs(30), what, async || {
-        let instances = outbox_relay::instances(pool).await?;
+        let instances = txoutbox_relay::instances(pool).await?;
         Ok(instances.iter().any(|i| i.partitions.len() == 64))
     })
     .await
@@ -337,7 +337,7 @@ async fn memory(pool: &PgPool, sink: &Sink, args: &Args) -> anyhow::Result<()> {
     let binary = std::env::current_exe()?.with_file_name("outbox-relay");
     anyhow::ensure!(
         binary.exists(),
-        "{} not found: build it first with `cargo build --release -p outbox-relay`",
+        "{} not found: build it first with `cargo build --release -p txoutbox-relay`",
         binary.display()
     );
     let row_mib = args.big_row_kib as f64 / 1024.0;
@@ -471,7 +471,7 @@ async fn drain_binary(
         if let Some(status) = child.try_wait()? {
             anyhow::bail!(
                 "outbox-relay exited early ({status}); is {} built from this tree? \
-                 `cargo build --release -p outbox-relay`",
+                 `cargo build --release -p txoutbox-relay`",
                 binary.display()
             );
         }

@@ -28,15 +28,17 @@ use bench::broker::amqp_url;
 use bench::{fresh_database, median};
 use clap::Parser;
 use futures_util::{StreamExt, TryStreamExt};
-use idempotency::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox_relay::{Relay, RelayConfig, RelayHandle};
-use saga::participant::{SagaCommands, Verdict};
-use saga::{Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry, Saga, SagaState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
+use txoutbox_relay::{Relay, RelayConfig, RelayHandle};
+use txoutbox_saga::participant::{SagaCommands, Verdict};
+use txoutbox_saga::{
+    Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry, Saga, SagaState,
+};
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -153,7 +155,7 @@ impl Rig {
             .collect();
         queues.push(config(
             "orchestrator",
-            &saga::wire::reply_routing_key("bench"),
+            &txoutbox_saga::wire::reply_routing_key("bench"),
         ));
         queues.extend(SERVICES.map(|service| config(&format!("echo-{service}"), service)));
         queues.push(config("echo-replies", "echo.reply"));
@@ -242,7 +244,7 @@ impl Rig {
 async fn wait_for_relays(pool: &PgPool, instances: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let held: Vec<usize> = outbox_relay::instances(pool)
+        let held: Vec<usize> = txoutbox_relay::instances(pool)
             .await?
             .iter()
             .map(|i| i.partitions.len())
@@ -354,7 +356,7 @@ async fn start_sagas(pool: &PgPool, ids: std::ops::Range<u64>) -> anyhow::Result
     let definition = definition();
     let mut tx = pool.begin().await?;
     for n in ids {
-        saga::start(&mut tx, &definition, &format!("s-{n}"), &Job { n }).await?;
+        txoutbox_saga::start(&mut tx, &definition, &format!("s-{n}"), &Job { n }).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -369,8 +371,8 @@ async fn send_pings(pool: &PgPool, ids: std::ops::Range<u64>) -> anyhow::Result<
             .execute(&mut *tx)
             .await?;
         let service = SERVICES[(n % 3) as usize];
-        let message = outbox::Message::builder(&id, "ping", service).payload(&n)?;
-        outbox::enqueue(&mut *tx, &message).await?;
+        let message = txoutbox::Message::builder(&id, "ping", service).payload(&n)?;
+        txoutbox::enqueue(&mut *tx, &message).await?;
     }
     tx.commit().await?;
     Ok(())

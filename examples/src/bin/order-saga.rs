@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         .connect_with(server.database(&name))
         .await?;
     let outcome = async {
-        outbox::migrate(&pool).await?;
+        txoutbox::migrate(&pool).await?;
         order_saga::run(&pool, &testkit::amqp_url(), stop).await
     }
     .await;

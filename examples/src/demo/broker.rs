@@ -12,10 +12,10 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox::wire::dead_queue;
 use testkit::{RabbitCluster, RabbitNode};
 use tokio::process::Command;
 use tokio::sync::Mutex;
+use txoutbox::wire::dead_queue;
 use url::Url;
 
 use super::plan::BrokerFaults;

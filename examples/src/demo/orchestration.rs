@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use saga::Saga;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use txoutbox_saga::Saga;
 
 /// The saga type's name (`saga_instance.saga_type`, and the replies' routing key).
 pub const SAGA: &str = "order";

@@ -134,8 +134,8 @@ pub fn consumer_config(
     prefix: &str,
     service: Service,
     mode: SagaMode,
-) -> idempotency::ConsumerConfig {
-    let mut config = idempotency::ConsumerConfig::new(queue_name(prefix, service));
+) -> txoutbox_inbox::ConsumerConfig {
+    let mut config = txoutbox_inbox::ConsumerConfig::new(queue_name(prefix, service));
     match mode {
         SagaMode::Choreography => {
             for event in service.subscriptions() {
@@ -145,7 +145,7 @@ pub fn consumer_config(
         SagaMode::Orchestration if service == Service::Order => {
             config = config.bind(
                 prefix,
-                saga::wire::reply_routing_key(super::orchestration::SAGA),
+                txoutbox_saga::wire::reply_routing_key(super::orchestration::SAGA),
             );
         }
         SagaMode::Orchestration => {

@@ -77,7 +77,7 @@ const SHIPPING: &[&str] = &["CREATE TABLE shipments (
 
 /// Applies the toolkit's migrations and the service's own tables to a new database.
 pub async fn prepare(pool: &PgPool, service: Service) -> anyhow::Result<()> {
-    outbox::migrate(pool).await?;
+    txoutbox::migrate(pool).await?;
     sqlx::query(HANDLED).execute(pool).await?;
     sqlx::query(COMPENSATION_FAILURES).execute(pool).await?;
     let own = match service {

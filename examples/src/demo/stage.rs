@@ -157,7 +157,7 @@ fn service_args(args: &DemoArgs, prefix: &str, target: Target) -> Vec<String> {
 }
 
 /// The `outbox-relay` binary: `OUTBOX_RELAY_BIN`, or the one built next to this
-/// program (`cargo build -p outbox-relay`).
+/// program (`cargo build -p txoutbox-relay`).
 pub fn relay_program() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("OUTBOX_RELAY_BIN") {
         return Ok(PathBuf::from(path));
@@ -167,7 +167,7 @@ pub fn relay_program() -> anyhow::Result<PathBuf> {
         Ok(beside)
     } else {
         anyhow::bail!(
-            "no outbox-relay binary at {}; build it first (cargo build -p outbox-relay, with the \
+            "no outbox-relay binary at {}; build it first (cargo build -p txoutbox-relay, with the \
              same --release as this demo) or set OUTBOX_RELAY_BIN",
             beside.display()
         )

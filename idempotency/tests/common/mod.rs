@@ -6,14 +6,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use idempotency::{ConsumerConfig, DEAD_REASON_HEADER};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use outbox::wire::{ATTEMPTS_HEADER, dead_queue};
 use testkit::amqp_url;
+use txoutbox::wire::{ATTEMPTS_HEADER, dead_queue};
+use txoutbox_inbox::{ConsumerConfig, DEAD_REASON_HEADER};
 
 /// A queue of the test's own, a publisher, and the dead-letter queue to read.
 pub(crate) struct Sandbox {

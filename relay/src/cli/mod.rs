@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use outbox_relay::RelayConfig;
-use saga::SagaState;
+use txoutbox_relay::RelayConfig;
+use txoutbox_saga::SagaState;
 
 mod units;
 

@@ -1,10 +1,10 @@
 //! What each subcommand does, once the configuration is known to be good.
 
 use anyhow::Context;
-use outbox_relay::{Relay, RelayConfig};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use txoutbox_relay::{Relay, RelayConfig};
 
 use crate::cli::DeadCommand;
 
@@ -20,13 +20,13 @@ pub(crate) async fn run(
     listener: TcpListener,
 ) -> anyhow::Result<()> {
     if migrate {
-        outbox::migrate(&pool)
+        txoutbox::migrate(&pool)
             .await
             .context("applying migrations")?;
     }
     let relay = Relay::new(pool.clone(), amqp_url, config);
     let shutdown = CancellationToken::new();
-    tokio::spawn(outbox_relay::serve_http(
+    tokio::spawn(txoutbox_relay::serve_http(
         listener,
         relay.metrics(),
         pool,
@@ -57,7 +57,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 }
 
 pub(crate) async fn migrate(pool: PgPool) -> anyhow::Result<()> {
-    outbox::migrate(&pool).await?;
+    txoutbox::migrate(&pool).await?;
     println!("outbox tables are up to date");
     Ok(())
 }
@@ -67,8 +67,8 @@ pub(crate) async fn migrate(pool: PgPool) -> anyhow::Result<()> {
 const STANDBY_SHOWN_FOR_SECONDS: f64 = 60.0;
 
 pub(crate) async fn status(pool: PgPool, json: bool) -> anyhow::Result<()> {
-    let backlog = outbox_relay::backlog(&pool).await?;
-    let instances = outbox_relay::instances(&pool).await?;
+    let backlog = txoutbox_relay::backlog(&pool).await?;
+    let instances = txoutbox_relay::instances(&pool).await?;
     if json {
         let value = serde_json::json!({
             "backlog": backlog.unsent,
@@ -107,7 +107,7 @@ pub(crate) async fn status(pool: PgPool, json: bool) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn inspect(pool: PgPool, saga_id: &str, json: bool) -> anyhow::Result<()> {
-    let messages = outbox::messages_for_saga(&pool, saga_id).await?;
+    let messages = txoutbox::messages_for_saga(&pool, saga_id).await?;
     if json {
         let rows: Vec<_> = messages
             .iter()
@@ -163,7 +163,7 @@ pub(crate) async fn inspect(pool: PgPool, saga_id: &str, json: bool) -> anyhow::
 pub(crate) async fn dead(pool: PgPool, command: DeadCommand) -> anyhow::Result<()> {
     match command {
         DeadCommand::List { limit, output } => {
-            let rows = outbox_relay::dead_rows(&pool, limit).await?;
+            let rows = txoutbox_relay::dead_rows(&pool, limit).await?;
             if output.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
@@ -182,11 +182,11 @@ pub(crate) async fn dead(pool: PgPool, command: DeadCommand) -> anyhow::Result<(
             }
         }
         DeadCommand::Retry { id: Some(id), .. } => {
-            outbox_relay::retry_dead(&pool, id).await?;
+            txoutbox_relay::retry_dead(&pool, id).await?;
             println!("{id} will be published again");
         }
         DeadCommand::Retry { id: None, .. } => {
-            let count = outbox_relay::retry_all_dead(&pool).await?;
+            let count = txoutbox_relay::retry_all_dead(&pool).await?;
             println!("{count} dead row(s) will be published again");
         }
     }
@@ -198,7 +198,7 @@ pub(crate) async fn cleanup(
     retention: std::time::Duration,
     batch_size: u32,
 ) -> anyhow::Result<()> {
-    let deleted = outbox_relay::cleanup(&pool, retention, batch_size).await?;
+    let deleted = txoutbox_relay::cleanup(&pool, retention, batch_size).await?;
     println!(
         "deleted {deleted} sent row(s) older than {}s",
         retention.as_secs()

@@ -1,9 +1,9 @@
-//! `outbox-relay saga ...`: read sagas through `saga::admin`, or ask the orchestrators
+//! `outbox-relay saga ...`: read sagas through `txoutbox_saga::admin`, or ask the orchestrators
 //! to retry or abort one, and print the answer for people or as JSON.
 
 use chrono::{DateTime, Utc};
-use saga::admin::{HistoryEntry, SagaSummary, SagaView};
 use sqlx::PgPool;
+use txoutbox_saga::admin::{HistoryEntry, SagaSummary, SagaView};
 
 use crate::cli::SagaCommand;
 
@@ -15,12 +15,12 @@ pub(crate) async fn saga(pool: PgPool, command: SagaCommand) -> anyhow::Result<(
             limit,
             output,
         } => {
-            let filter = saga::admin::ListFilter {
+            let filter = txoutbox_saga::admin::ListFilter {
                 state,
                 overdue,
                 limit,
             };
-            let sagas = saga::admin::list(&pool, filter).await?;
+            let sagas = txoutbox_saga::admin::list(&pool, filter).await?;
             if output.json {
                 println!("{}", serde_json::to_string_pretty(&sagas)?);
                 return Ok(());
@@ -28,8 +28,8 @@ pub(crate) async fn saga(pool: PgPool, command: SagaCommand) -> anyhow::Result<(
             print_list(&sagas);
         }
         SagaCommand::Show { saga_id, output } => {
-            let Some(view) = saga::admin::show(&pool, &saga_id).await? else {
-                return Err(saga::admin::AdminError::NotFound(saga_id).into());
+            let Some(view) = txoutbox_saga::admin::show(&pool, &saga_id).await? else {
+                return Err(txoutbox_saga::admin::AdminError::NotFound(saga_id).into());
             };
             if output.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
@@ -38,14 +38,14 @@ pub(crate) async fn saga(pool: PgPool, command: SagaCommand) -> anyhow::Result<(
             print_show(&view);
         }
         SagaCommand::Retry { saga_id } => {
-            saga::admin::request_retry(&pool, &saga_id).await?;
+            txoutbox_saga::admin::request_retry(&pool, &saga_id).await?;
             println!(
                 "retry of saga {saga_id} requested: the next orchestrator sweep resumes its compensation \
                  (follow it with `outbox-relay saga show {saga_id}`)"
             );
         }
         SagaCommand::Abort { saga_id, reason } => {
-            saga::admin::request_abort(&pool, &saga_id, &reason).await?;
+            txoutbox_saga::admin::request_abort(&pool, &saga_id, &reason).await?;
             println!(
                 "abort of saga {saga_id} requested: the next orchestrator sweep compensates its steps \
                  (follow it with `outbox-relay saga show {saga_id}`)"

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable};
-use outbox::url::redact;
-use outbox_relay::Relay;
 use sqlx::PgPool;
 use testkit::{RabbitCluster, RabbitNode};
+use txoutbox::url::redact;
+use txoutbox_relay::Relay;
 
 use crate::support::*;
 

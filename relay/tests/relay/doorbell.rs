@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
-use outbox::Message;
-use outbox_relay::Relay;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, PgPool};
+use txoutbox::Message;
+use txoutbox_relay::Relay;
 
 use crate::support::*;
 
 /// Relay settings whose fallback poll (a minute) no test here waits for: a row that
 /// arrives within [`arrives`]'s 20 s was woken by the doorbell.
-fn sleepy_config(exchange: &str) -> outbox_relay::RelayConfig {
+fn sleepy_config(exchange: &str) -> txoutbox_relay::RelayConfig {
     let mut config = fast_config(exchange);
     config.poll_interval = Duration::from_secs(60);
     config
@@ -36,7 +36,7 @@ async fn a_sleeping_relay_is_woken_by_the_rows_ring(pool: PgPool) -> TestResult 
         first_idle(&pool).await?;
         let message = Message::builder(format!("saga-{round}"), "OrderCreated", "orders.created")
             .payload(&round)?;
-        let id = outbox::enqueue(&pool, &message).await?;
+        let id = txoutbox::enqueue(&pool, &message).await?;
         let woken = arrives(&sandbox, id).await;
         relay.shutdown().await?;
         woken.map_err(|error| error.context(format!("round {round}")))?;
@@ -144,7 +144,7 @@ async fn a_row_whose_writer_was_open_when_the_relay_slept_is_not_left_for_the_fa
     let sandbox = Sandbox::new("#").await?;
     let mut writer = pool.begin().await?;
     let message = Message::builder("saga-open", "OrderCreated", "orders.created").payload(&1)?;
-    let id = outbox::enqueue(&mut *writer, &message).await?;
+    let id = txoutbox::enqueue(&mut *writer, &message).await?;
 
     let relay = Relay::new(pool.clone(), amqp_url(), sleepy_config(&sandbox.exchange)).spawn();
     wait_until(
@@ -229,7 +229,7 @@ async fn a_relay_whose_listener_was_cut_while_asleep_arms_again(pool: PgPool) ->
     .await?;
     let message =
         Message::builder("saga-after-cut", "OrderCreated", "orders.created").payload(&1)?;
-    let id = outbox::enqueue(&pool, &message).await?;
+    let id = txoutbox::enqueue(&pool, &message).await?;
     arrives(&sandbox, id).await?;
     relay.shutdown().await?;
     sandbox.remove().await

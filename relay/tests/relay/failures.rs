@@ -4,11 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox::Message;
-use outbox_relay::Relay;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use txoutbox::Message;
+use txoutbox_relay::Relay;
 
 use crate::support::*;
 
@@ -110,8 +110,8 @@ async fn broker_connections_cut_under_load_lose_nothing(pool: PgPool) -> TestRes
 struct Asleep {
     sandbox: Sandbox,
     proxy: FaultyProxy,
-    metrics: std::sync::Arc<outbox_relay::Metrics>,
-    relay: outbox_relay::RelayHandle,
+    metrics: std::sync::Arc<txoutbox_relay::Metrics>,
+    relay: txoutbox_relay::RelayHandle,
 }
 
 async fn asleep_behind_a_proxy(pool: &PgPool) -> anyhow::Result<Asleep> {
@@ -187,7 +187,7 @@ async fn a_row_written_while_an_idle_relay_waits_to_reconnect_cuts_the_wait_shor
     proxy.refuse(true);
     proxy.cut_all();
     // Pauses of 0.1 s doubling, each up to twice that with jitter: after the sixth
-    // refused attempt the next is at least 5 s away (`outbox::backoff`).
+    // refused attempt the next is at least 5 s away (`txoutbox::backoff`).
     wait_until(
         Duration::from_secs(40),
         "six refused reconnects",
@@ -279,14 +279,14 @@ async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
 
     let bad = Message::builder("saga-blocked", "Unroutable", "bad.nowhere")
         .payload(&serde_json::json!({"n": 0}))?;
-    let bad_id = outbox::enqueue(&pool, &bad).await?;
+    let bad_id = txoutbox::enqueue(&pool, &bad).await?;
     wait_until(
         Duration::from_secs(20),
         "the unroutable row is dead",
-        async || Ok(!outbox_relay::dead_rows(&pool, 10).await?.is_empty()),
+        async || Ok(!txoutbox_relay::dead_rows(&pool, 10).await?.is_empty()),
     )
     .await?;
-    let dead = outbox_relay::dead_rows(&pool, 10).await?;
+    let dead = txoutbox_relay::dead_rows(&pool, 10).await?;
     assert_eq!(dead[0].id, bad_id);
     assert_eq!(dead[0].attempts, 3);
     assert!(
@@ -302,7 +302,7 @@ async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
     // The dead row's key is held back (order first); other keys flow.
     let behind = Message::builder("saga-blocked", "Behind", "good.behind")
         .payload(&serde_json::json!({"n": 1}))?;
-    let behind_id = outbox::enqueue(&pool, &behind).await?;
+    let behind_id = txoutbox::enqueue(&pool, &behind).await?;
     let others = fill(&pool, 10, 10, "good.other").await?;
     sandbox
         .wait_for_all(&others, Duration::from_secs(20))
@@ -315,7 +315,7 @@ async fn unroutable_rows_go_dead_after_their_retries_while_other_keys_flow(
 
     // An operator fixes the routing and retries: both go, in order.
     sandbox.bind("bad.#").await?;
-    outbox_relay::retry_dead(&pool, bad_id).await?;
+    txoutbox_relay::retry_dead(&pool, bad_id).await?;
     let both: HashSet<String> = [bad_id.to_string(), behind_id.to_string()]
         .into_iter()
         .collect();
@@ -353,7 +353,7 @@ async fn sigterm_under_load_drains_records_and_exits_zero(pool: PgPool) -> TestR
         deleted_but_never_delivered, 0,
         "a row was marked sent without reaching the broker"
     );
-    let instances = outbox_relay::instances(&pool).await?;
+    let instances = txoutbox_relay::instances(&pool).await?;
     assert!(
         instances.is_empty(),
         "a clean stop leaves the instance table and gives the leases back"

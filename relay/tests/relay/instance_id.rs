@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_relay::{Metrics, Relay, RelayConfig, RelayHandle};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use txoutbox_relay::{Metrics, Relay, RelayConfig, RelayHandle};
 
 use crate::support::*;
 
@@ -100,7 +100,7 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
     // Several more of the second relay's heartbeats (every 300 ms) pass meanwhile.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(second_metrics.standing_by());
-    let instances = outbox_relay::instances(&pool).await?;
+    let instances = txoutbox_relay::instances(&pool).await?;
     assert_eq!(instances.len(), 1);
     assert!(
         instances[0].standby_host.is_some(),
@@ -126,7 +126,7 @@ async fn a_second_relay_with_the_same_instance_id_stands_by_until_the_first_stop
     first.shutdown().await?;
     holds_every_partition(&second_metrics).await?;
     assert!(!second_metrics.standing_by());
-    let instances = outbox_relay::instances(&pool).await?;
+    let instances = txoutbox_relay::instances(&pool).await?;
     assert_eq!(
         instances[0].standby_host, None,
         "the new holder is shown as its own standby"
@@ -159,7 +159,7 @@ async fn a_relay_standing_by_leaves_the_holders_row_and_leases_alone(pool: PgPoo
         64,
         "the standby gave the holder's leases back"
     );
-    let instances = outbox_relay::instances(&pool).await?;
+    let instances = txoutbox_relay::instances(&pool).await?;
     assert_eq!(instances.len(), 1, "the standby deleted the holder's row");
     let ids = fill(&pool, 10, 10, "twins").await?;
     sandbox.wait_for_all(&ids, Duration::from_secs(30)).await?;

@@ -2,6 +2,7 @@
 //! RabbitMQ (an exchange and queue of each test's own). Failures are injected for
 //! real: killed processes, cut and stalled connections.
 
+mod alarm;
 mod claim_plan;
 mod cluster;
 mod doorbell;

@@ -6,10 +6,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
-use outbox::url::redact;
-use outbox_relay::{Metrics, Relay};
 use sqlx::PgPool;
 use tokio::io::AsyncReadExt;
+use txoutbox::url::redact;
+use txoutbox_relay::{Metrics, Relay};
 
 use crate::support::*;
 

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use outbox::Message;
-use outbox_relay::Relay;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use txoutbox::Message;
+use txoutbox_relay::Relay;
 
 use crate::support::*;
 
@@ -103,10 +103,10 @@ async fn status_inspect_and_dead_retry_from_the_command_line(pool: PgPool) -> Te
     let env = [("DATABASE_URL", url.as_str())];
     let stuck = Message::builder("saga-2am", "PaymentCharged", "payments.charged")
         .payload(&serde_json::json!({}))?;
-    let stuck_id = outbox::enqueue(&pool, &stuck).await?;
+    let stuck_id = txoutbox::enqueue(&pool, &stuck).await?;
     let waiting = Message::builder("saga-2am", "ShipmentCreated", "shipping.created")
         .payload(&serde_json::json!({}))?;
-    outbox::enqueue(&pool, &waiting).await?;
+    txoutbox::enqueue(&pool, &waiting).await?;
     sqlx::query("UPDATE outbox SET state = 'dead', attempts = 10, last_error = 'unroutable: 312 NO_ROUTE' WHERE id = $1")
         .bind(stuck_id)
         .execute(&pool)
@@ -204,7 +204,7 @@ async fn health_readiness_and_metrics_over_http(pool: PgPool) -> TestResult {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let stop = CancellationToken::new();
-    tokio::spawn(outbox_relay::serve_http(
+    tokio::spawn(txoutbox_relay::serve_http(
         listener,
         metrics.clone(),
         pool.clone(),
@@ -225,7 +225,7 @@ async fn health_readiness_and_metrics_over_http(pool: PgPool) -> TestResult {
     let ids = fill(&pool, 3, 10, "metrics").await?;
     sandbox.wait_for_all(&ids, Duration::from_secs(20)).await?;
     let readyz = http_get(port, "/readyz").await?;
-    let node = outbox::url::redact(&amqp_url());
+    let node = txoutbox::url::redact(&amqp_url());
     assert!(
         readyz.starts_with("HTTP/1.1 200") && readyz.contains(&node),
         "ready, naming the node: {readyz}"

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use lapin::types::AMQPValue;
-use outbox::Message;
-use outbox_relay::Relay;
 use sqlx::PgPool;
+use txoutbox::Message;
+use txoutbox_relay::Relay;
 
 use crate::support::*;
 
@@ -16,7 +16,7 @@ async fn publishes_and_confirms_every_row_with_its_envelope(pool: PgPool) -> Tes
         .traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         .header("tenant", "acme")
         .payload(&serde_json::json!({"order_id": 42}))?;
-    let id = outbox::enqueue(&pool, &message).await?;
+    let id = txoutbox::enqueue(&pool, &message).await?;
     let mut ids = fill(&pool, 5, 20, "orders.bulk").await?;
     ids.insert(id.to_string());
 
@@ -63,7 +63,7 @@ async fn a_row_committed_late_behind_published_rows_is_still_published(pool: PgP
     // The late transaction takes its seq first, then stays open...
     let late = Message::builder("saga-late", "Late", "late").payload(&serde_json::json!({}))?;
     let mut tx = pool.begin().await?;
-    let late_id = outbox::enqueue(&mut *tx, &late).await?;
+    let late_id = txoutbox::enqueue(&mut *tx, &late).await?;
     // ...while later rows commit and are published.
     let early = fill(&pool, 3, 50, "early").await?;
     sandbox
@@ -86,7 +86,7 @@ async fn delayed_rows_wait_for_their_time(pool: PgPool) -> TestResult {
     let delayed = Message::builder("saga-delay", "Reminder", "reminders")
         .delay(Duration::from_millis(1500))
         .payload(&serde_json::json!({}))?;
-    let id = outbox::enqueue(&pool, &delayed).await?;
+    let id = txoutbox::enqueue(&pool, &delayed).await?;
     let now = fill(&pool, 1, 1, "now").await?;
     let relay = Relay::new(pool.clone(), amqp_url(), fast_config(&sandbox.exchange)).spawn();
 
@@ -119,12 +119,12 @@ async fn sent_rows_are_kept_for_the_retention_then_cleaned_up(pool: PgPool) -> T
     .await?;
     assert_eq!(kept, 20);
     assert_eq!(
-        outbox_relay::cleanup(&pool, Duration::from_secs(3600), 5).await?,
+        txoutbox_relay::cleanup(&pool, Duration::from_secs(3600), 5).await?,
         0,
         "still within the retention"
     );
     assert_eq!(
-        outbox_relay::cleanup(&pool, Duration::ZERO, 5).await?,
+        txoutbox_relay::cleanup(&pool, Duration::ZERO, 5).await?,
         20,
         "in batches of 5"
     );
@@ -144,7 +144,7 @@ async fn two_relays_share_the_partitions_and_keep_order(pool: PgPool) -> TestRes
         Duration::from_secs(20),
         "both hold 32 partitions",
         async || {
-            let held: Vec<usize> = outbox_relay::instances(&pool)
+            let held: Vec<usize> = txoutbox_relay::instances(&pool)
                 .await?
                 .iter()
                 .map(|i| i.partitions.len())

@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox_relay::{Relay, RelayConfig};
 use sqlx::PgPool;
+use txoutbox_relay::{Relay, RelayConfig};
 use uuid::Uuid;
 
 use crate::support::*;
@@ -83,17 +83,17 @@ async fn drain_around(
     relay: Relay,
     good: &HashSet<String>,
     bad: &[BadRow],
-) -> anyhow::Result<(Vec<outbox_relay::DeadRow>, String)> {
+) -> anyhow::Result<(Vec<txoutbox_relay::DeadRow>, String)> {
     let metrics = relay.metrics();
     let relay = relay.spawn();
     sandbox.wait_for_all(good, Duration::from_secs(60)).await?;
     wait_until(
         Duration::from_secs(60),
         "every bad row is dead",
-        async || Ok(outbox_relay::dead_rows(pool, 100).await?.len() >= bad.len()),
+        async || Ok(txoutbox_relay::dead_rows(pool, 100).await?.len() >= bad.len()),
     )
     .await?;
-    let dead = outbox_relay::dead_rows(pool, 100).await?;
+    let dead = txoutbox_relay::dead_rows(pool, 100).await?;
     assert!(metrics.ready(), "a refused row made the relay unready");
     let rendered = metrics.render(None);
     relay.shutdown().await?;
@@ -128,7 +128,7 @@ async fn drain_around(
     Ok((dead, rendered))
 }
 
-fn assert_reason(dead: &[outbox_relay::DeadRow], expected: &[&str]) {
+fn assert_reason(dead: &[txoutbox_relay::DeadRow], expected: &[&str]) {
     for row in dead {
         let error = row.last_error.as_deref().unwrap_or("");
         for part in expected {
@@ -160,7 +160,7 @@ async fn a_row_for_a_missing_exchange_fails_alone_and_is_redriven_once_it_exists
 
     // The exchange is created; `dead retry` re-drives the row, then its follower.
     sandbox.bind_exchange(&missing).await?;
-    outbox_relay::retry_dead(&pool, bad[0].id).await?;
+    txoutbox_relay::retry_dead(&pool, bad[0].id).await?;
     let relay = Relay::new(pool.clone(), amqp_url(), refusal_config(&sandbox.exchange)).spawn();
     let both: HashSet<String> = [bad[0].id.to_string(), bad[0].follower.to_string()].into();
     sandbox.wait_for_all(&both, Duration::from_secs(20)).await?;

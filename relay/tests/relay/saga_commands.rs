@@ -4,9 +4,9 @@
 use std::process::Output;
 use std::time::Duration;
 
-use saga::{Event, Incoming, Outcome, Phase, Registry, Saga, SagaState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use txoutbox_saga::{Event, Incoming, Outcome, Phase, Registry, Saga, SagaState};
 
 use crate::support::*;
 
@@ -41,7 +41,7 @@ fn registry() -> Registry {
 
 async fn start(pool: &PgPool, saga_id: &str) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    saga::start(&mut tx, &order_saga(), saga_id, &Order { order_id: 7 }).await?;
+    txoutbox_saga::start(&mut tx, &order_saga(), saga_id, &Order { order_id: 7 }).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -154,7 +154,12 @@ async fn saga_abort_and_retry_are_requests_an_orchestrator_carries_out(pool: PgP
     assert_eq!(state(&pool, "order-7").await?, "running", "only requested");
 
     // The next orchestrator sweep carries it out; the participant's release succeeds.
-    assert_eq!(saga::sweep_due(&pool, &registry(), 10).await?.len(), 1);
+    assert_eq!(
+        txoutbox_saga::sweep_due(&pool, &registry(), 10)
+            .await?
+            .len(),
+        1
+    );
     assert_eq!(state(&pool, "order-7").await?, "compensating");
     let released = Event::Reply {
         step: 0,
@@ -162,7 +167,7 @@ async fn saga_abort_and_retry_are_requests_an_orchestrator_carries_out(pool: PgP
         outcome: Outcome::Succeeded,
     };
     let mut tx = pool.begin().await?;
-    saga::apply(
+    txoutbox_saga::apply(
         &mut tx,
         &registry(),
         "order-7",

@@ -7,9 +7,9 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox::Message;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
+use txoutbox::Message;
 
 pub(crate) use testkit::{
     FaultyProxy, Received, Sandbox, amqp_url, amqp_url_as, database_url_of, stop, wait_until,
@@ -20,7 +20,7 @@ pub(crate) type TestResult = anyhow::Result<()>;
 /// The outbox's migrations, applied only once the servers are known to be up:
 /// `#[sqlx::test(migrator = "crate::support::MIGRATOR")]`.
 pub(crate) static MIGRATOR: testkit::CheckedMigrator =
-    testkit::CheckedMigrator::new(&outbox::MIGRATOR);
+    testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
 
 static WRITTEN: AtomicI64 = AtomicI64::new(0);
 
@@ -43,7 +43,7 @@ pub(crate) async fn fill(
             batch.push(message);
             if batch.len() == 1000 {
                 ids.extend(
-                    outbox::enqueue_batch(pool, &batch)
+                    txoutbox::enqueue_batch(pool, &batch)
                         .await?
                         .iter()
                         .map(|id| id.to_string()),
@@ -53,7 +53,7 @@ pub(crate) async fn fill(
         }
     }
     ids.extend(
-        outbox::enqueue_batch(pool, &batch)
+        txoutbox::enqueue_batch(pool, &batch)
             .await?
             .iter()
             .map(|id| id.to_string()),
@@ -98,8 +98,8 @@ pub(crate) async fn wait_until_drained(pool: &PgPool, timeout: Duration) -> anyh
 }
 
 /// Relay settings that make failover quick enough for a test.
-pub(crate) fn fast_config(exchange: &str) -> outbox_relay::RelayConfig {
-    let mut config = outbox_relay::RelayConfig::default();
+pub(crate) fn fast_config(exchange: &str) -> txoutbox_relay::RelayConfig {
+    let mut config = txoutbox_relay::RelayConfig::default();
     config.exchange = exchange.to_owned();
     config.lease_ttl = Duration::from_secs(2);
     config.heartbeat_interval = Duration::from_millis(300);

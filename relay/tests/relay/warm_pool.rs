@@ -1,8 +1,8 @@
 //! The relay opens the connections it will need before rows wait on them.
 
-use outbox_relay::Relay;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use txoutbox_relay::Relay;
 
 use crate::support::*;
 

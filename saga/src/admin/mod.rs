@@ -33,12 +33,12 @@ pub use stats::{SagaStats, stats};
 #[non_exhaustive]
 pub enum AdminError {
     /// PostgreSQL failed or refused a statement.
-    #[error("database: {}", outbox::postgres::describe(.0))]
+    #[error("database: {}", txoutbox::postgres::describe(.0))]
     Database(#[from] sqlx::Error),
 
     /// The outbox rows could not be read.
     #[error(transparent)]
-    Outbox(#[from] outbox::Error),
+    Outbox(#[from] txoutbox::Error),
 
     /// No saga has this id.
     #[error("no saga with id {0}")]
@@ -69,7 +69,7 @@ impl AdminError {
     /// True when trying again can help: the database connection failed, not the request.
     pub fn is_transient(&self) -> bool {
         match self {
-            AdminError::Database(error) => outbox::postgres::is_transient(error),
+            AdminError::Database(error) => txoutbox::postgres::is_transient(error),
             AdminError::Outbox(error) => error.is_transient(),
             _ => false,
         }

@@ -102,7 +102,7 @@ pub struct OutboxRow {
     pub routing_key: String,
     /// Where the row is in its life.
     #[serde(serialize_with = "name")]
-    pub state: outbox::State,
+    pub state: txoutbox::State,
     /// Failed publish attempts.
     pub attempts: i32,
     /// Why the last one failed.
@@ -156,7 +156,7 @@ pub async fn show(pool: &PgPool, saga_id: &str) -> Result<Option<SagaView>> {
     .bind(saga_id)
     .fetch_all(&mut *tx)
     .await?;
-    let outbox = outbox::messages_for_saga(&mut *tx, saga_id)
+    let outbox = txoutbox::messages_for_saga(&mut *tx, saga_id)
         .await?
         .into_iter()
         .map(|m| OutboxRow {

@@ -1,9 +1,9 @@
 //! What every handler of the demo does besides its own effect.
 
-use idempotency::{BoxError, Context};
-use outbox::wire::step_route;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use txoutbox::wire::step_route;
+use txoutbox_inbox::{BoxError, Context};
 use uuid::Uuid;
 
 use crate::demo::policy::CompensationPolicy;
@@ -40,10 +40,10 @@ pub(crate) async fn start<P: Serialize>(
     saga_id: &str,
     event: Event,
     payload: &P,
-) -> Result<Uuid, outbox::Error> {
+) -> Result<Uuid, txoutbox::Error> {
     let message =
-        outbox::Message::builder(saga_id, event.step(), event.routing_key()).payload(payload)?;
-    outbox::enqueue(&mut *conn, &message).await
+        txoutbox::Message::builder(saga_id, event.step(), event.routing_key()).payload(payload)?;
+    txoutbox::enqueue(&mut *conn, &message).await
 }
 
 /// What a compensation handler needs besides its transaction: the policy that makes

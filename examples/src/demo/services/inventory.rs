@@ -1,8 +1,8 @@
 //! The inventory service: reserves stock for a new order, and releases it when the
 //! payment fails (the saga's compensation).
 
-use idempotency::{BoxError, Context};
 use sqlx::PgConnection;
+use txoutbox_inbox::{BoxError, Context};
 
 use super::common::{Compensations, emit, record_handled};
 use super::messages::{InventoryReleased, InventoryReserved, OrderCreated, PaymentFailed};

@@ -15,12 +15,12 @@ mod shipping;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency::{Consumer, WithState};
-use saga::participant::SagaCommands;
-use saga::{Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
+use txoutbox_inbox::{Consumer, WithState};
+use txoutbox_saga::participant::SagaCommands;
+use txoutbox_saga::{Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry};
 
 use self::common::Compensations;
 use self::order::Announce;
@@ -156,7 +156,7 @@ fn orchestrate(
     pool: &PgPool,
     amqp_url: String,
     args: &ServiceArgs,
-    definition: &saga::Saga<orchestration::OrderSaga>,
+    definition: &txoutbox_saga::Saga<orchestration::OrderSaga>,
 ) -> anyhow::Result<OrchestratorHandle> {
     let mut config = OrchestratorConfig::new(&args.prefix);
     config.consumer = consumer_config(&args.prefix, Service::Order, SagaMode::Orchestration);

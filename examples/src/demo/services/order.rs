@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency::{BoxError, Context};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use txoutbox_inbox::{BoxError, Context};
 
 use super::common::{record_handled, start};
 use super::messages::{InventoryReleased, OrderCreated, ShipmentCreated};
@@ -20,7 +20,7 @@ pub(crate) enum Announce {
     /// An `OrderCreated` event, for inventory to react to.
     Event,
     /// A saga of this definition, whose first command the orchestrator sends.
-    Saga(Arc<saga::Saga<OrderSaga>>),
+    Saga(Arc<txoutbox_saga::Saga<OrderSaga>>),
 }
 
 /// Places orders 1 to `orders`, `rate` per second. A restarted service goes on from
@@ -84,7 +84,7 @@ async fn place(pool: &PgPool, number: u32, announce: &Announce) -> anyhow::Resul
                     quantity,
                     amount_cents,
                 };
-                saga::start(&mut tx, definition, &id, &data).await?;
+                txoutbox_saga::start(&mut tx, definition, &id, &data).await?;
             }
         }
     }

@@ -1,10 +1,10 @@
 //! The saga's participants under orchestration: each command's handler does its
 //! effect in the inbox's transaction and answers the orchestrator through the outbox
-//! (the `saga` crate's participant helper does the answering, the once-only and the
+//! (the `txoutbox-saga` crate's participant helper does the answering, the once-only and the
 //! fencing of late actions).
 
-use idempotency::{BoxError, Context};
-use saga::participant::Verdict;
+use txoutbox_inbox::{BoxError, Context};
+use txoutbox_saga::participant::Verdict;
 
 use super::common::{Compensations, record_handled};
 use super::inventory::adjust;

@@ -1,6 +1,6 @@
 //! The payment service: charges a reserved order, or declines it.
 
-use idempotency::{BoxError, Context};
+use txoutbox_inbox::{BoxError, Context};
 
 use super::common::{emit, record_handled};
 use super::messages::{InventoryReserved, PaymentCharged, PaymentFailed};

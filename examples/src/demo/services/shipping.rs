@@ -1,6 +1,6 @@
 //! The shipping service: ships a paid order.
 
-use idempotency::{BoxError, Context};
+use txoutbox_inbox::{BoxError, Context};
 
 use super::common::{emit, record_handled};
 use super::messages::{PaymentCharged, ShipmentCreated};
