@@ -60,7 +60,7 @@ pub enum DeclareError {
     /// `queue` already exists as a queue of another type (`x-queue-type`), and a
     /// queue's type cannot change. Keep it with
     /// [`ConsumerConfig::queue_type`](crate::ConsumerConfig::queue_type), or move its
-    /// messages to a queue of the new type (README: "Queue types").
+    /// messages to a queue of the new type (docs/operations/queue-types.md).
     ///
     /// `{queue}.dead` is declared first, and the type is its only argument, so a set
     /// of queues declared together with the other type (by an earlier release, or
@@ -69,7 +69,7 @@ pub enum DeclareError {
         "queue '{queue}' exists as a {existing} queue, but this consumer declares it as a \
          {declared} queue (ConsumerConfig::queue_type), and a queue's type cannot change: \
          declare it as it is, or move its messages to a queue of the new type \
-         (README: \"Queue types\")"
+         (docs/operations/queue-types.md)"
     )]
     TypeMismatch {
         /// The queue: the consumer's own, `{queue}.dead` or a retry queue.
@@ -88,7 +88,7 @@ pub enum DeclareError {
     /// support one (a quorum queue with a TTL before RabbitMQ 3.10).
     #[error(
         "the broker refused to declare queue '{queue}' as a {declared} queue: {reason} \
-         (README: \"Queue types\")"
+         (docs/operations/queue-types.md)"
     )]
     Refused {
         /// The queue the broker refused.

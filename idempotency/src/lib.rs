@@ -1,10 +1,9 @@
-//! An idempotent inbox: at-least-once delivery in, exactly-once effects out.
+#![doc = include_str!("../README.md")]
 //!
-//! A consumer runs its handler in one transaction together with recording the
-//! message's key, `saga_id:step`, in the `inbox` table; the broker is acked only
-//! after the commit. A message that arrives again (broker redelivery, a relay that
-//! republished after a crash, a producer that retried) finds its key and takes no
-//! effect.
+//! # Without a broker
+//!
+//! [`Inbox::process`] runs a closure in a transaction guarded by the key, and says
+//! whether it took effect or was a duplicate (with the first run's result):
 //!
 //! ```rust,no_run
 //! use txoutbox_inbox::{Inbox, InboxKey, Outcome};
@@ -32,43 +31,13 @@
 //! # }
 //! ```
 //!
+//! # On RabbitMQ
+//!
 //! [`Consumer`] runs this on RabbitMQ. A handler is a plain `async fn` that gets a
 //! [`Context`] (the message's [`Envelope`] and the inbox's transaction) and the
 //! payload, decoded into its own type; what it writes and what it sends with
 //! [`Context::emit`] commit with the inbox key, and the broker is acked only after
-//! the commit:
-//!
-//! ```rust,no_run
-//! use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context};
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Deserialize)]
-//! struct ReserveStock { sku: String, quantity: i32 }
-//!
-//! #[derive(Serialize)]
-//! struct StockReserved { quantity: i32 }
-//!
-//! async fn reserve(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<(), BoxError> {
-//!     sqlx::query("UPDATE stock SET available = available - $2 WHERE sku = $1")
-//!         .bind(&cmd.sku)
-//!         .bind(cmd.quantity)
-//!         .execute(ctx.db())
-//!         .await?;
-//!     // Same saga_id, same trace.
-//!     ctx.emit("StockReserved", "stock.reserved", &StockReserved { quantity: cmd.quantity })
-//!         .await?;
-//!     Ok(())
-//! }
-//!
-//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! let config = ConsumerConfig::new("inventory").bind("saga", "stock.reserve");
-//! let consumer = Consumer::new(pool, "amqp://127.0.0.1:5672/%2f", "inventory", config)
-//!     .on("ReserveStock", reserve)
-//!     .spawn()?;
-//! # consumer.shutdown().await?;
-//! # Ok(())
-//! # }
-//! ```
+//! the commit.
 //!
 //! Deliveries that are waiting together go through the inbox in one transaction, up
 //! to [`ConsumerConfig::batch_size`]: one commit and one ack for the batch, each

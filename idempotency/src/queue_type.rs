@@ -9,7 +9,7 @@ use txoutbox::wire::dead_queue;
 
 /// The type of the queues a consumer declares (`x-queue-type`).
 ///
-/// README ("Queue types") says which arguments each gets and why.
+/// `docs/operations/queue-types.md` says which arguments each gets and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum QueueType {
     /// Replicated over the cluster's nodes (Raft), and the only type that keeps its

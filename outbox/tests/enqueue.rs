@@ -132,7 +132,7 @@ async fn concurrent_writers_each_commit_their_own_rows(pool: PgPool) -> TestResu
 
 #[sqlx::test(migrator = "txoutbox::MIGRATOR")]
 async fn a_raw_sql_writer_produces_the_same_row(pool: PgPool) -> TestResult {
-    // Exactly the statement README gives a writer in another language.
+    // Exactly the statement the table contract (docs/reference/outbox-table.md) gives a writer in another language.
     sqlx::query(
         "INSERT INTO outbox (saga_id, step, routing_key, payload) VALUES ($1, $2, $3, $4::jsonb)",
     )

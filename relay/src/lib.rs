@@ -1,28 +1,7 @@
-//! Publishes the transactional outbox to RabbitMQ.
+#![doc = include_str!("../README.md")]
 //!
-//! Every committed `outbox` row reaches RabbitMQ, confirmed by the broker, in write
-//! order per ordering key; a row is marked sent (deleted, or kept for a retention
-//! period) only after its own confirm came back as an ack. Broker, network, database
-//! and relay failures cause at most duplicates, which carry the same `message_id`.
-//!
-//! Run it as the `outbox-relay` sidecar, or inside your service:
-//!
-//! ```rust,no_run
-//! use txoutbox_relay::{Relay, RelayConfig};
-//!
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
-//! txoutbox::migrate(&pool).await?;
-//! let mut config = RelayConfig::default();
-//! config.exchange = "events".into();
-//! let relay = Relay::new(pool, std::env::var("AMQP_URL")?, config).spawn();
-//! // ... on shutdown:
-//! relay.shutdown().await?;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! How it works, and what it guarantees, is in README.md ("The relay").
+//! How it works, and what it guarantees, is in `docs/design/relay.md` and
+//! `docs/design/guarantees.md` of the repository.
 
 mod admin;
 mod broker;

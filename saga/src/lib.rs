@@ -1,10 +1,6 @@
-//! Sagas on the transactional outbox and the idempotent inbox.
+#![doc = include_str!("../README.md")]
 //!
-//! A saga is a business transaction across services: steps run one after another,
-//! each an action some service performs, and when one fails the completed ones are
-//! undone by their compensations, last first. This crate keeps each saga's state in
-//! PostgreSQL, sends its commands through the outbox and takes its replies through
-//! the inbox, so no state lives in memory and no reply applies twice.
+//! # The rules
 //!
 //! The rules are one pure function, [`transition`], from a saga's [`Position`] and
 //! an [`Event`] to where it goes next.
