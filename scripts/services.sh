@@ -25,20 +25,8 @@ postgres_ready() {
 
 rabbitmq_ready() { port_open "$AMQP_PORT"; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-apt_updated=false
-apt_install() {
-    if [ "$apt_updated" = false ]; then
-        say "updating the Debian package lists"
-        as_root apt-get update -qq
-        apt_updated=true
-    fi
-    say "installing $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
 
 postgres_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
 

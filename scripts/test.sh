@@ -4,13 +4,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+scripts/tools.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The alert rules: valid, and their unit tests (deploy/prometheus/alerts.test.yml).
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
 cargo test --workspace
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# The published crates, as `cargo publish --dry-run --workspace` packages and
+# verifies them, without the registry (offline): every file a crate needs is in its
+# package, and each package builds on its own.
+cargo package --offline --allow-dirty --quiet \
+  -p txoutbox -p txoutbox-inbox -p txoutbox-saga -p txoutbox-relay
 
 # The exactly-once demo, short, in both saga modes: every kind of fault at least once
 # (the broker's restarts too, where rabbitmq-server is installed), verified from the

@@ -11,12 +11,14 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::metrics::Backlog;
 
-/// Reads the backlog figures: unsent rows, dead rows, age of the oldest unsent row.
+/// Reads the backlog figures: unsent rows, dead rows, and how long the oldest
+/// unsent row has been due (see [`Backlog::oldest_unsent_age_seconds`]).
 pub async fn backlog(pool: &PgPool) -> Result<Backlog> {
     let (unsent, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state IN ($1, $2)),
                 count(*) FILTER (WHERE state = $3),
-                extract(epoch FROM now() - min(created_at) FILTER (WHERE state IN ($1, $2)))::float8
+                extract(epoch FROM now() - min(CASE WHEN attempts = 0 THEN available_at ELSE created_at END)
+                    FILTER (WHERE state IN ($1, $2) AND (attempts > 0 OR available_at <= now())))::float8
          FROM outbox WHERE state <> $4",
     )
     .bind(State::Pending.as_str())

@@ -106,7 +106,10 @@ pub struct Backlog {
     pub unsent: i64,
     /// Rows parked as dead.
     pub dead: i64,
-    /// Age of the oldest unsent row, in seconds.
+    /// How long the oldest unsent row has been due, in seconds: since it was
+    /// written, or since its `available_at` for a row written with a delay (a row
+    /// not yet due is not late). A row being retried counts from when it was
+    /// written. 0 when nothing is due.
     pub oldest_unsent_age_seconds: f64,
 }
 
@@ -266,7 +269,7 @@ impl Metrics {
             gauge(
                 &mut out,
                 "outbox_relay_oldest_unsent_age_seconds",
-                "Age of the oldest unsent outbox row.",
+                "How long the oldest unsent outbox row has been due (from its available_at for a delayed row).",
                 backlog.oldest_unsent_age_seconds,
             );
         }

@@ -1,7 +1,8 @@
 //! The scaffolding of the toolkit's tests, benches and demo, in one place: where the
 //! servers are, a check that they are up, a broker sandbox that records what arrives,
-//! polling waits, a TCP proxy that injects network faults, SIGTERM for a child, and
-//! RabbitMQ nodes and clusters of a test's own to stop, kill and start again.
+//! polling waits, a TCP proxy that injects network faults, SIGTERM for a child,
+//! RabbitMQ nodes and clusters of a test's own to stop, kill and start again, and
+//! plain HTTP to read a `/metrics` or serve one.
 //!
 //! ```rust,no_run
 //! use std::time::Duration;
@@ -22,6 +23,7 @@
 //! [`CheckedMigrator`]) turns a server that is down into one line saying which to
 //! start and how.
 
+mod http;
 mod proxy;
 mod rabbit_cluster;
 mod rabbit_node;
@@ -31,6 +33,7 @@ mod servers;
 mod signal;
 mod wait;
 
+pub use http::{body, http_get, serve_text};
 pub use proxy::FaultyProxy;
 pub use rabbit_cluster::{QuorumQueue, RabbitCluster};
 pub use rabbit_node::RabbitNode;

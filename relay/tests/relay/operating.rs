@@ -282,3 +282,55 @@ async fn a_clean_stop_logs_no_error(pool: PgPool) -> TestResult {
     );
     sandbox.remove().await
 }
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_delayed_row_is_not_late_until_it_is_due(pool: PgPool) -> TestResult {
+    let later = Message::builder("saga-delayed", "Remind", "reminders")
+        .delay(Duration::from_secs(3600))
+        .payload(&())?;
+    txoutbox::enqueue(&pool, &later).await?;
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '10 minutes'")
+        .execute(&pool)
+        .await?;
+    let backlog = txoutbox_relay::backlog(&pool).await?;
+    assert_eq!(
+        (backlog.unsent, backlog.oldest_unsent_age_seconds),
+        (1, 0.0)
+    );
+
+    // Due two minutes ago: late by two minutes, not by its ten minutes of age.
+    sqlx::query("UPDATE outbox SET available_at = now() - interval '2 minutes'")
+        .execute(&pool)
+        .await?;
+    let age = txoutbox_relay::backlog(&pool)
+        .await?
+        .oldest_unsent_age_seconds;
+    assert!((119.0..130.0).contains(&age), "{age}");
+
+    // Retried since: late since it was written.
+    sqlx::query("UPDATE outbox SET attempts = 2, state = 'retry', available_at = now() + interval '1 minute'")
+        .execute(&pool)
+        .await?;
+    let age = txoutbox_relay::backlog(&pool)
+        .await?
+        .oldest_unsent_age_seconds;
+    assert!((599.0..610.0).contains(&age), "{age}");
+    Ok(())
+}
+
+/// A Kubernetes Secret mounted as a file, as `deploy/kubernetes` does it: the URL in
+/// a file that ends with a newline, named by `DATABASE_URL_FILE`, no `DATABASE_URL`.
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn the_database_url_is_read_from_a_file(pool: PgPool) -> TestResult {
+    let dir = std::env::temp_dir().join(format!("relay-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("database-url");
+    std::fs::write(&file, format!("{}\n", database_url_of(&pool)))?;
+    let path = file.display().to_string();
+    let status = relay_cli(&["status"], &[("DATABASE_URL_FILE", path.as_str())]).await?;
+    let flag = relay_cli(&["status", "--database-url-file", path.as_str()], &[]).await?;
+    std::fs::remove_dir_all(&dir)?;
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(flag.status.success(), "{}", text(&flag));
+    Ok(())
+}

@@ -12,7 +12,8 @@ use tokio::process::{Child, Command};
 use txoutbox::Message;
 
 pub(crate) use testkit::{
-    FaultyProxy, Received, Sandbox, amqp_url, amqp_url_as, database_url_of, stop, wait_until,
+    FaultyProxy, Received, Sandbox, amqp_url, amqp_url_as, database_url_of, http_get, stop,
+    wait_until,
 };
 
 pub(crate) type TestResult = anyhow::Result<()>;
@@ -160,18 +161,6 @@ pub(crate) fn relay_command(
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     command
-}
-
-/// A GET to the relay's HTTP endpoints on `port`: the whole response, head and body.
-pub(crate) async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }
 
 /// Waits (up to 20 s) for the first moment a relay on this database is idle and

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Makes sure the tools the tests use beside the servers are installed: Prometheus
+# (a real one scrapes a relay, a consumer and an orchestrator in the monitoring
+# test) and promtool (checks and unit-tests the alert rules). Installs the Debian
+# package when missing; quiet when all is well; safe to run any number of times.
+set -euo pipefail
+
+say() { printf 'tools: %s\n' "$*" >&2; }
+
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
+
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    apt_install --no-install-recommends prometheus
+fi
