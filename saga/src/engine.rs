@@ -1,25 +1,30 @@
-//! Starting a saga and moving it, each in one transaction: lock the saga row, apply
-//! the transition function, write the new state with its deadline, append to the
-//! history, and enqueue the next command through the outbox. A reply therefore never
-//! meets a state that does not expect it, and a timeout never outlives its state.
+//! Starting a saga and moving it, each in one transaction: lock the saga row, work
+//! out the move ([`mover`](crate::mover)), run the end hook if the saga ends, write
+//! the new state with its deadline, append to the history, and enqueue the next
+//! commands through the outbox. A reply therefore never meets a state that does not
+//! expect it, and a timeout never outlives its state.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
-use sqlx::types::Json;
 
-use crate::command::{send, send_erased};
 use crate::definition::Saga;
 use crate::error::{Error, Result};
-use crate::history::{self, Entry};
+use crate::mover::{
+    AfterHookFailure, Brought, Line, Move, Planned, Record, after_hook_failure, annotate, plan_move,
+};
 use crate::registry::{Definition, Registry};
 use crate::state::SagaState;
-use crate::transition::{Event, Next, Outcome, Position, command_timeout, transition};
+use crate::transition::{Event, Outcome, Position};
 use crate::wire;
 
+mod write;
+
+pub(crate) use write::{Locked, lock};
+
 /// Starts saga `saga_id` of type `saga` with `data`, in the caller's transaction:
-/// the saga row, its first command (through the outbox) and its deadline commit with
-/// the caller's own change, or not at all.
+/// the saga row, its first commands (through the outbox) and its deadline commit
+/// with the caller's own change, or not at all.
 pub async fn start<D>(
     conn: &mut PgConnection,
     saga: &Saga<D>,
@@ -30,40 +35,29 @@ where
     D: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let data = serde_json::to_value(data).map_err(Error::Data)?;
-    let Next::Moved {
-        to,
-        send: Some(first),
-        ..
-    } = transition(&saga.plan(), Position::start(), &Event::Start)
-    else {
-        unreachable!("a built saga has a first step");
+    let record = Record {
+        position: Position::start(),
+        data,
+        ending: None,
+        end_attempts: 0,
     };
-    let timeout = txoutbox::postgres::interval(saga.steps()[0].timeout());
-    let deadline_ms: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO saga_instance
-             (saga_id, saga_type, definition_version, state, current_step, attempts, deadline_at, data)
-         VALUES ($1, $2, $3, $4, 0, 0, now() + $5, $6)
-         ON CONFLICT (saga_id) DO NOTHING
-         RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint",
-    )
-    .bind(saga_id)
-    .bind(saga.name())
-    .bind(saga.version())
-    .bind(to.state.as_str())
-    .bind(timeout)
-    .bind(Json(&data))
-    .fetch_optional(&mut *conn)
-    .await?;
+    let Planned::Moved(mv) =
+        plan_move(saga, &record, &Event::Start, Brought::default()).map_err(Error::Data)?
+    else {
+        unreachable!("a pending saga always starts");
+    };
+    let deadline_ms = write::insert_started(conn, saga, saga_id, &mv).await?;
     let Some(deadline_ms) = deadline_ms else {
         return Err(Error::AlreadyStarted(saga_id.to_owned()));
     };
-    let entry = Entry::moved("started", SagaState::Pending, to.state);
-    history::append(&mut *conn, saga_id, entry).await?;
-    send(&mut *conn, saga, saga_id, &data, first, 1, deadline_ms).await
+    // A saga that starts with a wait has no kept signal to take yet: `signal`
+    // refuses one for a saga that does not exist.
+    write::send(conn, saga, saga_id, &mv, deadline_ms).await
 }
 
 /// What applying an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Applied {
     /// The saga moved from one state to another (possibly the same, with a new command).
     Moved {
@@ -74,8 +68,15 @@ pub enum Applied {
     },
     /// Nothing changed; the history says why.
     Ignored(&'static str),
-    /// The saga's definition (type and version) is not registered: it is `failed`.
+    /// The saga's definition (type and version) is not registered, or no longer fits
+    /// where the saga is: it is `failed`.
     DefinitionMissing,
+    /// The saga was to end, but its end hook failed: the move is rolled back and
+    /// tried again later (or, out of tries, the saga is `failed`).
+    HookFailed {
+        /// The state the saga was moving to.
+        ending: SagaState,
+    },
 }
 
 /// What came with an event, for the history and the saga's data.
@@ -85,24 +86,6 @@ pub struct Incoming<'a> {
     pub message_id: Option<&'a str>,
     /// A successful action's result, merged into the saga's data.
     pub result: Option<&'a serde_json::Value>,
-}
-
-#[derive(sqlx::FromRow)]
-struct Locked {
-    saga_type: String,
-    definition_version: i32,
-    state: String,
-    current_step: i32,
-    attempts: i32,
-    data: Json<serde_json::Value>,
-}
-
-impl Locked {
-    /// The stored state; a value this version does not know is treated as `failed`,
-    /// which only an operator moves.
-    fn state(&self) -> SagaState {
-        SagaState::parse(&self.state).unwrap_or(SagaState::Failed)
-    }
 }
 
 /// Applies `event` to saga `saga_id` inside the caller's transaction (`conn` must be
@@ -115,114 +98,267 @@ pub async fn apply(
     incoming: Incoming<'_>,
 ) -> Result<Applied> {
     let locked = lock(conn, saga_id).await?;
-    let Some(definition) = registry.get(&locked.saga_type, locked.definition_version) else {
-        return definition_missing(conn, saga_id, &locked).await;
+    let definition = match definition_of(registry, &locked) {
+        Ok(definition) => definition,
+        Err(reason) => return definition_missing(conn, saga_id, &locked, reason).await,
     };
-    apply_locked(conn, &*definition, saga_id, locked, event, incoming).await
+    // An operator's retry of a saga whose end hook gave up runs the hook again.
+    if matches!(event, Event::Retry)
+        && locked.state() == SagaState::Failed
+        && locked.ending().is_some()
+    {
+        return end_again(conn, &*definition, saga_id, &locked, true).await;
+    }
+    let brought = Brought {
+        message_id: incoming.message_id,
+        result: incoming.result,
+    };
+    apply_locked(conn, &*definition, saga_id, &locked, event, brought).await
 }
 
-/// Locks saga `saga_id`'s row until the caller's transaction ends.
-async fn lock(conn: &mut PgConnection, saga_id: &str) -> Result<Locked> {
-    let locked: Option<Locked> = sqlx::query_as(
-        "SELECT saga_type, definition_version, state, current_step, attempts, data
-         FROM saga_instance WHERE saga_id = $1 FOR UPDATE",
+/// The due sweep's move of a locked saga whose deadline passed: a timeout, or the
+/// next try of an end hook that failed.
+pub(crate) async fn apply_due(
+    conn: &mut PgConnection,
+    registry: &Registry,
+    saga_id: &str,
+    locked: &Locked,
+) -> Result<(Applied, bool)> {
+    let definition = match definition_of(registry, locked) {
+        Ok(definition) => definition,
+        Err(reason) => {
+            let applied = definition_missing(conn, saga_id, locked, reason).await?;
+            return Ok((applied, false));
+        }
+    };
+    if locked.ending().is_some() {
+        let applied = end_again(conn, &*definition, saga_id, locked, false).await?;
+        return Ok((applied, false));
+    }
+    let at = locked.record().position;
+    let phase = match at.state {
+        SagaState::Compensating => crate::transition::Phase::Compensation,
+        _ => crate::transition::Phase::Action,
+    };
+    let event = Event::Timeout {
+        step: at.step,
+        phase,
+    };
+    let applied = apply_locked(
+        conn,
+        &*definition,
+        saga_id,
+        locked,
+        &event,
+        Brought::default(),
     )
-    .bind(saga_id)
-    .fetch_optional(&mut *conn)
     .await?;
-    locked.ok_or_else(|| Error::NotFound(saga_id.to_owned()))
+    Ok((applied, true))
 }
 
-/// Applies `event` to a saga locked with [`lock`], whose definition is `definition`.
-async fn apply_locked(
+/// The definition a locked saga runs on, or why none fits it.
+pub(crate) fn definition_of(
+    registry: &Registry,
+    locked: &Locked,
+) -> std::result::Result<std::sync::Arc<dyn Definition>, String> {
+    let Some(definition) = registry.get(&locked.saga_type, locked.definition_version) else {
+        return Err(format!(
+            "saga type {} version {} is not registered with this orchestrator",
+            locked.saga_type, locked.definition_version
+        ));
+    };
+    let steps = definition.plan().steps.len();
+    let at = locked.record().position;
+    let past_the_end = at.step > steps || (at.step == steps && !at.state.is_terminal());
+    if past_the_end {
+        return Err(format!(
+            "saga is at step {} but {} version {} has {steps} step(s): the definition \
+             changed under running sagas; register the one they started with again, \
+             and give the new one a new version",
+            at.step, locked.saga_type, locked.definition_version
+        ));
+    }
+    Ok(definition)
+}
+
+/// Applies `event` to a saga locked with [`lock`], whose definition is
+/// `definition`; then, if the saga now waits for an event that already came, takes it.
+pub(crate) async fn apply_locked(
     conn: &mut PgConnection,
     definition: &dyn Definition,
     saga_id: &str,
-    locked: Locked,
+    locked: &Locked,
     event: &Event<'_>,
-    incoming: Incoming<'_>,
+    brought: Brought<'_>,
 ) -> Result<Applied> {
-    let state = locked.state();
-    let at = Position {
-        state,
-        step: usize::try_from(locked.current_step).unwrap_or(0),
-        attempts: u32::try_from(locked.attempts).unwrap_or(0),
-    };
-    let mut entry = Entry::of(event, incoming.message_id);
-    match transition(&definition.plan(), at, event) {
-        Next::Ignored(why) => {
-            entry.detail = Some(match entry.detail.take() {
-                Some(detail) => format!("{detail}; ignored: {why}"),
-                None => format!("ignored: {why}"),
-            });
-            entry.from_state = Some(state);
-            history::append(&mut *conn, saga_id, entry).await?;
-            Ok(Applied::Ignored(why))
+    let (applied, waiting) = apply_once(conn, definition, saga_id, locked, event, brought).await?;
+    crate::signal::take_for_wait(conn, definition, saga_id, waiting).await?;
+    Ok(applied)
+}
+
+/// Applies `event` alone; returns the event the saga now waits for, if it moved to
+/// a wait step.
+pub(crate) async fn apply_once(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    locked: &Locked,
+    event: &Event<'_>,
+    brought: Brought<'_>,
+) -> Result<(Applied, Option<String>)> {
+    let record = locked.record();
+    match plan_move(definition, &record, event, brought).map_err(Error::Data)? {
+        Planned::Ignored(why, line) => {
+            crate::history::append(conn, saga_id, &[line]).await?;
+            Ok((Applied::Ignored(why), None))
         }
-        Next::Moved {
-            to,
-            send: command,
-            merge_result,
-            error,
-        } => {
-            let mut data = locked.data.0;
-            if merge_result && let Some(result) = incoming.result {
-                merge(&mut data, result);
-            }
-            let deadline = command.map(|c| {
-                let timeout = command_timeout(definition.timeout(c.step), to.attempts);
-                txoutbox::postgres::interval(timeout)
-            });
-            let deadline_ms: Option<i64> = sqlx::query_scalar(
-                "UPDATE saga_instance
-                 SET state = $2, current_step = $3, attempts = $4, version = version + 1,
-                     deadline_at = now() + $5, data = $6,
-                     last_error = coalesce($7, last_error), updated_at = now(),
-                     finished_at = CASE WHEN $8 THEN now() END
-                 WHERE saga_id = $1
-                 RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint",
-            )
-            .bind(saga_id)
-            .bind(to.state.as_str())
-            .bind(i32::try_from(to.step).unwrap_or(i32::MAX))
-            .bind(i32::try_from(to.attempts).unwrap_or(i32::MAX))
-            .bind(deadline)
-            .bind(Json(&data))
-            .bind(&error)
-            .bind(to.state.is_terminal())
-            .fetch_one(&mut *conn)
-            .await?;
-            entry.from_state = Some(state);
-            entry.to_state = Some(to.state);
-            if let Some(error) = &error {
-                entry.detail = Some(match entry.detail.take() {
-                    Some(detail) if !detail.contains(error.as_str()) => {
-                        format!("{detail}; {error}")
-                    }
-                    _ => error.clone(),
-                });
-            }
-            history::append(&mut *conn, saga_id, entry).await?;
-            if let Some(command) = command {
-                let attempt = to.attempts.max(1);
-                let deadline_ms = deadline_ms.unwrap_or_default();
-                send_erased(
-                    &mut *conn,
-                    definition,
-                    saga_id,
-                    &data,
-                    command,
-                    attempt,
-                    deadline_ms,
-                )
-                .await?;
-            }
-            Ok(Applied::Moved {
-                from: state,
-                to: to.state,
-            })
+        Planned::Moved(mv) => {
+            let applied = commit_move(conn, definition, saga_id, locked, &mv).await?;
+            let waiting = match applied {
+                Applied::Moved { .. } => mv.waiting_for.clone(),
+                _ => None,
+            };
+            Ok((applied, waiting))
         }
     }
+}
+
+/// Writes a move: its end hook first if it ends the saga, then the row, the history
+/// and the commands.
+async fn commit_move(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    locked: &Locked,
+    mv: &Move,
+) -> Result<Applied> {
+    if mv.to.state.is_terminal()
+        && let Some(hook) = definition.hook(mv.to.state)
+    {
+        let why = mv
+            .error
+            .clone()
+            .or_else(|| locked.last_error.clone())
+            .unwrap_or_default();
+        sqlx::query("SAVEPOINT saga_end_hook")
+            .execute(&mut *conn)
+            .await?;
+        if let Err(error) = hook.run(conn, mv.data.clone(), why).await {
+            sqlx::query("ROLLBACK TO SAVEPOINT saga_end_hook")
+                .execute(&mut *conn)
+                .await?;
+            return hook_failed(conn, definition, saga_id, locked, mv, 1, &error.to_string()).await;
+        }
+        sqlx::query("RELEASE SAVEPOINT saga_end_hook")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let deadline_ms = write::update_moved(conn, saga_id, mv).await?;
+    write::send(
+        conn,
+        definition,
+        saga_id,
+        mv,
+        deadline_ms.unwrap_or_default(),
+    )
+    .await?;
+    Ok(Applied::Moved {
+        from: mv.from,
+        to: mv.to.state,
+    })
+}
+
+/// The end hook of `mv` failed on try `attempts`: the saga stays where it was, owing
+/// the move to `mv.to.state`, tried again later; or, out of tries, it is `failed`.
+async fn hook_failed(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    locked: &Locked,
+    mv: &Move,
+    attempts: u32,
+    error: &str,
+) -> Result<Applied> {
+    let ending = mv.to.state;
+    let mut line = mv.line.clone();
+    line.to_state = None;
+    annotate(
+        &mut line,
+        &format!("the on_{ending} hook failed (try {attempts}): {error}"),
+    );
+    let policy = after_hook_failure(
+        definition.plan().compensation_attempts,
+        ending,
+        attempts,
+        error,
+    );
+    write::owe_ending(
+        conn, saga_id, locked, &mv.data, ending, attempts, &policy, error,
+    )
+    .await?;
+    if let AfterHookFailure::GiveUp(reason) = &policy {
+        line.to_state = Some(SagaState::Failed);
+        annotate(&mut line, reason);
+    }
+    crate::history::append(conn, saga_id, &[line]).await?;
+    Ok(Applied::HookFailed { ending })
+}
+
+/// Runs the end hook owed by a saga whose first try failed: on success the saga
+/// takes its final state. `fresh` starts the tries over (an operator's retry).
+async fn end_again(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    locked: &Locked,
+    fresh: bool,
+) -> Result<Applied> {
+    let ending = locked
+        .ending()
+        .expect("called only for a saga that owes its end");
+    let from = locked.state();
+    let data = locked.data.0.clone();
+    let tries = if fresh { 0 } else { locked.end_attempts() };
+    let mut line = Line {
+        from_state: Some(from),
+        ..Line::new("end_hook")
+    };
+    if let Some(hook) = definition.hook(ending) {
+        let why = locked.last_error.clone().unwrap_or_default();
+        sqlx::query("SAVEPOINT saga_end_hook")
+            .execute(&mut *conn)
+            .await?;
+        if let Err(error) = hook.run(conn, data.clone(), why).await {
+            sqlx::query("ROLLBACK TO SAVEPOINT saga_end_hook")
+                .execute(&mut *conn)
+                .await?;
+            let error = error.to_string();
+            let attempts = tries + 1;
+            line.detail = Some(format!(
+                "the on_{ending} hook failed (try {attempts}): {error}"
+            ));
+            let plan = definition.plan();
+            let policy = after_hook_failure(plan.compensation_attempts, ending, attempts, &error);
+            write::owe_ending(
+                conn, saga_id, locked, &data, ending, attempts, &policy, &error,
+            )
+            .await?;
+            if let AfterHookFailure::GiveUp(reason) = &policy {
+                line.to_state = Some(SagaState::Failed);
+                annotate(&mut line, reason);
+            }
+            crate::history::append(conn, saga_id, &[line]).await?;
+            return Ok(Applied::HookFailed { ending });
+        }
+        sqlx::query("RELEASE SAVEPOINT saga_end_hook")
+            .execute(&mut *conn)
+            .await?;
+    }
+    write::ended(conn, saga_id, ending).await?;
+    line.to_state = Some(ending);
+    line.detail = Some(format!("the on_{ending} hook ran (try {})", tries + 1));
+    crate::history::append(conn, saga_id, &[line]).await?;
+    Ok(Applied::Moved { from, to: ending })
 }
 
 /// Applies a participant's reply, whose step names the command it answers
@@ -239,13 +375,14 @@ pub async fn apply_reply(
     let command = wire::parse_reply_step(reply_step)
         .ok_or_else(|| Error::NotAReply(reply_step.to_owned()))?;
     let locked = lock(conn, saga_id).await?;
-    let Some(definition) = registry.get(&locked.saga_type, locked.definition_version) else {
-        return definition_missing(conn, saga_id, &locked).await;
+    let definition = match definition_of(registry, &locked) {
+        Ok(definition) => definition,
+        Err(reason) => return definition_missing(conn, saga_id, &locked, reason).await,
     };
     let Some((step, phase)) = definition.command_named(command) else {
         return Err(Error::UnknownCommand {
             saga_id: saga_id.to_owned(),
-            saga_type: locked.saga_type,
+            saga_type: locked.saga_type.clone(),
             version: locked.definition_version,
             command: command.to_owned(),
         });
@@ -259,25 +396,23 @@ pub async fn apply_reply(
         phase,
         outcome,
     };
-    let incoming = Incoming {
+    let brought = Brought {
         message_id,
         result: reply.result.as_ref(),
     };
-    apply_locked(conn, &*definition, saga_id, locked, &event, incoming).await
+    apply_locked(conn, &*definition, saga_id, &locked, &event, brought).await
 }
 
-/// A saga whose definition is not registered cannot move: it is `failed`, with the
-/// reason, and waits for an operator (register the version, then `saga retry`).
-async fn definition_missing(
+/// A saga whose definition is not registered (or no longer fits it) cannot move: it
+/// is `failed`, with the reason, and waits for an operator (register the version,
+/// then `saga retry`).
+pub(crate) async fn definition_missing(
     conn: &mut PgConnection,
     saga_id: &str,
     locked: &Locked,
+    reason: String,
 ) -> Result<Applied> {
     let state = locked.state();
-    let reason = format!(
-        "saga type {} version {} is not registered with this orchestrator",
-        locked.saga_type, locked.definition_version
-    );
     // A finished saga keeps its state (an operator's retry of it found no
     // definition); either way nothing is due on it any more.
     let to = if state.is_terminal() {
@@ -285,49 +420,13 @@ async fn definition_missing(
     } else {
         SagaState::Failed
     };
-    sqlx::query(
-        "UPDATE saga_instance
-         SET state = $2, deadline_at = NULL, operator_request = NULL,
-             last_error = $3, version = version + 1, updated_at = now(),
-             finished_at = coalesce(finished_at, now())
-         WHERE saga_id = $1",
-    )
-    .bind(saga_id)
-    .bind(to.as_str())
-    .bind(&reason)
-    .execute(&mut *conn)
-    .await?;
-    let mut entry = Entry::moved("definition_missing", state, to);
-    entry.detail = Some(reason);
-    history::append(&mut *conn, saga_id, entry).await?;
+    write::fail_without_definition(conn, saga_id, to, &reason).await?;
+    let line = Line {
+        from_state: Some(state),
+        to_state: Some(to),
+        detail: Some(reason),
+        ..Line::new("definition_missing")
+    };
+    crate::history::append(conn, saga_id, &[line]).await?;
     Ok(Applied::DefinitionMissing)
-}
-
-/// Shallow merge of an action's result object into the saga's data object.
-fn merge(data: &mut serde_json::Value, result: &serde_json::Value) {
-    if let (Some(data), Some(result)) = (data.as_object_mut(), result.as_object()) {
-        for (key, value) in result {
-            data.insert(key.clone(), value.clone());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge;
-
-    #[test]
-    fn a_result_merges_over_the_data() {
-        let mut data = serde_json::json!({"order_id": 1, "reservation": null});
-        merge(
-            &mut data,
-            &serde_json::json!({"reservation": "r-9", "extra": true}),
-        );
-        assert_eq!(
-            data,
-            serde_json::json!({"order_id": 1, "reservation": "r-9", "extra": true})
-        );
-        merge(&mut data, &serde_json::json!(42));
-        assert_eq!(data["order_id"], 1, "a non-object result changes nothing");
-    }
 }

@@ -42,6 +42,15 @@ pub enum Error {
     /// A reply's step is not `{command}.reply.{attempt}`.
     #[error("not a saga reply: {0}")]
     NotAReply(String),
+
+    /// An event's name is empty or longer than 255 bytes.
+    #[error("not an event name: {0:?} (1 to 255 bytes)")]
+    NotAnEvent(String),
+
+    /// An event came as a message, and its saga refused it: none of its steps waits
+    /// for it, or its payload does not fit the saga's data.
+    #[error("{0}")]
+    SignalRefused(String),
 }
 
 impl Error {

@@ -13,25 +13,29 @@ mod engine;
 mod error;
 mod history;
 mod metrics;
+mod mover;
 mod orchestrator;
 pub mod participant;
 mod registry;
+mod signal;
 mod state;
 mod sweep;
 mod transition;
 pub mod wire;
 
 pub use definition::{
-    CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, Saga,
-    SagaBuilder, StepBuilder, StepDef,
+    CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, OnCompleted,
+    OnEnded, Parallel, ParallelStep, Saga, SagaBuilder, StepBuilder, StepDef,
 };
 pub use engine::{Applied, Incoming, apply, apply_reply, start};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorHandle};
 pub use registry::Registry;
+pub use signal::{Signaled, signal};
 pub use state::SagaState;
 pub use sweep::{Swept, sweep_due};
 pub use transition::{
-    Command, Event, Next, Outcome, Phase, Plan, Position, command_timeout, transition,
+    Command, Deadline, Event, Group, MAX_GROUP, Next, Outcome, Phase, Plan, Position, Shape, Work,
+    command_timeout, transition,
 };

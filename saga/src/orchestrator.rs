@@ -17,6 +17,7 @@ use crate::engine;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::signal::{self, Signaled};
 use crate::sweep::sweep_due;
 use crate::wire::{self, Reply};
 
@@ -97,6 +98,10 @@ impl Orchestrator {
             consumer_config =
                 consumer_config.bind(&self.config.exchange, wire::reply_routing_key(&saga_type));
         }
+        // Events the definitions wait for come published under their own name.
+        for event in self.registry.events() {
+            consumer_config = consumer_config.bind(&self.config.exchange, &event);
+        }
         let mut consumer = Consumer::new(
             self.pool.clone(),
             self.amqp_url,
@@ -105,6 +110,9 @@ impl Orchestrator {
         );
         for route in self.registry.reply_routes() {
             consumer = consumer.on_with(route, Arc::clone(&state), on_reply);
+        }
+        for event in self.registry.events() {
+            consumer = consumer.on_with(event, Arc::clone(&state), on_event);
         }
         let consumer = consumer.spawn()?;
         let shutdown = CancellationToken::new();
@@ -158,7 +166,41 @@ async fn on_reply(mut ctx: Context<'_>, reply: Reply, shared: Arc<Shared>) -> Re
     }
 }
 
-/// Every `interval`, applies due timeouts and operator requests.
+/// An event for a saga, as a message from another service (its step and routing key
+/// are the event's name, its `saga_id` the saga's): taken through the inbox, so a
+/// duplicate applies once. An unknown saga, or an event its saga does not wait for,
+/// is dead-lettered with the reason; one for a finished saga is recorded and acked.
+async fn on_event(
+    mut ctx: Context<'_>,
+    payload: serde_json::Value,
+    shared: Arc<Shared>,
+) -> Result<(), BoxError> {
+    let envelope = ctx.envelope();
+    let event = txoutbox::wire::step_route(&envelope.step).to_owned();
+    let delivered = signal::deliver(
+        ctx.db(),
+        &shared.registry,
+        &envelope.saga_id,
+        &event,
+        &payload,
+        envelope.message_id.as_deref(),
+    )
+    .await;
+    match delivered {
+        Ok(Signaled::Ignored(why)) => {
+            tracing::warn!(saga_id = %envelope.saga_id, %event, %why, "an event for a saga was not taken");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(error @ (Error::NotFound(_) | Error::SignalRefused(_) | Error::NotAnEvent(_))) => {
+            Err(Reject::new(error.to_string()).into())
+        }
+        Err(Error::Database(error)) => Err(error.into()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Every `interval`, applies due timeouts, delivered events and operator requests.
 async fn sweep(
     pool: PgPool,
     shared: Arc<Shared>,

@@ -1,21 +1,22 @@
 //! The definitions an orchestrator runs, with their data types erased so that sagas
 //! of many types (and versions) share one orchestrator.
 
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-use serde::de::DeserializeOwned;
 
 use crate::definition::Saga;
+use crate::definition::hooks::Hook;
+use crate::state::SagaState;
 use crate::transition::{Phase, Plan};
 
 /// A definition as the engine uses it: data as JSON, deserialized into the saga's
-/// type only to build a command's payload.
+/// type only to build a command's payload, to check an event's payload, and for the
+/// end hooks.
 pub(crate) trait Definition: Send + Sync {
     fn name(&self) -> &str;
+    fn version(&self) -> i32;
     fn plan(&self) -> Plan<'_>;
-    fn timeout(&self, step: usize) -> Duration;
     fn command_name(&self, step: usize, phase: Phase) -> Option<&str>;
     fn payload(
         &self,
@@ -25,6 +26,16 @@ pub(crate) trait Definition: Send + Sync {
     ) -> Result<serde_json::Value, serde_json::Error>;
     fn command_named(&self, name: &str) -> Option<(usize, Phase)>;
     fn command_names(&self) -> Vec<&str>;
+    /// The event the wait step `step` waits for.
+    fn waits_for(&self, step: usize) -> Option<&str>;
+    /// The wait step that waits for `event`.
+    fn step_waiting_for(&self, event: &str) -> Option<usize>;
+    /// Every event a step of this definition waits for.
+    fn events(&self) -> Vec<&str>;
+    /// Whether `data` still fits the saga's data type.
+    fn fits(&self, data: &serde_json::Value) -> Result<(), serde_json::Error>;
+    /// The hook that runs when a saga ends in `state`.
+    fn hook(&self, state: SagaState) -> Option<&Hook>;
 }
 
 impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
@@ -32,14 +43,12 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
         Saga::name(self)
     }
 
-    fn plan(&self) -> Plan<'_> {
-        Saga::plan(self)
+    fn version(&self) -> i32 {
+        Saga::version(self)
     }
 
-    fn timeout(&self, step: usize) -> Duration {
-        self.steps()
-            .get(step)
-            .map_or(crate::DEFAULT_STEP_TIMEOUT, |s| s.timeout())
+    fn plan(&self) -> Plan<'_> {
+        Saga::plan(self)
     }
 
     fn command_name(&self, step: usize, phase: Phase) -> Option<&str> {
@@ -77,6 +86,31 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
                     .filter_map(|phase| s.command_name(phase))
             })
             .collect()
+    }
+
+    fn waits_for(&self, step: usize) -> Option<&str> {
+        self.steps().get(step)?.waits_for()
+    }
+
+    fn step_waiting_for(&self, event: &str) -> Option<usize> {
+        Saga::step_waiting_for(self, event)
+    }
+
+    fn events(&self) -> Vec<&str> {
+        self.steps().iter().filter_map(|s| s.waits_for()).collect()
+    }
+
+    fn fits(&self, data: &serde_json::Value) -> Result<(), serde_json::Error> {
+        D::deserialize(data).map(|_| ())
+    }
+
+    fn hook(&self, state: SagaState) -> Option<&Hook> {
+        match state {
+            SagaState::Completed => self.hooks.completed.as_ref(),
+            SagaState::Compensated => self.hooks.compensated.as_ref(),
+            SagaState::Failed => self.hooks.failed.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -122,6 +156,24 @@ impl Registry {
         routes.sort();
         routes.dedup();
         routes
+    }
+
+    /// The events the registered definitions wait for, each once: what the
+    /// orchestrator's consumer takes as signals.
+    pub fn events(&self) -> Vec<String> {
+        let mut events: Vec<String> = self
+            .definitions
+            .values()
+            .flat_map(|d| {
+                d.events()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        events.sort();
+        events.dedup();
+        events
     }
 
     /// The saga types registered, each once.

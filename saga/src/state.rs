@@ -3,11 +3,13 @@
 use std::fmt;
 
 /// A saga's state, stored in `saga_instance.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SagaState {
     /// Written, its first command not yet sent.
+    #[default]
     Pending,
-    /// Its steps' actions are running, one after another.
+    /// Its steps run: an action (or a parallel group's actions) waits for its
+    /// reply, or a step waits for its event.
     Running,
     /// Every step's action succeeded.
     Completed,

@@ -4,68 +4,75 @@
 use sqlx::{PgConnection, PgPool};
 
 use crate::admin::OperatorRequest;
-use crate::engine::{Applied, Incoming, apply};
+use crate::engine::{Applied, Incoming, apply, apply_due, lock};
 use crate::error::Result;
 use crate::registry::Registry;
-use crate::state::SagaState;
-use crate::transition::{Event, Phase};
+use crate::transition::Event;
 
-/// Applies the timeout of sagas whose deadline has passed, at most `limit`, each in a
-/// transaction of its own. `SKIP LOCKED`: any number of orchestrators sweep together,
-/// each saga is taken by one, and a saga being moved by a reply is left to it.
+/// Applies what is due, at most `limit` sagas, each in a transaction of its own:
+/// operators' requests, events delivered to sagas, passed deadlines (timeouts, and
+/// end hooks to try again). `SKIP LOCKED`: any number of orchestrators sweep
+/// together, each saga is taken by one, and a saga being moved by a reply is left to it.
 pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<Vec<Swept>> {
     let mut swept = Vec::new();
     while swept.len() < limit {
         let mut tx = pool.begin().await?;
-        // Operators' requests first (normally none), then deadlines, soonest first.
+        // Operators' requests first (normally none), then signals, then deadlines,
+        // soonest first.
         let requested: Option<(String, String)> = sqlx::query_as(
             "SELECT saga_id, operator_request FROM saga_instance
              WHERE operator_request IS NOT NULL LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)
         .await?;
-        let (saga_id, event, reason) = match requested {
-            Some((saga_id, request)) => {
-                // Taken whether or not it applies: the history says what came of it.
-                sqlx::query("UPDATE saga_instance SET operator_request = NULL WHERE saga_id = $1")
-                    .bind(&saga_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let reason = operator_reason(&mut tx, &saga_id).await?;
-                (saga_id, Due::Request(request), reason)
-            }
-            None => {
-                let due: Option<(String, String, i32)> = sqlx::query_as(
-                    "SELECT saga_id, state, current_step FROM saga_instance
-                     WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-                )
-                .fetch_optional(&mut *tx)
+        if let Some((saga_id, request)) = requested {
+            // Taken whether or not it applies: the history says what came of it.
+            sqlx::query("UPDATE saga_instance SET operator_request = NULL WHERE saga_id = $1")
+                .bind(&saga_id)
+                .execute(&mut *tx)
                 .await?;
-                let Some((saga_id, state, step)) = due else {
-                    break;
-                };
-                let phase = match SagaState::parse(&state) {
-                    Some(SagaState::Compensating) => Phase::Compensation,
-                    _ => Phase::Action,
-                };
-                let step = usize::try_from(step).unwrap_or(0);
-                (saga_id, Due::Timeout(step, phase), String::new())
-            }
+            let reason = operator_reason(&mut tx, &saga_id).await?;
+            let event = match OperatorRequest::parse(&request) {
+                Some(OperatorRequest::Retry) => Event::Retry,
+                _ => Event::Abort { reason: &reason },
+            };
+            let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
+            tx.commit().await?;
+            swept.push(Swept {
+                saga_id,
+                timed_out: false,
+                applied,
+            });
+            continue;
+        }
+        let signalled: Option<String> = sqlx::query_scalar(
+            "SELECT saga_id FROM saga_instance
+             WHERE signal_at IS NOT NULL ORDER BY signal_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(saga_id) = signalled {
+            crate::signal::settle_kept(&mut tx, registry, &saga_id, None).await?;
+            tx.commit().await?;
+            swept.push(Swept {
+                saga_id,
+                timed_out: false,
+                applied: Applied::Ignored("events delivered to the saga were looked at"),
+            });
+            continue;
+        }
+        let due: Option<String> = sqlx::query_scalar(
+            "SELECT saga_id FROM saga_instance
+             WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(saga_id) = due else {
+            break;
         };
-        let event = match &event {
-            Due::Timeout(step, phase) => Event::Timeout {
-                step: *step,
-                phase: *phase,
-            },
-            Due::Request(request)
-                if OperatorRequest::parse(request) == Some(OperatorRequest::Retry) =>
-            {
-                Event::Retry
-            }
-            Due::Request(_) => Event::Abort { reason: &reason },
-        };
-        let applied = apply(&mut tx, registry, &saga_id, &event, Incoming::default()).await?;
-        if let (Applied::Ignored(why), Event::Timeout { .. }) = (&applied, &event) {
+        let locked = lock(&mut tx, &saga_id).await?;
+        let (applied, timed_out) = apply_due(&mut tx, registry, &saga_id, &locked).await?;
+        if let (Applied::Ignored(why), true) = (&applied, timed_out) {
             // Cannot happen while deadlines follow states; should it, look again later
             // rather than spin on it.
             sqlx::query("UPDATE saga_instance SET deadline_at = now() + $2 WHERE saga_id = $1")
@@ -76,7 +83,6 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
             tracing::warn!(%saga_id, why, "a due saga's timeout did not apply");
         }
         tx.commit().await?;
-        let timed_out = matches!(event, Event::Timeout { .. });
         swept.push(Swept {
             saga_id,
             timed_out,
@@ -95,12 +101,6 @@ pub struct Swept {
     pub timed_out: bool,
     /// What came of it.
     pub applied: Applied,
-}
-
-/// What made a saga due.
-enum Due {
-    Timeout(usize, Phase),
-    Request(String),
 }
 
 /// The reason an operator gave with the latest request (`abort requested: <reason>`).

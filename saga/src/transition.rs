@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use crate::state::SagaState;
 
+mod plan;
+
+pub(crate) use plan::Stage;
+pub use plan::{Group, MAX_GROUP, Plan, Shape, Work};
+
 /// Longest a resent compensation or cancel waits, as a multiple of its step's timeout.
 const MAX_RESEND_FACTOR: u32 = 8;
 
@@ -44,37 +49,30 @@ impl Phase {
     }
 }
 
-/// What the rules need to know of a saga's definition.
-#[derive(Debug, Clone, Copy)]
-pub struct Plan<'a> {
-    /// One entry per step, in order: whether the step has a compensation.
-    pub compensable: &'a [bool],
-    /// Tries of one compensation (replies of failure and timeouts) before the saga
-    /// is `failed`.
-    pub compensation_attempts: u32,
-}
-
-/// Where a saga is: its state, the step in hand, and how often that step's current
-/// command was tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a saga is: its state, the step in hand, how often that step's current
+/// command was tried, and, in a parallel group, which of its steps answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
     /// The saga's state.
     pub state: SagaState,
-    /// The step whose action runs (`running`), whose compensation runs
+    /// The step whose action runs or whose event is awaited (`running`; a parallel
+    /// group's first step while the group runs), whose compensation runs
     /// (`compensating`), or whose compensation gave up (`failed`).
     pub step: usize,
-    /// Tries of the current compensation so far.
+    /// Tries of the current compensation or cancel so far.
     pub attempts: u32,
+    /// In a running parallel group: its steps whose action succeeded (bit `i` is the
+    /// group's step `i`).
+    pub done: u64,
+    /// Of the parallel group that failed: its steps whose action was declined, which
+    /// took no effect and are not compensated.
+    pub declined: u64,
 }
 
 impl Position {
     /// A saga that was written and has sent nothing yet.
     pub fn start() -> Self {
-        Self {
-            state: SagaState::Pending,
-            step: 0,
-            attempts: 0,
-        }
+        Self::default()
     }
 }
 
@@ -101,9 +99,15 @@ pub enum Event<'a> {
         /// What the participant said.
         outcome: Outcome<'a>,
     },
-    /// The deadline of a command passed with no reply.
+    /// The event a wait step waits for arrived (its payload is merged into the data).
+    Signal {
+        /// The wait step it is for.
+        step: usize,
+    },
+    /// The deadline of a command (or of a wait) passed with no answer.
     Timeout {
-        /// The step whose command is overdue.
+        /// The step in hand: the one whose command is overdue, or a parallel group's
+        /// first step.
         step: usize,
         /// Its action or its compensation.
         phase: Phase,
@@ -126,20 +130,38 @@ pub struct Command {
     pub phase: Phase,
 }
 
+/// When a saga that moved is next due, if nothing answers first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// It finished: nothing is due.
+    None,
+    /// A new stage starts now (a step, a parallel group, a wait), due this long from now.
+    StageStarts(Duration),
+    /// Due this long after its stage started: a parallel group whose next deadline
+    /// is the shortest timeout of the steps still running.
+    SinceStageStart(Duration),
+    /// Due this long from now: a compensation or cancel, sent or sent again.
+    FromNow(Duration),
+}
+
 /// Where an event takes a saga.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    /// The saga moves: a new position, maybe a command to send (with a new
-    /// deadline), maybe the reply's result to merge into the saga's data.
+    /// The saga moves: a new position, the commands to send, when it is next due,
+    /// maybe the reply's result (or the signal's payload) to merge into its data.
     Moved {
         /// The new position.
         to: Position,
-        /// The command to send, in the same transaction.
-        send: Option<Command>,
-        /// The reply carried the result of a successful action: merge it.
+        /// The commands to send, in the same transaction: one, all of a parallel
+        /// group's, or none (a wait, a group still running, the end).
+        send: Vec<Command>,
+        /// The reply carried the result of a successful action, or the signal its
+        /// payload: merge it.
         merge_result: bool,
         /// Why the saga left the happy path, for `last_error`.
         error: Option<String>,
+        /// When it is next due.
+        deadline: Deadline,
     },
     /// Nothing changes (a late or duplicate reply, a stale timeout, an operator
     /// action that does not apply); the history records the event and this reason.
@@ -148,79 +170,99 @@ pub enum Next {
 
 /// The rules. `at` is where the saga is, `event` what happened.
 ///
-/// - A step's action succeeds: the next step's action goes, or the saga is completed.
+/// - A step's action succeeds: the next stage starts (a step, a parallel group, a
+///   wait), or the saga is completed.
+/// - A parallel group sends all its actions at once and completes when every one
+///   has succeeded; each result is merged as it comes.
 /// - A step's action fails: it took no effect, so the completed steps before it are
-///   compensated, last first, one after another.
+///   compensated, last first, one after another. In a parallel group, the group's
+///   other steps are compensated too, whatever they answered or not yet: a
+///   compensation undoes an action that ran and fences one that has not. Only the
+///   declined step is left alone.
 /// - A step's action times out, or an operator aborts it: its outcome is unknown, so
-///   it is compensated too (the participant fences a late action).
+///   it is compensated too (the participant fences a late action). A parallel group
+///   times out when the shortest timeout of its steps still running passes.
 /// - A step without a compensation cannot be undone, so when its action times out (or
 ///   an operator aborts it) it is cancelled instead: the participant fences the
 ///   action if it has not run and answers with its outcome, which counts as the
 ///   action's reply. Cancels are sent again up to the plan's attempts (`attempts`
 ///   counts them); then the saga is `failed`, its outcome unknown.
+/// - A wait step sends nothing. Its event moves the saga on, merging the event's
+///   payload; its timeout, or an abort, compensates the steps before it.
 /// - A compensation fails or times out: it is sent again, up to the plan's attempts;
 ///   then the saga is `failed`, never `compensated`.
-/// - A reply for any other command than the one in hand changes nothing.
+/// - A reply for any other command than those in hand changes nothing.
 pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
     use SagaState::*;
+    let stage = plan.stage(at.step);
     match (at.state, *event) {
-        (Pending, Event::Start) => run(plan, 0),
+        (Pending, Event::Start) => enter(plan, 0),
         (Pending, Event::Abort { reason }) => compensated_without_steps(reason),
 
         (
             Running,
             Event::Reply {
                 step,
-                phase: phase @ (Phase::Action | Phase::Cancel),
+                phase,
                 outcome,
             },
-        ) if step == at.step => match outcome {
-            Outcome::Succeeded => match run(plan, step + 1) {
-                Next::Moved {
-                    to, send, error, ..
-                } => Next::Moved {
-                    to,
-                    send,
-                    merge_result: true,
-                    error,
-                },
-                ignored => ignored,
-            },
-            Outcome::Failed(reason) => match phase {
-                // The cancel's answer says only that the action was stopped: the
-                // saga's error stays what made it cancel (a timeout, an abort).
-                Phase::Cancel => match compensate_below(plan, step, String::new()) {
-                    Next::Moved { to, send, .. } => Next::Moved {
-                        to,
-                        send,
-                        merge_result: false,
-                        error: None,
-                    },
-                    ignored => ignored,
-                },
-                _ => compensate_below(plan, step, reason.to_owned()),
-            },
+        ) => match stage {
+            Some(Stage::Single(single)) if step == single && phase != Phase::Compensation => {
+                single_answered(plan, step, phase, outcome)
+            }
+            Some(Stage::Group(group))
+                if phase == Phase::Action
+                    && group.contains(step)
+                    && at.done & group.bit(step) == 0 =>
+            {
+                branch_answered(plan, at, group, step, outcome)
+            }
+            _ => Next::Ignored("a reply to a command the saga no longer waits for"),
         },
+        (Running, Event::Signal { step })
+            if step == at.step && stage == Some(Stage::Wait(step)) =>
+        {
+            merged(enter(plan, step + 1))
+        }
         (
             Running,
             Event::Timeout {
                 step,
                 phase: Phase::Action,
             },
-        ) if step == at.step => {
-            let error = format!("step {step} timed out; its outcome is unknown");
-            if plan.compensable.get(step) == Some(&true) {
-                compensate_from(plan, step, error)
-            } else {
-                cancel(plan, at, error)
+        ) if step == at.step => match stage {
+            Some(Stage::Group(group)) => {
+                let late: Vec<String> = (group.first..=group.last())
+                    .filter(|s| at.done & group.bit(*s) == 0)
+                    .map(|s| s.to_string())
+                    .collect();
+                let error = format!(
+                    "step(s) {} of the parallel group timed out; their outcome is unknown",
+                    late.join(", ")
+                );
+                compensate_from(plan, group.last(), 0, error)
             }
-        }
+            Some(Stage::Wait(_)) => compensate_below(
+                plan,
+                step,
+                format!("step {step}'s event did not come before its deadline"),
+            ),
+            _ => {
+                let error = format!("step {step} timed out; its outcome is unknown");
+                if plan.compensable(step) {
+                    compensate_from(plan, step, 0, error)
+                } else {
+                    cancel(plan, at, error)
+                }
+            }
+        },
         (Running, Event::Abort { reason }) => {
             let error = format!("aborted by an operator: {reason}");
-            if plan.compensable.get(at.step) == Some(&false) {
-                cancel(plan, at, error)
-            } else {
-                compensate_from(plan, at.step, error)
+            match stage {
+                Some(Stage::Group(group)) => compensate_from(plan, group.last(), 0, error),
+                Some(Stage::Wait(step)) => compensate_below(plan, step, error),
+                _ if !plan.compensable(at.step) => cancel(plan, at, error),
+                _ => compensate_from(plan, at.step, 0, error),
             }
         }
 
@@ -232,7 +274,7 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
                 outcome,
             },
         ) if step == at.step => match outcome {
-            Outcome::Succeeded => next_compensation(plan, step, None),
+            Outcome::Succeeded => next_compensation(plan, at, None),
             Outcome::Failed(reason) => compensate_again(plan, at, reason.to_owned()),
         },
         (
@@ -248,36 +290,26 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
         ),
 
         // A failed saga stopped at a step without a compensation gave up cancelling it.
-        (Failed, Event::Retry) if plan.compensable.get(at.step) == Some(&false) => Next::Moved {
+        (Failed, Event::Retry) if !plan.compensable(at.step) => Next::Moved {
             to: Position {
                 state: Running,
-                step: at.step,
                 attempts: 1,
+                ..at
             },
-            send: Some(Command {
+            send: vec![Command {
                 step: at.step,
                 phase: Phase::Cancel,
-            }),
+            }],
             merge_result: false,
             error: None,
+            deadline: Deadline::FromNow(plan.timeout(at.step)),
         },
-        (Failed, Event::Retry) => Next::Moved {
-            to: Position {
-                state: Compensating,
-                step: at.step,
-                attempts: 1,
-            },
-            send: Some(Command {
-                step: at.step,
-                phase: Phase::Compensation,
-            }),
-            merge_result: false,
-            error: None,
-        },
+        (Failed, Event::Retry) => compensating(plan, at.step, 1, at.declined, None),
 
         (_, Event::Reply { .. }) => {
             Next::Ignored("a reply to a command the saga no longer waits for")
         }
+        (_, Event::Signal { .. }) => Next::Ignored("the saga does not wait for this event now"),
         (_, Event::Timeout { .. }) => Next::Ignored("a deadline the saga has moved past"),
         (_, Event::Start) => Next::Ignored("already started"),
         (_, Event::Abort { .. }) => Next::Ignored("only a pending or running saga can be aborted"),
@@ -285,43 +317,152 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
     }
 }
 
-/// The action of `step`, or completion after the last step.
-fn run(plan: &Plan<'_>, step: usize) -> Next {
-    if step >= plan.compensable.len() {
-        return Next::Moved {
-            to: Position {
-                state: SagaState::Completed,
-                step,
-                attempts: 0,
+/// The answer to the action (or cancel) of a step that runs alone.
+fn single_answered(plan: &Plan<'_>, step: usize, phase: Phase, outcome: Outcome<'_>) -> Next {
+    match (outcome, phase) {
+        (Outcome::Succeeded, _) => merged(enter(plan, step + 1)),
+        // The cancel's answer says only that the action was stopped: the saga's
+        // error stays what made it cancel (a timeout, an abort).
+        (Outcome::Failed(_), Phase::Cancel) => match compensate_below(plan, step, String::new()) {
+            Next::Moved {
+                to, send, deadline, ..
+            } => Next::Moved {
+                to,
+                send,
+                merge_result: false,
+                error: None,
+                deadline,
             },
-            send: None,
-            merge_result: false,
-            error: None,
-        };
+            ignored => ignored,
+        },
+        (Outcome::Failed(reason), _) => compensate_below(plan, step, reason.to_owned()),
     }
+}
+
+/// The answer to one action of a running parallel group.
+fn branch_answered(
+    plan: &Plan<'_>,
+    at: Position,
+    group: Group,
+    step: usize,
+    outcome: Outcome<'_>,
+) -> Next {
+    match outcome {
+        Outcome::Succeeded => {
+            let done = at.done | group.bit(step);
+            if done == group.all() {
+                return merged(enter(plan, group.last() + 1));
+            }
+            Next::Moved {
+                to: Position { done, ..at },
+                send: Vec::new(),
+                merge_result: true,
+                error: None,
+                deadline: Deadline::SinceStageStart(plan.shortest_wait(group, done)),
+            }
+        }
+        // Declined: it took no effect. Every other step of the group is compensated
+        // (undone if it ran, fenced if not), then the steps before the group.
+        Outcome::Failed(reason) => {
+            compensate_from(plan, group.last(), group.bit(step), reason.to_owned())
+        }
+    }
+}
+
+/// The stage that begins at `step`: its action, all of a group's actions, or its
+/// wait; completion after the last step.
+fn enter(plan: &Plan<'_>, step: usize) -> Next {
+    let (send, deadline) = match plan.stage(step) {
+        None => {
+            return Next::Moved {
+                to: Position {
+                    state: SagaState::Completed,
+                    step,
+                    ..Position::default()
+                },
+                send: Vec::new(),
+                merge_result: false,
+                error: None,
+                deadline: Deadline::None,
+            };
+        }
+        Some(Stage::Single(step)) => (vec![action(step)], plan.timeout(step)),
+        Some(Stage::Wait(step)) => (Vec::new(), plan.timeout(step)),
+        Some(Stage::Group(group)) => (
+            (group.first..=group.last()).map(action).collect(),
+            plan.shortest_wait(group, 0),
+        ),
+    };
     Next::Moved {
         to: Position {
             state: SagaState::Running,
             step,
-            attempts: 0,
+            ..Position::default()
         },
-        send: Some(Command {
-            step,
-            phase: Phase::Action,
-        }),
+        send,
         merge_result: false,
         error: None,
+        deadline: Deadline::StageStarts(deadline),
     }
 }
 
-/// Compensate `step` itself if it can be, then the steps before it.
-fn compensate_from(plan: &Plan<'_>, step: usize, error: String) -> Next {
-    match (0..=step)
-        .rev()
-        .find(|s| plan.compensable.get(*s) == Some(&true))
-    {
-        Some(first) => compensating(first, 1, Some(error)),
-        None => compensated(error),
+fn action(step: usize) -> Command {
+    Command {
+        step,
+        phase: Phase::Action,
+    }
+}
+
+/// The same move, merging what the event brought.
+fn merged(next: Next) -> Next {
+    match next {
+        Next::Moved {
+            to,
+            send,
+            error,
+            deadline,
+            ..
+        } => Next::Moved {
+            to,
+            send,
+            merge_result: true,
+            error,
+            deadline,
+        },
+        ignored => ignored,
+    }
+}
+
+/// The first step, from `step` down, that a compensation undoes: compensable, and not
+/// a step of `step`'s group in `declined`.
+fn undoable_from(plan: &Plan<'_>, step: usize, declined: u64) -> Option<usize> {
+    let group = plan.group(step);
+    (0..=step).rev().find(|s| {
+        plan.compensable(*s) && !group.is_some_and(|g| g.contains(*s) && declined & g.bit(*s) != 0)
+    })
+}
+
+/// Compensate `step` itself if it can be, then the steps before it, leaving alone
+/// the steps of its group in `declined`.
+fn compensate_from(plan: &Plan<'_>, step: usize, declined: u64, error: String) -> Next {
+    match undoable_from(plan, step, declined) {
+        Some(first) => compensating(
+            plan,
+            first,
+            1,
+            kept_in_group(plan, step, first, declined),
+            Some(error),
+        ),
+        None => compensated(step, error),
+    }
+}
+
+/// The declined steps to remember at `to`: those of `from`'s group while the walk
+/// is still inside it.
+fn kept_in_group(plan: &Plan<'_>, from: usize, to: usize, declined: u64) -> u64 {
+    match plan.group(from) {
+        Some(group) if group.contains(to) => declined,
+        _ => 0,
     }
 }
 
@@ -339,24 +480,37 @@ fn cancel(plan: &Plan<'_>, at: Position, error: String) -> Next {
 /// Compensate the steps before `step`, which took no effect.
 fn compensate_below(plan: &Plan<'_>, step: usize, error: String) -> Next {
     match step.checked_sub(1) {
-        Some(previous) => compensate_from(plan, previous, error),
-        None => compensated(error),
+        Some(previous) => compensate_from(plan, previous, 0, error),
+        None => compensated(step, error),
     }
 }
 
-/// After `step`'s compensation succeeded: the next one down, or done.
-fn next_compensation(plan: &Plan<'_>, step: usize, error: Option<String>) -> Next {
-    match (0..step).rev().find(|s| plan.compensable[*s]) {
-        Some(next) => compensating(next, 1, error),
+/// After `at.step`'s compensation succeeded: the next one down, or done.
+fn next_compensation(plan: &Plan<'_>, at: Position, error: Option<String>) -> Next {
+    // The declined steps count only inside the group they were declined in.
+    let next = at.step.checked_sub(1).and_then(|below| {
+        undoable_from(
+            plan,
+            below,
+            kept_in_group(plan, at.step, below, at.declined),
+        )
+    });
+    match next {
+        Some(next) => {
+            let declined = kept_in_group(plan, at.step, next, at.declined);
+            compensating(plan, next, 1, declined, error)
+        }
         None => Next::Moved {
             to: Position {
                 state: SagaState::Compensated,
-                step,
                 attempts: 0,
+                done: 0,
+                ..at
             },
-            send: None,
+            send: Vec::new(),
             merge_result: false,
             error,
+            deadline: Deadline::None,
         },
     }
 }
@@ -377,64 +531,75 @@ fn send_again(
     error: String,
     gave_up: impl FnOnce(String, u32) -> String,
 ) -> Next {
-    let (to, send, error) = if at.attempts >= plan.compensation_attempts {
-        let to = Position {
-            state: SagaState::Failed,
-            ..at
+    if at.attempts >= plan.compensation_attempts {
+        return Next::Moved {
+            to: Position {
+                state: SagaState::Failed,
+                ..at
+            },
+            send: Vec::new(),
+            merge_result: false,
+            error: Some(gave_up(error, at.attempts)),
+            deadline: Deadline::None,
         };
-        (to, None, gave_up(error, at.attempts))
-    } else {
-        let to = Position {
-            attempts: at.attempts + 1,
-            ..at
-        };
-        let send = Command {
+    }
+    let attempts = at.attempts + 1;
+    Next::Moved {
+        to: Position { attempts, ..at },
+        send: vec![Command {
             step: at.step,
             phase,
-        };
-        (to, Some(send), error)
-    };
-    Next::Moved {
-        to,
-        send,
+        }],
         merge_result: false,
         error: Some(error),
+        deadline: Deadline::FromNow(command_timeout(plan.timeout(at.step), attempts)),
     }
 }
 
-fn compensating(step: usize, attempts: u32, error: Option<String>) -> Next {
+fn compensating(
+    plan: &Plan<'_>,
+    step: usize,
+    attempts: u32,
+    declined: u64,
+    error: Option<String>,
+) -> Next {
     Next::Moved {
         to: Position {
             state: SagaState::Compensating,
             step,
             attempts,
+            done: 0,
+            declined,
         },
-        send: Some(Command {
+        send: vec![Command {
             step,
             phase: Phase::Compensation,
-        }),
+        }],
         merge_result: false,
         error,
+        deadline: Deadline::FromNow(command_timeout(plan.timeout(step), attempts)),
     }
 }
 
-fn compensated(error: String) -> Next {
+fn compensated(step: usize, error: String) -> Next {
     Next::Moved {
         to: Position {
             state: SagaState::Compensated,
-            step: 0,
-            attempts: 0,
+            step,
+            ..Position::default()
         },
-        send: None,
+        send: Vec::new(),
         merge_result: false,
         error: Some(error),
+        deadline: Deadline::None,
     }
 }
 
 fn compensated_without_steps(reason: &str) -> Next {
-    compensated(format!(
-        "aborted by an operator before it started: {reason}"
-    ))
+    compensated(
+        0,
+        format!("aborted by an operator before it started: {reason}"),
+    )
 }
 
 #[cfg(test)]

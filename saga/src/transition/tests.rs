@@ -1,11 +1,21 @@
 //! Every state against every event, on the order example: reserve (compensable),
 //! charge (compensable), ship (not compensable).
 
+use std::time::Duration;
+
 use super::*;
 use SagaState::*;
 
+const SECOND: Duration = Duration::from_secs(1);
+
+const ORDER_STEPS: [Shape; 3] = [
+    Shape::action(true, SECOND),
+    Shape::action(true, SECOND),
+    Shape::action(false, SECOND),
+];
+
 const ORDER: Plan<'static> = Plan {
-    compensable: &[true, true, false],
+    steps: &ORDER_STEPS,
     compensation_attempts: 3,
 };
 
@@ -14,6 +24,7 @@ fn at(state: SagaState, step: usize, attempts: u32) -> Position {
         state,
         step,
         attempts,
+        ..Position::default()
     }
 }
 
@@ -33,13 +44,17 @@ fn failed(step: usize, phase: Phase) -> Event<'static> {
     reply(step, phase, Outcome::Failed("declined"))
 }
 
-/// The position reached and the command sent, or why the event was ignored.
+/// The position reached and the command sent (at most one on this plan), or why
+/// the event was ignored.
 fn step(
     position: Position,
     event: Event<'static>,
 ) -> Result<(Position, Option<Command>), &'static str> {
     match transition(&ORDER, position, &event) {
-        Next::Moved { to, send, .. } => Ok((to, send)),
+        Next::Moved { to, send, .. } => {
+            assert!(send.len() <= 1, "one command at a time: {send:?}");
+            Ok((to, send.first().copied()))
+        }
         Next::Ignored(why) => Err(why),
     }
 }
@@ -138,7 +153,7 @@ fn a_timed_out_step_without_a_compensation_is_cancelled_and_its_answer_decides()
     let next = transition(&ORDER, p, &ok(2, Cancel));
     assert!(matches!(
         next,
-        Next::Moved { to, send: None, merge_result: true, .. } if to.state == Completed
+        Next::Moved { to, ref send, merge_result: true, .. } if to.state == Completed && send.is_empty()
     ));
     // The late action's own reply says the same and counts as well.
     assert_eq!(step(p, ok(2, Action)).unwrap().0.state, Completed);
@@ -149,8 +164,8 @@ fn a_timed_out_step_without_a_compensation_is_cancelled_and_its_answer_decides()
     let next = transition(&ORDER, p, &timeout(2, Action));
     assert!(matches!(
         next,
-        Next::Moved { to, send: None, error: Some(ref e), .. }
-            if to.state == Failed && e.contains("unknown")
+        Next::Moved { to, ref send, error: Some(ref e), .. }
+            if to.state == Failed && e.contains("unknown") && send.is_empty()
     ));
     // An operator's retry cancels again.
     let (p, c) = step(at(Failed, 2, 3), Event::Retry).unwrap();
@@ -194,7 +209,7 @@ fn a_failing_compensation_is_tried_again_then_the_saga_fails_never_compensated()
     else {
         panic!("moved")
     };
-    assert_eq!((to.state, send), (Failed, None));
+    assert_eq!((to.state, send), (Failed, vec![]));
     assert!(error.unwrap().contains("gave up after 3 attempts"));
 }
 
@@ -281,7 +296,7 @@ fn stale_deadlines_and_second_starts_change_nothing() {
 }
 
 #[test]
-fn every_non_terminal_move_sends_a_command_so_a_deadline_always_stands() {
+fn every_non_terminal_move_has_a_deadline_and_a_terminal_one_none() {
     let events = [
         Event::Start,
         ok(0, Action),
@@ -323,11 +338,19 @@ fn every_non_terminal_move_sends_a_command_so_a_deadline_always_stands() {
         for s in 0..3 {
             for attempts in 1..=3 {
                 for event in events {
-                    if let Ok((to, send)) = step(at(state, s, attempts), event) {
+                    if let Next::Moved {
+                        to, send, deadline, ..
+                    } = transition(&ORDER, at(state, s, attempts), &event)
+                    {
                         assert_eq!(
                             to.state.is_terminal(),
-                            send.is_none(),
-                            "{state} step {s} attempt {attempts} {event:?} -> {to:?} {send:?}"
+                            deadline == Deadline::None,
+                            "{state} step {s} attempt {attempts} {event:?} -> {to:?} {deadline:?}"
+                        );
+                        assert_eq!(
+                            to.state.is_terminal(),
+                            send.is_empty(),
+                            "on this plan every running move sends: {state} {event:?}"
                         );
                     }
                 }

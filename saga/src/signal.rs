@@ -1,0 +1,287 @@
+//! Events delivered to sagas: a payment provider's webhook, a person's approval, a
+//! parcel scanned at the depot. Each is recorded in `saga_signal` with what became of
+//! it; the saga's step that waits for it takes it, merging its payload into the
+//! saga's data, now or when the saga gets there.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use crate::engine::{Locked, apply_once, definition_of, lock};
+use crate::error::{Error, Result};
+use crate::mover::{Brought, Line};
+use crate::registry::{Definition, Registry};
+use crate::state::SagaState;
+use crate::transition::Event;
+
+/// What became of an event delivered to a saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Signaled {
+    /// Recorded: the saga's step that waits for it takes it, at the next sweep of an
+    /// orchestrator (every 500 ms by default) or when the saga reaches that step.
+    Kept,
+    /// Taken by the step that waited for it; the saga moved on.
+    Taken,
+    /// Recorded and not taken, for this reason: the saga has finished or is being
+    /// compensated, none of its steps waits for this event, or the event's payload
+    /// does not fit the saga's data.
+    Ignored(String),
+}
+
+/// Delivers event `event` with `payload` to saga `saga_id`, in the caller's
+/// transaction: it commits with the caller's own change, or not at all.
+///
+/// An event that comes before the saga reaches the step waiting for it is kept for
+/// that step. One for a saga that has finished or is compensating is recorded and
+/// ignored, with the reason (also in the saga's history). One for a saga that does
+/// not exist is [`Error::NotFound`]. Called twice with the same event, the step takes
+/// it once. The same event arriving as a message through the orchestrator's inbox
+/// (see [`Orchestrator`](crate::Orchestrator)) is taken at once.
+pub async fn signal<P: Serialize>(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    event: &str,
+    payload: &P,
+) -> Result<Signaled> {
+    let payload = serde_json::to_value(payload).map_err(Error::Data)?;
+    record(conn, saga_id, event, &payload, None).await
+}
+
+/// Records a signal and marks its saga for the next sweep, or settles it at once
+/// when the saga cannot take it.
+async fn record(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    event: &str,
+    payload: &serde_json::Value,
+    message_id: Option<&str>,
+) -> Result<Signaled> {
+    if event.is_empty() || event.len() > 255 {
+        return Err(Error::NotAnEvent(event.to_owned()));
+    }
+    let state: Option<String> = sqlx::query_scalar(
+        "UPDATE saga_instance SET signal_at = coalesce(signal_at, now())
+         WHERE saga_id = $1
+         RETURNING state",
+    )
+    .bind(saga_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let id = insert(conn, saga_id, event, payload, message_id).await?;
+    let Some(state) = state.as_deref().and_then(SagaState::parse) else {
+        settle(conn, id, "ignored: no saga with this id").await?;
+        return Err(Error::NotFound(saga_id.to_owned()));
+    };
+    match state {
+        SagaState::Pending | SagaState::Running => Ok(Signaled::Kept),
+        finished => {
+            let why = format!("ignored: the saga is {finished}");
+            settle(conn, id, &why).await?;
+            let line = signal_line(event, state, &why);
+            crate::history::append(conn, saga_id, &[line]).await?;
+            Ok(Signaled::Ignored(why))
+        }
+    }
+}
+
+fn signal_line(event: &str, state: SagaState, outcome: &str) -> Line {
+    Line {
+        from_state: Some(state),
+        detail: Some(format!("event {event}: {outcome}")),
+        ..Line::new("signal")
+    }
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    event: &str,
+    payload: &serde_json::Value,
+    message_id: Option<&str>,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO saga_signal (saga_id, name, payload, message_id) VALUES ($1, $2, $3, $4)
+         RETURNING id",
+    )
+    .bind(saga_id)
+    .bind(event)
+    .bind(Json(payload))
+    .bind(message_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn settle(conn: &mut PgConnection, id: i64, outcome: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE saga_signal SET settled_at = clock_timestamp(), outcome = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(outcome)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A signal waiting for its step.
+#[derive(sqlx::FromRow)]
+struct Kept {
+    id: i64,
+    name: String,
+    payload: Json<serde_json::Value>,
+    message_id: Option<String>,
+}
+
+/// Settles the signals of saga `saga_id` that can be settled now, oldest first:
+/// taken by the step that waits for them, or refused. Returns what became of the
+/// signal `watch`, if it was settled.
+pub(crate) async fn settle_kept(
+    conn: &mut PgConnection,
+    registry: &Registry,
+    saga_id: &str,
+    watch: Option<i64>,
+) -> Result<Option<Signaled>> {
+    sqlx::query("UPDATE saga_instance SET signal_at = NULL WHERE saga_id = $1")
+        .bind(saga_id)
+        .execute(&mut *conn)
+        .await?;
+    let kept: Vec<Kept> = sqlx::query_as(
+        "SELECT id, name, payload, message_id FROM saga_signal
+         WHERE saga_id = $1 AND settled_at IS NULL ORDER BY id",
+    )
+    .bind(saga_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut watched = None;
+    for signal in kept {
+        let locked = lock(conn, saga_id).await?;
+        let definition = match definition_of(registry, &locked) {
+            Ok(definition) => definition,
+            // The sweep's own path fails the saga; its signals wait with it.
+            Err(_) => return Ok(None),
+        };
+        let (outcome, waiting) = offer(conn, &*definition, saga_id, &locked, &signal).await?;
+        take_for_wait(conn, &*definition, saga_id, waiting).await?;
+        if Some(signal.id) == watch {
+            watched = outcome;
+        }
+    }
+    Ok(watched)
+}
+
+/// A saga that just moved to the step waiting for `waiting` takes the oldest kept
+/// signal of that name, if one came early; and so on while each move leads to
+/// another wait whose event came.
+pub(crate) async fn take_for_wait(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    mut waiting: Option<String>,
+) -> Result<()> {
+    while let Some(event) = waiting.take() {
+        let kept: Option<Kept> = sqlx::query_as(
+            "SELECT id, name, payload, message_id FROM saga_signal
+             WHERE saga_id = $1 AND name = $2 AND settled_at IS NULL ORDER BY id LIMIT 1",
+        )
+        .bind(saga_id)
+        .bind(&event)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(kept) = kept else {
+            break;
+        };
+        let locked = lock(conn, saga_id).await?;
+        waiting = offer(conn, definition, saga_id, &locked, &kept).await?.1;
+    }
+    Ok(())
+}
+
+/// Offers one kept signal to the saga: taken, refused, ignored, or still kept
+/// (`None`) because the saga has not reached its step yet. Also returns the event
+/// the saga waits for after it, if taking it led to another wait, or if its
+/// payload was refused and the same step still waits.
+async fn offer(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    locked: &Locked,
+    signal: &Kept,
+) -> Result<(Option<Signaled>, Option<String>)> {
+    let state = locked.state();
+    let Some(step) = definition.step_waiting_for(&signal.name) else {
+        let why = format!(
+            "refused: no step of {} version {} waits for this event",
+            definition.name(),
+            definition.version()
+        );
+        return Ok((Some(refuse(conn, saga_id, state, signal, why).await?), None));
+    };
+    if state.is_terminal() || state == SagaState::Compensating {
+        let why = format!("ignored: the saga is {state}");
+        return Ok((Some(refuse(conn, saga_id, state, signal, why).await?), None));
+    }
+    let record = locked.record();
+    if state != SagaState::Running || record.position.step != step || record.ending.is_some() {
+        return Ok((None, None));
+    }
+    let mut merged = record.data.clone();
+    crate::mover::merge(&mut merged, &signal.payload.0);
+    if let Err(error) = definition.fits(&merged) {
+        let why = format!("refused: its payload does not fit the saga's data: {error}");
+        let refused = refuse(conn, saga_id, state, signal, why).await?;
+        return Ok((Some(refused), Some(signal.name.clone())));
+    }
+    let brought = Brought {
+        message_id: signal.message_id.as_deref(),
+        result: Some(&signal.payload.0),
+    };
+    let event = Event::Signal { step };
+    let (_, waiting) = apply_once(conn, definition, saga_id, locked, &event, brought).await?;
+    settle(conn, signal.id, &format!("taken by step {step}")).await?;
+    Ok((Some(Signaled::Taken), waiting))
+}
+
+/// Settles a signal as not taken, with the reason, also in the saga's history.
+async fn refuse(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    state: SagaState,
+    signal: &Kept,
+    why: String,
+) -> Result<Signaled> {
+    settle(conn, signal.id, &why).await?;
+    let line = signal_line(&signal.name, state, &why);
+    crate::history::append(conn, saga_id, &[line]).await?;
+    Ok(Signaled::Ignored(why))
+}
+
+/// An event that came as a message through the orchestrator's inbox: recorded and
+/// offered to its saga at once. An unknown saga, or an event none of its steps waits
+/// for, is an error, for the consumer to dead-letter with the reason.
+pub(crate) async fn deliver(
+    conn: &mut PgConnection,
+    registry: &Registry,
+    saga_id: &str,
+    event: &str,
+    payload: &serde_json::Value,
+    message_id: Option<&str>,
+) -> Result<Signaled> {
+    let recorded = record(conn, saga_id, event, payload, message_id).await?;
+    if recorded != Signaled::Kept {
+        return Ok(recorded);
+    }
+    let id: i64 = sqlx::query_scalar(
+        "SELECT max(id) FROM saga_signal WHERE saga_id = $1 AND name = $2 AND settled_at IS NULL",
+    )
+    .bind(saga_id)
+    .bind(event)
+    .fetch_one(&mut *conn)
+    .await?;
+    match settle_kept(conn, registry, saga_id, Some(id)).await? {
+        Some(Signaled::Ignored(why)) if why.starts_with("refused") => {
+            Err(Error::SignalRefused(why))
+        }
+        Some(outcome) => Ok(outcome),
+        None => Ok(Signaled::Kept),
+    }
+}
