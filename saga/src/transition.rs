@@ -603,4 +603,6 @@ fn compensated_without_steps(reason: &str) -> Next {
 }
 
 #[cfg(test)]
+mod stage_tests;
+#[cfg(test)]
 mod tests;
