@@ -20,6 +20,7 @@ mod registry;
 mod signal;
 mod state;
 mod sweep;
+pub mod testing;
 mod transition;
 pub mod wire;
 

@@ -239,6 +239,56 @@ pub(crate) fn merge(data: &mut serde_json::Value, result: &serde_json::Value) {
     }
 }
 
+/// What a saga does with an event delivered to it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Offer {
+    /// Its step waits for it now: take it.
+    Take(usize),
+    /// Keep it for the step that waits for it, which the saga has not reached yet.
+    Keep,
+    /// Settle it as not taken, for this reason.
+    Refuse(String),
+    /// Its step waits for it, but its payload does not fit the saga's data: settle it
+    /// as not taken; the step still waits, and another event of that name may fit.
+    Misfit(String),
+}
+
+/// The rules for an event `name` with `payload` offered to `record`: refused when no
+/// step waits for it, when the saga has finished or is compensating, or when its
+/// payload does not fit the saga's data; taken when the saga waits for it; kept
+/// otherwise.
+pub(crate) fn offer(
+    definition: &dyn Definition,
+    record: &Record,
+    name: &str,
+    payload: &serde_json::Value,
+) -> Offer {
+    let Some(step) = definition.step_waiting_for(name) else {
+        return Offer::Refuse(format!(
+            "refused: no step of {} version {} waits for this event",
+            definition.name(),
+            definition.version()
+        ));
+    };
+    let state = record.position.state;
+    if state.is_terminal() || state == SagaState::Compensating {
+        return Offer::Refuse(format!("ignored: the saga is {state}"));
+    }
+    let waiting_here =
+        state == SagaState::Running && record.position.step == step && record.ending.is_none();
+    if !waiting_here {
+        return Offer::Keep;
+    }
+    let mut merged = record.data.clone();
+    merge(&mut merged, payload);
+    match definition.fits(&merged) {
+        Ok(()) => Offer::Take(step),
+        Err(error) => Offer::Misfit(format!(
+            "refused: its payload does not fit the saga's data: {error}"
+        )),
+    }
+}
+
 /// The first try of an end hook that failed waits this long, doubling per try.
 pub(crate) const END_HOOK_RETRY: Duration = Duration::from_secs(1);
 

@@ -9,7 +9,7 @@ use sqlx::types::Json;
 
 use crate::engine::{Locked, apply_once, definition_of, lock};
 use crate::error::{Error, Result};
-use crate::mover::{Brought, Line};
+use crate::mover::{Brought, Line, Offer, offer as offer_signal};
 use crate::registry::{Definition, Registry};
 use crate::state::SagaState;
 use crate::transition::Event;
@@ -208,29 +208,18 @@ async fn offer(
     signal: &Kept,
 ) -> Result<(Option<Signaled>, Option<String>)> {
     let state = locked.state();
-    let Some(step) = definition.step_waiting_for(&signal.name) else {
-        let why = format!(
-            "refused: no step of {} version {} waits for this event",
-            definition.name(),
-            definition.version()
-        );
-        return Ok((Some(refuse(conn, saga_id, state, signal, why).await?), None));
-    };
-    if state.is_terminal() || state == SagaState::Compensating {
-        let why = format!("ignored: the saga is {state}");
-        return Ok((Some(refuse(conn, saga_id, state, signal, why).await?), None));
-    }
     let record = locked.record();
-    if state != SagaState::Running || record.position.step != step || record.ending.is_some() {
-        return Ok((None, None));
-    }
-    let mut merged = record.data.clone();
-    crate::mover::merge(&mut merged, &signal.payload.0);
-    if let Err(error) = definition.fits(&merged) {
-        let why = format!("refused: its payload does not fit the saga's data: {error}");
-        let refused = refuse(conn, saga_id, state, signal, why).await?;
-        return Ok((Some(refused), Some(signal.name.clone())));
-    }
+    let step = match offer_signal(definition, &record, &signal.name, &signal.payload.0) {
+        Offer::Keep => return Ok((None, None)),
+        Offer::Refuse(why) => {
+            return Ok((Some(refuse(conn, saga_id, state, signal, why).await?), None));
+        }
+        Offer::Misfit(why) => {
+            let refused = refuse(conn, saga_id, state, signal, why).await?;
+            return Ok((Some(refused), Some(signal.name.clone())));
+        }
+        Offer::Take(step) => step,
+    };
     let brought = Brought {
         message_id: signal.message_id.as_deref(),
         result: Some(&signal.payload.0),
