@@ -325,8 +325,9 @@ where
     /// Delivers the answers and fires the deadlines due now, answers first.
     async fn fire_due(&mut self) {
         let now = self.now;
-        let (due, later): (Vec<Due>, Vec<Due>) =
-            std::mem::take(&mut self.later).into_iter().partition(|d| d.at <= now);
+        let (due, later): (Vec<Due>, Vec<Due>) = std::mem::take(&mut self.later)
+            .into_iter()
+            .partition(|d| d.at <= now);
         self.later = later;
         for due in due {
             self.deliver(&due.saga_id, due.step, due.phase, due.answer)
@@ -439,7 +440,11 @@ where
     /// How the participant of `out` answers it, as the participant helper would.
     async fn respond(&mut self, saga_id: &str, out: &Outgoing) -> Answer {
         let step = out.command.step;
-        let action = self.sagas.get(saga_id).and_then(|t| t.actions.get(&step)).cloned();
+        let action = self
+            .sagas
+            .get(saga_id)
+            .and_then(|t| t.actions.get(&step))
+            .cloned();
         match (out.command.phase, action) {
             // An action runs once; a resent or late one gets the first answer.
             (Phase::Action, Some(state)) => answer_of(&state),
@@ -534,4 +539,3 @@ fn history_line(at: Duration, line: &Line) -> HistoryLine {
         detail: line.detail.clone(),
     }
 }
-

@@ -8,6 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use txoutbox_saga::wire::{self, Reply};
+
+mod common;
+
+use common::{commands, expire, failed, ok, reply_to, state, steps};
 use txoutbox_saga::{Applied, Event, Incoming, Registry, Saga, SagaState};
 
 type TestResult = anyhow::Result<()>;
@@ -70,35 +74,7 @@ async fn start(pool: &PgPool, saga_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The commands the saga sent, in order: (step, attempt header, payload).
-async fn commands(
-    pool: &PgPool,
-    saga_id: &str,
-) -> anyhow::Result<Vec<(String, String, serde_json::Value)>> {
-    Ok(sqlx::query_as(
-        "SELECT routing_key, headers->>'x-saga-attempt', payload FROM outbox WHERE saga_id = $1 ORDER BY seq",
-    )
-    .bind(saga_id)
-    .fetch_all(pool)
-    .await?)
-}
-
-async fn state(pool: &PgPool, saga_id: &str) -> anyhow::Result<(SagaState, Option<String>, bool)> {
-    let (state, error, deadline): (String, Option<String>, bool) = sqlx::query_as(
-        "SELECT state, last_error, deadline_at IS NOT NULL FROM saga_instance WHERE saga_id = $1",
-    )
-    .bind(saga_id)
-    .fetch_one(pool)
-    .await?;
-    Ok((
-        SagaState::parse(&state).expect("a known state"),
-        error,
-        deadline,
-    ))
-}
-
-/// Applies `reply` to the latest command named `command` the saga sent (or to a
-/// made-up one, for a command it never sent).
+/// Applies `reply` to the latest command named `command` the saga sent.
 async fn reply(
     pool: &PgPool,
     saga_id: &str,
@@ -106,51 +82,7 @@ async fn reply(
     _attempt: u32,
     reply: Reply,
 ) -> anyhow::Result<Applied> {
-    let sent: Option<String> = sqlx::query_scalar(
-        "SELECT step FROM outbox WHERE saga_id = $1 AND routing_key = $2 ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(saga_id)
-    .bind(command)
-    .fetch_optional(pool)
-    .await?;
-    let sent = sent.unwrap_or_else(|| wire::command_step(command, "never-sent"));
-    let mut tx = pool.begin().await?;
-    let step = wire::reply_step(&sent);
-    let applied =
-        txoutbox_saga::apply_reply(&mut tx, &registry(), saga_id, &step, &reply, None).await?;
-    tx.commit().await?;
-    Ok(applied)
-}
-
-fn ok(result: Option<serde_json::Value>) -> Reply {
-    Reply {
-        succeeded: true,
-        result,
-        reason: None,
-    }
-}
-
-fn failed(reason: &str) -> Reply {
-    Reply {
-        succeeded: false,
-        result: None,
-        reason: Some(reason.into()),
-    }
-}
-
-fn steps(commands: &[(String, String, serde_json::Value)]) -> Vec<&str> {
-    commands.iter().map(|(step, _, _)| step.as_str()).collect()
-}
-
-/// Makes the saga's deadline due now.
-async fn expire(pool: &PgPool, saga_id: &str) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE saga_instance SET deadline_at = now() - interval '1 second' WHERE saga_id = $1",
-    )
-    .bind(saga_id)
-    .execute(pool)
-    .await?;
-    Ok(())
+    reply_to(pool, &registry(), saga_id, command, reply).await
 }
 
 #[sqlx::test(migrator = "txoutbox::MIGRATOR")]

@@ -35,10 +35,16 @@ fn order_saga() -> Saga<Order> {
         .parallel(|p| {
             p.step("reserve_inventory")
                 .action("inventory.reserve", |o| json!({ "order_id": o.order_id }))
-                .compensate("inventory.release", |o| json!({ "reservation_id": o.reservation_id }))
+                .compensate(
+                    "inventory.release",
+                    |o| json!({ "reservation_id": o.reservation_id }),
+                )
                 .step("authorize_payment")
                 .action("payment.authorize", |o| json!({ "cents": o.amount_cents }))
-                .compensate("payment.void", |o| json!({ "authorization": o.authorization }))
+                .compensate(
+                    "payment.void",
+                    |o| json!({ "authorization": o.authorization }),
+                )
                 .timeout(Duration::from_secs(30 * 60))
         })
         .step("await_payment_capture")
@@ -107,7 +113,8 @@ async fn payment_silent_for_thirty_minutes_is_compensated() -> anyhow::Result<()
 }
 
 #[tokio::test]
-async fn the_whole_process_runs_through_the_group_the_wait_and_the_last_step() -> anyhow::Result<()> {
+async fn the_whole_process_runs_through_the_group_the_wait_and_the_last_step() -> anyhow::Result<()>
+{
     let mut test = cooperative();
     test.start("order-2", &order(2)).await?;
     // Both actions went out together, and both answered: now it waits.
@@ -118,15 +125,25 @@ async fn the_whole_process_runs_through_the_group_the_wait_and_the_last_step() -
 
     test.advance(DAY).await;
     let capture = json!({ "capture_id": "cap-9" });
-    assert_eq!(test.signal("order-2", "payment.captured", &capture).await?, Signaled::Taken);
+    assert_eq!(
+        test.signal("order-2", "payment.captured", &capture).await?,
+        Signaled::Taken
+    );
     assert_eq!(test.state("order-2"), Some(SagaState::Completed));
     let data = test.data("order-2").expect("data");
     assert_eq!(
-        (data.reservation_id, data.authorization.as_deref(), data.capture_id.as_deref()),
+        (
+            data.reservation_id,
+            data.authorization.as_deref(),
+            data.capture_id.as_deref()
+        ),
         (Some(7), Some("auth-1"), Some("cap-9")),
         "every result and the event's payload merged in"
     );
-    assert_eq!(test.ended("order-2").map(|e| e.state), Some(SagaState::Completed));
+    assert_eq!(
+        test.ended("order-2").map(|e| e.state),
+        Some(SagaState::Completed)
+    );
     Ok(())
 }
 
@@ -153,7 +170,10 @@ async fn an_event_that_comes_early_is_kept_for_its_step() -> anyhow::Result<()> 
     let mut test = cooperative();
     // The authorisation answers after a minute: the capture arrives before it.
     test.on("payment.authorize", async |_: Value| {
-        Answer::after(Duration::from_secs(60), Answer::done(json!({ "authorization": "a" })))
+        Answer::after(
+            Duration::from_secs(60),
+            Answer::done(json!({ "authorization": "a" })),
+        )
     });
     test.start("order-4", &order(4)).await?;
     let early = test
@@ -161,31 +181,49 @@ async fn an_event_that_comes_early_is_kept_for_its_step() -> anyhow::Result<()> 
         .await?;
     assert_eq!(early, Signaled::Kept);
     test.advance(Duration::from_secs(60)).await;
-    assert_eq!(test.state("order-4"), Some(SagaState::Completed), "taken on arrival");
+    assert_eq!(
+        test.state("order-4"),
+        Some(SagaState::Completed),
+        "taken on arrival"
+    );
     // The same event again, now that the saga is done: recorded, ignored.
     let late = test
         .signal("order-4", "payment.captured", &json!({ "capture_id": "c" }))
         .await?;
-    assert_eq!(late, Signaled::Ignored("ignored: the saga is completed".into()));
+    assert_eq!(
+        late,
+        Signaled::Ignored("ignored: the saga is completed".into())
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_declined_step_of_the_group_leaves_itself_alone_and_undoes_the_other() -> anyhow::Result<()> {
+async fn a_declined_step_of_the_group_leaves_itself_alone_and_undoes_the_other()
+-> anyhow::Result<()> {
     let mut test = cooperative();
-    test.on("payment.authorize", async |_: Value| Answer::declined("card declined"));
+    test.on("payment.authorize", async |_: Value| {
+        Answer::declined("card declined")
+    });
     test.start("order-5", &order(5)).await?;
     assert_eq!(test.state("order-5"), Some(SagaState::Compensated));
     assert_eq!(
         test.sent_names("order-5"),
-        ["inventory.reserve", "payment.authorize", "inventory.release"]
+        [
+            "inventory.reserve",
+            "payment.authorize",
+            "inventory.release"
+        ]
     );
-    assert_eq!(test.ended("order-5").map(|e| e.why.as_str()), Some("card declined"));
+    assert_eq!(
+        test.ended("order-5").map(|e| e.why.as_str()),
+        Some("card declined")
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn an_event_no_step_waits_for_or_whose_payload_does_not_fit_is_refused() -> anyhow::Result<()> {
+async fn an_event_no_step_waits_for_or_whose_payload_does_not_fit_is_refused() -> anyhow::Result<()>
+{
     let mut test = cooperative();
     test.start("order-6", &order(6)).await?;
     let unknown = test.signal("order-6", "parcel.scanned", &json!({})).await?;
@@ -194,7 +232,15 @@ async fn an_event_no_step_waits_for_or_whose_payload_does_not_fit_is_refused() -
         .signal("order-6", "payment.captured", &json!({ "capture_id": 42 }))
         .await?;
     assert!(matches!(misfit, Signaled::Ignored(ref why) if why.contains("does not fit")));
-    assert_eq!(test.waiting_for("order-6"), Some("payment.captured"), "still waits");
-    assert!(test.signal("order-7", "payment.captured", &json!({})).await.is_err());
+    assert_eq!(
+        test.waiting_for("order-6"),
+        Some("payment.captured"),
+        "still waits"
+    );
+    assert!(
+        test.signal("order-7", "payment.captured", &json!({}))
+            .await
+            .is_err()
+    );
     Ok(())
 }

@@ -34,7 +34,11 @@ fn steps() -> [Shape; 6] {
     ]
 }
 
-fn moved(plan: &Plan<'_>, at: Position, event: Event<'_>) -> Option<(Position, Vec<Command>, Deadline, bool)> {
+fn moved(
+    plan: &Plan<'_>,
+    at: Position,
+    event: Event<'_>,
+) -> Option<(Position, Vec<Command>, Deadline, bool)> {
     match transition(plan, at, &event) {
         Next::Moved {
             to,
@@ -79,7 +83,11 @@ fn group_started(plan: &Plan<'_>) -> Position {
     let (p, send, deadline, merge) = moved(plan, p, reply(0, Outcome::Succeeded)).unwrap();
     assert_eq!((p.state, p.step, p.done), (Running, 1, 0));
     assert_eq!(send, vec![action(1), action(2), action(3)]);
-    assert_eq!(deadline, Deadline::StageStarts(secs(20)), "the shortest of the three");
+    assert_eq!(
+        deadline,
+        Deadline::StageStarts(secs(20)),
+        "the shortest of the three"
+    );
     assert!(merge);
     p
 }
@@ -144,8 +152,9 @@ fn every_combination_of_answers_in_a_group_of_three_ends_as_the_rules_say() {
         for b in answers {
             for c in answers {
                 let answer = [a, b, c];
-                let answering: Vec<usize> =
-                    (1..=3).filter(|s| answer[s - 1] != Answer::Silent).collect();
+                let answering: Vec<usize> = (1..=3)
+                    .filter(|s| answer[s - 1] != Answer::Silent)
+                    .collect();
                 for order in permutations(&answering) {
                     cases += 1;
                     check(&plan, answer, &order);
@@ -153,7 +162,11 @@ fn every_combination_of_answers_in_a_group_of_three_ends_as_the_rules_say() {
             }
         }
     }
-    assert_eq!(cases, 1 + 3 * 2 + 3 * 2 * 4 + 6 * 8, "every order of every combination");
+    assert_eq!(
+        cases,
+        1 + 3 * 2 + 3 * 2 * 4 + 6 * 8,
+        "every order of every combination"
+    );
 }
 
 /// One combination, its answers arriving in `order`, then the group's deadline if it
@@ -214,7 +227,10 @@ fn check(plan: &Plan<'_>, answer: [Answer; 3], order: &[usize]) {
         .into_iter()
         .filter(|s| Some(*s) != first_declined)
         .collect();
-    assert_eq!(undone, expected, "{case}: every step that may have taken effect, last first");
+    assert_eq!(
+        undone, expected,
+        "{case}: every step that may have taken effect, last first"
+    );
 }
 
 #[test]
@@ -248,7 +264,10 @@ fn a_declined_step_stays_declined_across_a_failed_compensation_and_a_retry() {
     let (p, send, deadline, _) = moved(&plan, p, failed).unwrap();
     assert_eq!((p.state, send, deadline), (Failed, vec![], Deadline::None));
     let (p, send, _, _) = moved(&plan, p, Event::Retry).unwrap();
-    assert_eq!((p.state, p.step, p.declined), (Compensating, 2, GROUP.bit(3)));
+    assert_eq!(
+        (p.state, p.step, p.declined),
+        (Compensating, 2, GROUP.bit(3))
+    );
     assert_eq!(compensate_to_the_end(&plan, p, send), [2, 1, 0]);
 }
 
@@ -337,5 +356,8 @@ fn a_saga_that_begins_with_a_wait_sends_nothing_and_has_a_deadline() {
         phase: Phase::Action,
     };
     let (p, send, deadline, _) = moved(&plan, p, late).unwrap();
-    assert_eq!((p.state, send, deadline), (Compensated, vec![], Deadline::None));
+    assert_eq!(
+        (p.state, send, deadline),
+        (Compensated, vec![], Deadline::None)
+    );
 }
