@@ -105,6 +105,16 @@ impl Metrics {
             "Unfinished sagas past their deadline and not yet swept.",
             stats.overdue as f64,
         );
+        let waiting = "saga_waiting";
+        family(
+            &mut out,
+            waiting,
+            "Sagas at a wait step, by the event they wait for.",
+            Kind::Gauge,
+        );
+        for (event, count) in &stats.waiting {
+            sample(&mut out, waiting, &[("event", event.as_str())], count);
+        }
         out
     }
 

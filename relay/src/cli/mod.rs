@@ -127,6 +127,9 @@ pub(crate) enum SagaCommand {
         /// Only unfinished sagas whose deadline has passed.
         #[arg(long)]
         overdue: bool,
+        /// Only sagas at a wait step, waiting for an event.
+        #[arg(long)]
+        waiting: bool,
         /// At most this many.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,

@@ -12,12 +12,14 @@ pub(crate) async fn saga(pool: PgPool, command: SagaCommand) -> anyhow::Result<(
         SagaCommand::List {
             state,
             overdue,
+            waiting,
             limit,
             output,
         } => {
             let filter = txoutbox_saga::admin::ListFilter {
                 state,
                 overdue,
+                waiting,
                 limit,
             };
             let sagas = txoutbox_saga::admin::list(&pool, filter).await?;
@@ -60,7 +62,7 @@ fn print_list(sagas: &[SagaSummary]) {
     println!("{} saga(s), most recently changed first", sagas.len());
     for s in sagas {
         println!(
-            "  {}  {:<13} {} v{}  step={} attempts={} deadline={}{}  updated={}{}{}",
+            "  {}  {:<13} {} v{}  step={} attempts={} deadline={}{}{}  updated={}{}{}",
             s.saga_id,
             s.state,
             s.saga_type,
@@ -69,6 +71,10 @@ fn print_list(sagas: &[SagaSummary]) {
             s.attempts,
             time_or_dash(s.deadline_at),
             if s.overdue { " (overdue)" } else { "" },
+            s.waiting_for
+                .as_deref()
+                .map(|event| format!("  waiting for {event}"))
+                .unwrap_or_default(),
             time(s.updated_at),
             s.operator_request
                 .map(|r| format!("  requested={}", r.as_str()))
@@ -97,6 +103,39 @@ fn print_show(view: &SagaView) {
         if overdue { " (overdue)" } else { "" },
     );
     println!("  last error: {}", i.last_error.as_deref().unwrap_or("-"));
+    if let Some(event) = &i.waiting_for {
+        println!(
+            "  waiting for event {event} since {} ({} ago), until {}",
+            time_or_dash(i.stage_started_at),
+            i.stage_started_at.map(ago).unwrap_or_else(|| "-".into()),
+            time_or_dash(i.deadline_at),
+        );
+    }
+    if !view.branches.is_empty() {
+        println!(
+            "  parallel group since {}:",
+            time_or_dash(i.stage_started_at)
+        );
+        for branch in &view.branches {
+            let answer = if branch.answered {
+                "answered"
+            } else {
+                "waiting for its reply"
+            };
+            println!("    step {} {}: {answer}", branch.step, branch.command);
+        }
+    }
+    if let Some(ending) = i.ending {
+        let next = if i.state.is_terminal() {
+            "`saga retry` runs it again".to_owned()
+        } else {
+            format!("next try at {}", time_or_dash(i.deadline_at))
+        };
+        println!(
+            "  ending: {ending}; its on_{ending} hook failed {} time(s); {next}",
+            i.end_attempts
+        );
+    }
     if let Some(request) = i.operator_request {
         println!(
             "  operator request: {}, waiting for an orchestrator's sweep",
@@ -132,6 +171,21 @@ fn print_show(view: &SagaView) {
                 .map(|e| format!("\n      last error: {e}"))
                 .unwrap_or_default(),
         );
+    }
+
+    if !view.signals.is_empty() {
+        println!("events delivered ({}):", view.signals.len());
+        for signal in &view.signals {
+            println!(
+                "  {}  {:<24} {}",
+                time(signal.received_at),
+                signal.name,
+                signal
+                    .outcome
+                    .as_deref()
+                    .unwrap_or("kept for the step that waits for it"),
+            );
+        }
     }
 
     println!("inbox ({} record(s)):", view.inbox.len());
@@ -177,6 +231,17 @@ fn timeline(entry: &HistoryEntry) {
             .unwrap_or_default(),
     );
     println!("{}", line.trim_end());
+}
+
+/// How long ago `at` was, as `3h 2m`, `5m 12s` or `40s`.
+fn ago(at: DateTime<Utc>) -> String {
+    let seconds = (Utc::now() - at).num_seconds().max(0);
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m"),
+    }
 }
 
 fn time(at: DateTime<Utc>) -> String {

@@ -210,3 +210,104 @@ async fn saga_abort_and_retry_are_requests_an_orchestrator_carries_out(pool: PgP
     }
     Ok(())
 }
+
+/// Reserve and authorise side by side, then wait for the capture.
+fn process_saga() -> Saga<Order> {
+    let order = |o: &Order| serde_json::json!({ "order_id": o.order_id });
+    Saga::<Order>::define("process", 1)
+        .parallel(|p| {
+            p.step("reserve")
+                .action("inventory.reserve", order)
+                .compensate("inventory.release", order)
+                .step("authorize")
+                .action("payment.authorize", order)
+                .compensate("payment.void", order)
+        })
+        .step("await_capture")
+        .wait_for("payment.captured")
+        .step("ship")
+        .action("shipping.schedule", order)
+        .build()
+        .expect("a valid definition")
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn saga_show_names_the_group_the_wait_and_the_events_and_list_finds_the_waiting(
+    pool: PgPool,
+) -> TestResult {
+    for saga_id in ["order-1", "order-2"] {
+        let mut tx = pool.begin().await?;
+        txoutbox_saga::start(&mut tx, &process_saga(), saga_id, &Order { order_id: 1 }).await?;
+        tx.commit().await?;
+    }
+    // order-1: one step of the group answered.
+    let registry = Registry::new().register(process_saga());
+    let reply = |step| Event::Reply {
+        step,
+        phase: Phase::Action,
+        outcome: Outcome::Succeeded,
+    };
+    let mut tx = pool.begin().await?;
+    txoutbox_saga::apply(
+        &mut tx,
+        &registry,
+        "order-1",
+        &reply(0),
+        Incoming::default(),
+    )
+    .await?;
+    tx.commit().await?;
+    let shown = saga_cli(&pool, &["show", "order-1"]).await?;
+    let said = text(&shown);
+    assert!(shown.status.success(), "{said}");
+    assert!(said.contains("parallel group since"), "{said}");
+    assert!(
+        said.contains("step 0 inventory.reserve: answered"),
+        "{said}"
+    );
+    assert!(
+        said.contains("step 1 payment.authorize: waiting for its reply"),
+        "{said}"
+    );
+
+    // order-2: both answered, now waiting; an event for a later step came early.
+    let mut tx = pool.begin().await?;
+    for step in [0, 1] {
+        txoutbox_saga::apply(
+            &mut tx,
+            &registry,
+            "order-2",
+            &reply(step),
+            Incoming::default(),
+        )
+        .await?;
+    }
+    txoutbox_saga::signal(&mut tx, "order-2", "parcel.scanned", &serde_json::json!({})).await?;
+    tx.commit().await?;
+    let shown = saga_cli(&pool, &["show", "order-2"]).await?;
+    let said = text(&shown);
+    assert!(
+        said.contains("waiting for event payment.captured since"),
+        "{said}"
+    );
+    assert!(said.contains("parcel.scanned"), "{said}");
+    assert!(
+        said.contains("kept for the step that waits for it"),
+        "{said}"
+    );
+
+    let waiting = saga_cli(&pool, &["list", "--waiting", "--json"]).await?;
+    let listed: serde_json::Value = serde_json::from_slice(&waiting.stdout)?;
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["order-2"], "{}", text(&waiting));
+    assert_eq!(listed[0]["waiting_for"], "payment.captured");
+    let json = saga_cli(&pool, &["show", "order-1", "--json"]).await?;
+    let view: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    assert_eq!(view["branches"][1]["answered"], false, "{view}");
+    Ok(())
+}

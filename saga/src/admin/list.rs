@@ -1,4 +1,5 @@
-//! Listing sagas: a summary of each, filtered by state or by an overdue deadline.
+//! Listing sagas: a summary of each, filtered by state, by an overdue deadline, or
+//! by waiting for an event.
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -14,6 +15,8 @@ pub struct ListFilter {
     pub state: Option<SagaState>,
     /// Only unfinished sagas whose deadline has passed.
     pub overdue: bool,
+    /// Only sagas at a wait step, waiting for an event.
+    pub waiting: bool,
     /// At most this many.
     pub limit: i64,
 }
@@ -24,6 +27,7 @@ impl Default for ListFilter {
         Self {
             state: None,
             overdue: false,
+            waiting: false,
             limit: 100,
         }
     }
@@ -50,6 +54,8 @@ pub struct SagaSummary {
     pub deadline_at: Option<DateTime<Utc>>,
     /// Unfinished and past its deadline: no orchestrator has swept it yet.
     pub overdue: bool,
+    /// The event it waits for, at a wait step.
+    pub waiting_for: Option<String>,
     /// Why it last failed, if it did.
     pub last_error: Option<String>,
     /// A request not yet carried out.
@@ -64,11 +70,12 @@ pub struct SagaSummary {
 pub async fn list(pool: &PgPool, filter: ListFilter) -> Result<Vec<SagaSummary>> {
     let rows: Vec<SummaryRow> = sqlx::query_as(
         "SELECT saga_id, saga_type, definition_version, state, current_step, attempts,
-                deadline_at, last_error, operator_request, created_at, updated_at,
+                deadline_at, last_error, operator_request, created_at, updated_at, waiting_for,
                 coalesce(deadline_at < now() AND NOT (state = ANY($1)), false) AS overdue
          FROM saga_instance
          WHERE ($2::text IS NULL OR state = $2)
            AND (NOT $3 OR (deadline_at < now() AND NOT (state = ANY($1))))
+           AND (NOT $5 OR waiting_for IS NOT NULL)
          ORDER BY updated_at DESC, saga_id
          LIMIT $4",
     )
@@ -76,6 +83,7 @@ pub async fn list(pool: &PgPool, filter: ListFilter) -> Result<Vec<SagaSummary>>
     .bind(filter.state.map(SagaState::as_str))
     .bind(filter.overdue)
     .bind(filter.limit)
+    .bind(filter.waiting)
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(SummaryRow::into_summary).collect()
@@ -94,6 +102,7 @@ struct SummaryRow {
     operator_request: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    waiting_for: Option<String>,
     overdue: bool,
 }
 
@@ -110,6 +119,7 @@ impl SummaryRow {
             attempts: self.attempts,
             deadline_at: self.deadline_at,
             overdue: self.overdue,
+            waiting_for: self.waiting_for,
             last_error: self.last_error,
             created_at: self.created_at,
             updated_at: self.updated_at,

@@ -25,7 +25,9 @@ mod stats;
 
 pub use list::{ListFilter, SagaSummary, list};
 pub use request::{OperatorRequest, request_abort, request_retry};
-pub use show::{HistoryEntry, InboxRecord, OutboxRow, SagaInstance, SagaView, show};
+pub use show::{
+    Branch, HistoryEntry, InboxRecord, OutboxRow, SagaInstance, SagaView, SignalRecord, show,
+};
 pub use stats::{SagaStats, stats};
 
 /// An error of an operator's command.

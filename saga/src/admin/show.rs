@@ -1,5 +1,5 @@
-//! One saga whole: its row, its history, and its messages in this database's outbox
-//! and inbox, read in one snapshot.
+//! One saga whole: its row, its history, its messages in this database's outbox and
+//! inbox, and the events delivered to it, read in one snapshot.
 
 use serde::{Serialize, Serializer};
 use sqlx::PgPool;
@@ -25,6 +25,40 @@ pub struct SagaView {
     /// Its messages this database's inbox took effect on (the replies, for an
     /// orchestrator), oldest first.
     pub inbox: Vec<InboxRecord>,
+    /// The events delivered to it, oldest first, with what became of each.
+    pub signals: Vec<SignalRecord>,
+    /// While a parallel group runs: each of its steps, and whether it answered.
+    pub branches: Vec<Branch>,
+}
+
+/// An event delivered to a saga (`saga_signal`).
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[non_exhaustive]
+pub struct SignalRecord {
+    /// The event's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: Json<serde_json::Value>,
+    /// The message that carried it, when it came through the orchestrator's inbox.
+    pub message_id: Option<String>,
+    /// When it was recorded.
+    pub received_at: DateTime<Utc>,
+    /// When a step took it or it was refused; `None` while it waits for its step.
+    pub settled_at: Option<DateTime<Utc>>,
+    /// `taken by step N`, or why not.
+    pub outcome: Option<String>,
+}
+
+/// One step of a running parallel group.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Branch {
+    /// The step.
+    pub step: i32,
+    /// Its action's name.
+    pub command: String,
+    /// Whether its action answered with success.
+    pub answered: bool,
 }
 
 /// A saga's row: every column of `saga_instance`.
@@ -60,6 +94,16 @@ pub struct SagaInstance {
     pub updated_at: DateTime<Utc>,
     /// When it reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The event it waits for, at a wait step.
+    pub waiting_for: Option<String>,
+    /// When the stage in hand (a step, a parallel group, a wait) started.
+    pub stage_started_at: Option<DateTime<Utc>>,
+    /// The final state whose end hook failed and is owed: tried again at
+    /// `deadline_at`, or, once `failed`, by `saga retry`.
+    #[serde(serialize_with = "optional_name")]
+    pub ending: Option<SagaState>,
+    /// Failed tries of the owed end hook.
+    pub end_attempts: i32,
 }
 
 /// One row of a saga's history (`saga_event`).
@@ -70,8 +114,8 @@ pub struct HistoryEntry {
     pub id: i64,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
-    /// `started`, `command_sent`, `reply`, `timeout`, `ignored`, `operator`,
-    /// `definition_missing`.
+    /// `started`, `command_sent`, `reply`, `signal`, `timeout`, `operator`,
+    /// `end_hook`, `definition_missing`.
     pub kind: String,
     /// The step it concerns.
     pub step: Option<i32>,
@@ -140,7 +184,8 @@ pub async fn show(pool: &PgPool, saga_id: &str) -> Result<Option<SagaView>> {
         .await?;
     let row: Option<InstanceRow> = sqlx::query_as(
         "SELECT saga_id, saga_type, definition_version, state, current_step, attempts, version,
-                deadline_at, data, last_error, operator_request, created_at, updated_at, finished_at
+                deadline_at, data, last_error, operator_request, created_at, updated_at, finished_at,
+                waiting_for, stage_started_at, ending, end_attempts, branches_done
          FROM saga_instance WHERE saga_id = $1",
     )
     .bind(saga_id)
@@ -177,20 +222,64 @@ pub async fn show(pool: &PgPool, saga_id: &str) -> Result<Option<SagaView>> {
     .bind(saga_id)
     .fetch_all(&mut *tx)
     .await?;
+    let signals = sqlx::query_as(
+        "SELECT name, payload, message_id, received_at, settled_at, outcome
+         FROM saga_signal WHERE saga_id = $1 ORDER BY id",
+    )
+    .bind(saga_id)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
+    let history = history
+        .into_iter()
+        .map(HistoryRow::into_entry)
+        .collect::<Result<Vec<_>>>()?;
+    let branches = branches(&row, &history);
     Ok(Some(SagaView {
         instance: row.into_instance()?,
-        history: history
-            .into_iter()
-            .map(HistoryRow::into_entry)
-            .collect::<Result<_>>()?,
+        history,
         outbox,
         inbox,
+        signals,
+        branches,
     }))
 }
 
+/// The steps of a running parallel group, from the actions its stage sent together:
+/// a group is a stage that sent more than one action at once.
+fn branches(row: &InstanceRow, history: &[HistoryEntry]) -> Vec<Branch> {
+    if row.state != SagaState::Running.as_str() {
+        return Vec::new();
+    }
+    let started = row.stage_started_at;
+    let sent: Vec<&HistoryEntry> = history
+        .iter()
+        .filter(|e| e.kind == "command_sent" && e.phase == Some(Phase::Action))
+        .filter(|e| started.is_some_and(|at| e.occurred_at >= at))
+        .filter(|e| e.step.is_some_and(|s| s >= row.current_step))
+        .collect();
+    if sent.len() < 2 {
+        return Vec::new();
+    }
+    sent.into_iter()
+        .filter_map(|e| {
+            let step = e.step?;
+            let bit = u32::try_from(step - row.current_step)
+                .ok()
+                .filter(|b| *b < 64)?;
+            let command = e.detail.as_deref().unwrap_or("");
+            let command = command.split(" (attempt").next().unwrap_or(command);
+            Some(Branch {
+                step,
+                command: command.to_owned(),
+                answered: row.branches_done as u64 & (1 << bit) != 0,
+            })
+        })
+        .collect()
+}
+
 fn phase(text: &str) -> Option<Phase> {
-    [Phase::Action, Phase::Compensation]
+    [Phase::Action, Phase::Compensation, Phase::Cancel]
         .into_iter()
         .find(|phase| phase.as_str() == text)
 }
@@ -211,6 +300,11 @@ struct InstanceRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    waiting_for: Option<String>,
+    stage_started_at: Option<DateTime<Utc>>,
+    ending: Option<String>,
+    end_attempts: i32,
+    branches_done: i64,
 }
 
 impl InstanceRow {
@@ -231,6 +325,10 @@ impl InstanceRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
+            ending: optional("saga_instance.ending", self.ending, SagaState::parse)?,
+            waiting_for: self.waiting_for,
+            stage_started_at: self.stage_started_at,
+            end_attempts: self.end_attempts,
         })
     }
 }

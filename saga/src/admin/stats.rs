@@ -1,5 +1,5 @@
 //! Figures for metrics and dashboards: sagas by state, the oldest unfinished one's
-//! age, and the overdue ones.
+//! age, the overdue ones, and those waiting for an event.
 
 use serde::{Serialize, Serializer};
 use sqlx::PgPool;
@@ -18,6 +18,9 @@ pub struct SagaStats {
     pub oldest_active_age_seconds: f64,
     /// Unfinished sagas past their deadline.
     pub overdue: i64,
+    /// Sagas at a wait step, by the event they wait for.
+    #[serde(serialize_with = "by_event")]
+    pub waiting: Vec<(String, i64)>,
 }
 
 /// Counts sagas by state, the age of the oldest unfinished one, and the overdue ones.
@@ -41,11 +44,23 @@ pub async fn stats(pool: &PgPool) -> Result<SagaStats> {
             slot.1 = count;
         }
     }
+    let waiting: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT waiting_for, count(*) FROM saga_instance
+         WHERE waiting_for IS NOT NULL GROUP BY waiting_for ORDER BY waiting_for",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(SagaStats {
         by_state,
         oldest_active_age_seconds: oldest.unwrap_or(0.0),
         overdue,
+        waiting,
     })
+}
+
+/// `{"payment.captured": 3, ...}`.
+fn by_event<S: Serializer>(counts: &[(String, i64)], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(counts.iter().map(|(event, count)| (event, count)))
 }
 
 /// `{"pending": 0, "running": 2, ...}`.
@@ -63,6 +78,7 @@ mod tests {
             by_state: vec![(SagaState::Running, 2), (SagaState::Failed, 1)],
             oldest_active_age_seconds: 1.5,
             overdue: 0,
+            waiting: vec![("payment.captured".into(), 3)],
         };
         assert_eq!(
             serde_json::to_value(&stats).ok(),
@@ -70,6 +86,7 @@ mod tests {
                 "by_state": {"running": 2, "failed": 1},
                 "oldest_active_age_seconds": 1.5,
                 "overdue": 0,
+                "waiting": {"payment.captured": 3},
             }))
         );
     }
