@@ -2,7 +2,8 @@
 //! that went right (one completed, one compensated after a declined charge, one
 //! compensated after a timeout, refund before release) and names each way one can go
 //! wrong: compensations out of order, a late action that took effect after its undo,
-//! a saga left `failed`, a completed saga missing a step.
+//! a saga left `failed`, a completed saga missing a step, an order row its end hook
+//! did not finish.
 
 use examples::demo::databases::DemoDatabases;
 use examples::demo::saga::{SagaMode, Service};
@@ -18,8 +19,9 @@ async fn three_finished_sagas() -> anyhow::Result<DemoDatabases> {
     let databases = DemoDatabases::create(&testkit::database_url(), &prefix).await?;
     let order = databases.pool(Service::Order);
     sqlx::query(
-        "INSERT INTO orders (id, number, quantity, amount_cents) VALUES
-         ('order-000001', 1, 2, 1000), ('order-000002', 2, 3, 1250), ('order-000003', 3, 1, 1500)",
+        "INSERT INTO orders (id, number, quantity, amount_cents, status) VALUES
+         ('order-000001', 1, 2, 1000, 'shipped'), ('order-000002', 2, 3, 1250, 'cancelled'),
+         ('order-000003', 3, 1, 1500, 'cancelled')",
     )
     .execute(order)
     .await?;
@@ -271,6 +273,26 @@ async fn a_failed_saga_and_a_completed_one_missing_a_step_are_named() -> TestRes
     );
     assert!(
         named(&violations, "order-000001", "shipped 0 times, expected 1"),
+        "{violations:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_order_row_its_end_hook_did_not_finish_is_named() -> TestResult {
+    let violations = violations_after(async |dbs: &DemoDatabases| {
+        sqlx::query("UPDATE orders SET status = 'placed' WHERE id = 'order-000001'")
+            .execute(dbs.pool(Service::Order))
+            .await?;
+        Ok(())
+    })
+    .await?;
+    assert!(
+        named(
+            &violations,
+            "order-000001",
+            "its order row is placed, expected shipped"
+        ),
         "{violations:?}"
     );
     Ok(())

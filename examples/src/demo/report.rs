@@ -141,10 +141,11 @@ impl Report<'_> {
         println!();
         if self.passed() && f.saga.is_some() {
             println!(
-                "every invariant held: each saga final, none failed; completed ones did every step \
-                 once; compensated ones undid each done step once, last first, and no action took \
-                 effect after its undo; nothing charged without a shipment or a refund; stock \
-                 balances; each command took effect once; nothing left unsent or dead-lettered"
+                "every invariant held: each saga final, none failed, each order row shipped or \
+                 cancelled by its end hook; completed ones did every step once; compensated ones \
+                 undid each done step once, last first, and no action took effect after its undo; \
+                 nothing charged without a shipment or a refund; stock balances; each command took \
+                 effect once; nothing left unsent or dead-lettered"
             );
             return;
         }

@@ -38,7 +38,8 @@ const ORDER: &[&str] = &["CREATE TABLE orders (
          quantity     integer     NOT NULL,
          amount_cents bigint      NOT NULL,
          status       text        NOT NULL DEFAULT 'placed'
-                      CHECK (status IN ('placed', 'shipped', 'cancelled')),
+                      CHECK (status IN ('placed', 'shipped', 'cancelled', 'failed')),
+         why          text,
          placed_at    timestamptz NOT NULL DEFAULT now(),
          finished_at  timestamptz
      )"];

@@ -81,6 +81,7 @@ async fn place(pool: &PgPool, number: u32, announce: &Announce) -> anyhow::Resul
             }
             Announce::Saga(definition) => {
                 let data = OrderSaga {
+                    order_id: id.clone(),
                     quantity,
                     amount_cents,
                 };

@@ -1,7 +1,8 @@
 //! The orchestrated saga's invariants, from the orchestrator's tables (`saga_instance`,
 //! `saga_event`) and each participant's effect log: a saga `completed` only with every
 //! step done once; `compensated` only with each done step undone once, last first,
-//! and no action taking effect after its undo; nothing shipped that was not paid for.
+//! and no action taking effect after its undo; nothing shipped that was not paid for;
+//! each order row in the final state its saga's end hook gave it.
 
 use std::collections::HashMap;
 
@@ -40,8 +41,8 @@ pub(super) async fn check(
     findings: &mut Findings,
     violations: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let sagas: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT o.id, coalesce(s.state, 'missing'), s.last_error
+    let sagas: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT o.id, coalesce(s.state, 'missing'), s.last_error, o.status
          FROM orders o LEFT JOIN saga_instance s ON s.saga_id = o.id ORDER BY o.id",
     )
     .fetch_all(sources.order)
@@ -50,7 +51,19 @@ pub(super) async fn check(
     let compensation_order = compensations_sent(sources.order).await?;
     let mut figures = SagaFigures::default();
 
-    for (id, state, last_error) in &sagas {
+    for (id, state, last_error, status) in &sagas {
+        // The end hooks set the order row's final state with the saga's.
+        let row_should_be = match state.as_str() {
+            "completed" => "shipped",
+            "compensated" => "cancelled",
+            "failed" => "failed",
+            _ => "placed",
+        };
+        if status != row_should_be {
+            violations.push(format!(
+                "{id} ({state}): its order row is {status}, expected {row_should_be} (the end hook)"
+            ));
+        }
         let mut expect = |what: &str, got: i64, want: i64| {
             if got != want {
                 violations.push(format!(
@@ -109,7 +122,7 @@ pub(super) async fn check(
     }
     let known: HashMap<&str, &str> = sagas
         .iter()
-        .map(|(id, state, _)| (id.as_str(), state.as_str()))
+        .map(|(id, state, _, _)| (id.as_str(), state.as_str()))
         .collect();
     unknown_orders(
         &known,
