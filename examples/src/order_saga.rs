@@ -6,8 +6,7 @@
 //!
 //! Run with: cargo run -p examples --bin order-saga
 
-use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
@@ -19,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
 use txoutbox_relay::{Relay, RelayConfig};
 use txoutbox_saga::participant::{SagaCommands, Verdict};
-use txoutbox_saga::{Orchestrator, OrchestratorConfig, Registry, Saga, SagaState};
+use txoutbox_saga::{Orchestrator, OrchestratorConfig, Registry, Saga};
+
+use crate::saga_report::wait_until_finished;
+pub use crate::saga_report::{HistoryRow, SagaReport};
 
 /// An order as its saga carries it. The card limit is 100,000 cents; no courier goes
 /// to Antarctica. The ids are the actions' results, merged in for the compensations.
@@ -170,38 +172,6 @@ fn orders() -> Vec<Order> {
     ]
 }
 
-/// Where one order ended, and how it got there.
-#[derive(Debug)]
-pub struct SagaReport {
-    /// `order-{order_id}`.
-    pub saga_id: String,
-    /// Its final state.
-    pub state: SagaState,
-    /// Its history, oldest first.
-    pub history: Vec<HistoryRow>,
-}
-
-/// One row of `saga_event`.
-#[derive(Debug, sqlx::FromRow)]
-pub struct HistoryRow {
-    /// When, as `HH:MM:SS.mmm`, and milliseconds since the saga started.
-    pub at: String,
-    /// Milliseconds since the saga started.
-    pub since_start_ms: f64,
-    /// `started`, `command_sent`, `reply`, `timeout`, ...
-    pub kind: String,
-    /// The step's name, when the event is a step's.
-    pub step: Option<String>,
-    /// `action` or `compensation`.
-    pub phase: Option<String>,
-    /// The state before, when the event moved the saga.
-    pub from_state: Option<String>,
-    /// The state after.
-    pub to_state: Option<String>,
-    /// The command sent, the reply's outcome, the reason.
-    pub detail: Option<String>,
-}
-
 /// Each participant's table: an effect per row, an undo naming what it undoes.
 const SCHEMA: &str = "
     CREATE TABLE inventory (id bigserial PRIMARY KEY, order_id bigint NOT NULL,
@@ -296,7 +266,7 @@ async fn run_orders(
         tx.commit().await?;
         saga_ids.push(saga_id);
     }
-    let finished = wait_until_finished(pool, &saga_ids, stop).await;
+    let finished = wait_until_finished(pool, &saga_ids, stop, Duration::from_secs(60)).await;
 
     orchestrator.shutdown().await?;
     for participant in participants {
@@ -311,86 +281,11 @@ async fn run_orders(
     Ok(reports)
 }
 
-async fn wait_until_finished(
-    pool: &PgPool,
-    saga_ids: &[String],
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let states: Vec<String> =
-            sqlx::query_scalar("SELECT state FROM saga_instance WHERE saga_id = ANY($1)")
-                .bind(saga_ids)
-                .fetch_all(pool)
-                .await?;
-        let finished = states
-            .iter()
-            .filter_map(|s| SagaState::parse(s))
-            .filter(|s| s.is_terminal());
-        if finished.count() == saga_ids.len() {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not finished after a minute: {states:?}"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            () = stop.cancelled() => anyhow::bail!("stopped before the sagas finished: {states:?}"),
-        }
-    }
-}
-
 async fn report(pool: &PgPool, saga_id: String) -> anyhow::Result<SagaReport> {
-    let state: String = sqlx::query_scalar("SELECT state FROM saga_instance WHERE saga_id = $1")
-        .bind(&saga_id)
-        .fetch_one(pool)
-        .await?;
     let steps: Vec<String> = definition()
         .steps()
         .iter()
         .map(|s| s.name().to_owned())
         .collect();
-    let history = sqlx::query_as(
-        "SELECT to_char(occurred_at, 'HH24:MI:SS.MS') AS at,
-                (extract(epoch FROM occurred_at - min(occurred_at) OVER ()) * 1000)::float8
-                    AS since_start_ms,
-                kind, ($2::text[])[step + 1] AS step, phase, from_state, to_state, detail
-         FROM saga_event WHERE saga_id = $1 ORDER BY id",
-    )
-    .bind(&saga_id)
-    .bind(&steps)
-    .fetch_all(pool)
-    .await?;
-    let state = SagaState::parse(&state).ok_or_else(|| anyhow::anyhow!("unknown state {state}"))?;
-    Ok(SagaReport {
-        saga_id,
-        state,
-        history,
-    })
-}
-
-impl fmt::Display for SagaReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: {}", self.saga_id, self.state)?;
-        for row in &self.history {
-            let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
-            let moved = match (&row.from_state, &row.to_state) {
-                (Some(from), Some(to)) => format!("{from} -> {to}"),
-                _ => String::new(),
-            };
-            writeln!(
-                f,
-                "  {} (+{:>6.1} ms)  {:<12} {:<17} {:<12} {:<26} {}",
-                row.at,
-                row.since_start_ms,
-                row.kind,
-                text(&row.step),
-                text(&row.phase),
-                moved,
-                text(&row.detail)
-            )?;
-        }
-        Ok(())
-    }
+    SagaReport::read(pool, saga_id, &steps).await
 }

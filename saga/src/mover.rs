@@ -123,6 +123,22 @@ pub(crate) fn plan_move(
             if merge_result && let Some(result) = brought.result {
                 merge(&mut data, result);
             }
+            // The rules know steps by number; a wait is clearer by its event's name.
+            let waited = match (event, plan.stage(at.step)) {
+                (Event::Signal { step } | Event::Timeout { step, .. }, Some(Stage::Wait(_))) => {
+                    definition.waits_for(*step)
+                }
+                _ => None,
+            };
+            let error = match (event, waited, error) {
+                (Event::Timeout { step, .. }, Some(name), Some(_)) => Some(format!(
+                    "the event {name} did not come before step {step}'s deadline"
+                )),
+                (_, _, error) => error,
+            };
+            if let (Event::Signal { .. }, Some(name)) = (event, waited) {
+                annotate(&mut line, &format!("event {name} taken"));
+            }
             let send = send
                 .into_iter()
                 .map(|command| outgoing(definition, &data, command, to.attempts))

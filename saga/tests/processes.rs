@@ -323,7 +323,10 @@ async fn a_wait_that_times_out_compensates_and_on_compensated_gets_why(pool: PgP
     assert_eq!(state(&pool, &saga_id).await?.0, SagaState::Compensated);
     let (status, why) = order_status(&pool, 4).await?;
     assert_eq!(status, "cancelled");
-    assert!(why.unwrap().contains("did not come before its deadline"));
+    assert!(
+        why.unwrap()
+            .contains("payment.captured did not come before step")
+    );
     Ok(())
 }
 

@@ -4,9 +4,7 @@
 //! Run with: cargo run -p examples --bin order-saga
 
 use examples::order_saga;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
+use examples::scratch::{on_a_database_of_its_own, stop_on_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,42 +15,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     testkit::require_servers();
-    let stop = CancellationToken::new();
-    let mut terminate = signal(SignalKind::terminate())?;
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        on_signal.cancel();
-    });
-
-    let server: PgConnectOptions = testkit::database_url().parse()?;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(server.clone())
-        .await?;
-    let name = format!("order_saga_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await?;
-    let pool = PgPoolOptions::new()
-        .connect_with(server.database(&name))
-        .await?;
-    let outcome = async {
-        txoutbox::migrate(&pool).await?;
-        order_saga::run(&pool, &testkit::amqp_url(), stop).await
-    }
-    .await;
-    pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
+    let stop = stop_on_signal()?;
+    let amqp_url = testkit::amqp_url();
+    let reports = on_a_database_of_its_own("order_saga", false, async |pool| {
+        order_saga::run(&pool, &amqp_url, stop).await
+    })
     .await?;
-
-    for saga in outcome? {
+    for saga in reports {
         println!("{saga}");
     }
     Ok(())

@@ -1,0 +1,74 @@
+//! The order-approval example end to end on a real PostgreSQL and RabbitMQ: a
+//! parallel group, a wait for an event, end hooks.
+
+use std::time::Duration;
+
+use examples::order_approval;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use txoutbox_saga::SagaState;
+
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
+
+async fn effects(pool: &PgPool, order_id: i64) -> anyhow::Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT kind FROM effects WHERE order_id = $1 ORDER BY kind")
+            .bind(order_id)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn orders_ship_after_their_capture_and_the_others_end_cancelled(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(4);
+    let outcomes = order_approval::run(
+        &pool,
+        &testkit::amqp_url(),
+        timeout,
+        CancellationToken::new(),
+    )
+    .await?;
+    let by_id = |id: &str| outcomes.iter().find(|o| o.saga.saga_id == id).expect(id);
+    for id in ["order-1", "order-2"] {
+        assert_eq!(
+            by_id(id).saga.state,
+            SagaState::Completed,
+            "{}",
+            by_id(id).saga
+        );
+        assert_eq!(by_id(id).order_status, "shipped");
+    }
+    assert_eq!(
+        effects(&pool, 1).await?,
+        ["authorized", "reserved", "shipped"]
+    );
+
+    let declined = by_id("order-3");
+    assert_eq!(
+        (declined.saga.state, declined.order_status.as_str()),
+        (SagaState::Compensated, "cancelled")
+    );
+    assert_eq!(
+        declined.why.as_deref(),
+        Some("card declined: over the limit")
+    );
+    assert_eq!(effects(&pool, 3).await?, ["released", "reserved"]);
+
+    let never_captured = by_id("order-4");
+    assert_eq!(never_captured.saga.state, SagaState::Compensated);
+    assert!(
+        never_captured
+            .why
+            .as_deref()
+            .unwrap()
+            .contains("payment.captured did not come before step")
+    );
+    assert_eq!(
+        effects(&pool, 4).await?,
+        ["authorized", "released", "reserved", "voided"]
+    );
+    Ok(())
+}
