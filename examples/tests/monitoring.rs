@@ -103,6 +103,7 @@ fn the_rules_and_the_dashboard_name_metrics_of_every_part() -> TestResult {
         "inbox_connected",
         "saga_overdue",
         "saga_instances",
+        "saga_waiting",
         "up",
     ] {
         anyhow::ensure!(names.contains(expected), "{expected} not in {names:?}");
@@ -159,10 +160,16 @@ async fn prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(
     let consumer = Consumer::new(pool.clone(), amqp_url(), "worker", consumer_config)
         .on("Work", ignore)
         .spawn()?;
+    // A saga that waits for an event, so that saga_waiting has a series.
     let saga = Saga::<Job>::define(format!("{unique}-job"), 1)
+        .step("approve")
+        .wait_for(format!("{unique}-approved"))
         .step("work")
         .action("work", |job| serde_json::json!({ "n": job.n }))
         .build()?;
+    let mut tx = pool.begin().await?;
+    txoutbox_saga::start(&mut tx, &saga, "job-1", &Job { n: 1 }).await?;
+    tx.commit().await?;
     let mut orchestrator_config = OrchestratorConfig::new(&unique);
     orchestrator_config.consumer = ConsumerConfig::new(format!("{unique}-replies"));
     let orchestrator = Orchestrator::new(
