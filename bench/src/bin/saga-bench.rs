@@ -18,6 +18,9 @@
 //!     second), from the request's `clock_timestamp()` in its transaction to the reply
 //!     handler's in its: command committed, relayed, handled with a reply through the
 //!     outbox, relayed, handled.
+//! (d) A parallel group: the same three steps with the first two side by side, at
+//!     (b)'s rate for (b)'s seconds: the whole saga, `started` to `completed`, p50/p99,
+//!     against (b)'s sagas whose steps run one after another.
 //!
 //! Only configuration is tuned (flags below); the engine is as it ships.
 
@@ -106,6 +109,23 @@ fn definition() -> Saga<Job> {
         .expect("a valid definition")
 }
 
+/// (d): the first two steps of [`definition`] side by side.
+fn parallel_definition() -> Saga<Job> {
+    Saga::<Job>::define("bench_parallel", 1)
+        .parallel(|p| {
+            p.step("reserve")
+                .action("inventory.reserve", |j| j.n)
+                .compensate("inventory.release", |j| j.n)
+                .step("charge")
+                .action("payment.charge", |j| j.n)
+                .compensate("payment.refund", |j| j.n)
+        })
+        .step("ship")
+        .action("shipping.schedule", |j| j.n)
+        .build()
+        .expect("a valid definition")
+}
+
 async fn done(_: Context<'_>, _: serde_json::Value) -> Result<Verdict<()>, BoxError> {
     Ok(Verdict::Done(()))
 }
@@ -153,10 +173,16 @@ impl Rig {
             .iter()
             .map(|service| config(service, &format!("{service}.*")))
             .collect();
-        queues.push(config(
-            "orchestrator",
-            &txoutbox_saga::wire::reply_routing_key("bench"),
-        ));
+        queues.push(
+            config(
+                "orchestrator",
+                &txoutbox_saga::wire::reply_routing_key("bench"),
+            )
+            .bind(
+                &exchange,
+                txoutbox_saga::wire::reply_routing_key("bench_parallel"),
+            ),
+        );
         queues.extend(SERVICES.map(|service| config(&format!("echo-{service}"), service)));
         queues.push(config("echo-replies", "echo.reply"));
         let broker = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
@@ -204,7 +230,9 @@ impl Rig {
         let mut config = OrchestratorConfig::new(&exchange);
         config.consumer = queues[3].clone();
         config.sweep_interval = Duration::from_millis(args.sweep_ms);
-        let registry = Registry::new().register(definition());
+        let registry = Registry::new()
+            .register(definition())
+            .register(parallel_definition());
         let orchestrator = Orchestrator::new(pool.clone(), amqp_url(), registry, config).spawn()?;
         wait_for_relays(pool, args.relays).await?;
         Ok(Self {
@@ -353,10 +381,17 @@ async fn reset(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 async fn start_sagas(pool: &PgPool, ids: std::ops::Range<u64>) -> anyhow::Result<()> {
-    let definition = definition();
+    start_sagas_of(pool, &definition(), ids).await
+}
+
+async fn start_sagas_of(
+    pool: &PgPool,
+    definition: &Saga<Job>,
+    ids: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     for n in ids {
-        txoutbox_saga::start(&mut tx, &definition, &format!("s-{n}"), &Job { n }).await?;
+        txoutbox_saga::start(&mut tx, definition, &format!("s-{n}"), &Job { n }).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -608,6 +643,28 @@ async fn saga_latency(pool: &PgPool, args: &Args) -> anyhow::Result<Latency> {
     })
 }
 
+/// (d) Sagas whose first two steps run side by side, at a steady rate: the whole
+/// saga, `started` to `completed`.
+async fn parallel_latency(pool: &PgPool, args: &Args) -> anyhow::Result<(f64, f64, f64)> {
+    reset(pool).await?;
+    let parallel = std::sync::Arc::new(parallel_definition());
+    steady(args.rate, args.seconds, |n| {
+        let (pool, parallel) = (pool.clone(), std::sync::Arc::clone(&parallel));
+        async move { start_sagas_of(&pool, &parallel, n..n + 1).await }
+    })
+    .await?;
+    wait_for(pool, Finished::Sagas, args.rate * args.seconds).await?;
+    let saga: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM f.occurred_at - s.occurred_at)::float8 * 1e3
+         FROM saga_event f JOIN saga_event s ON s.saga_id = f.saga_id AND s.kind = 'started'
+         WHERE f.to_state = $1",
+    )
+    .bind(SagaState::Completed.as_str())
+    .fetch_all(pool)
+    .await?;
+    Ok(percentiles(saga))
+}
+
 /// (c) Requests at a steady rate, one per transaction: request to reply handled.
 async fn baseline_latency(
     pool: &PgPool,
@@ -687,6 +744,8 @@ async fn main() -> anyhow::Result<()> {
     let load_b = load();
     let (baseline, baseline_cpu) = baseline_latency(&pool, 3 * args.rate, args.seconds).await?;
     let load_c = load();
+    let parallel = parallel_latency(&pool, &args).await?;
+    let load_d = load();
     rig.stop().await?;
 
     let (sagas_per_s, trips_per_s) = (median(&sagas), median(&trips));
@@ -778,6 +837,16 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "    step / baseline (p50)         {:>7.2}",
         latency.steps.0 / baseline.0
+    );
+    println!(
+        "(d) parallel group: the first two steps side by side, {} sagas/s for {} s, load {load_d} after",
+        args.rate, args.seconds
+    );
+    println!("    saga (started -> completed)   {}", ms3(parallel));
+    println!(
+        "    parallel / sequential (b)     p50 {:.2}  p99 {:.2}",
+        parallel.0 / latency.saga.0,
+        parallel.1 / latency.saga.1
     );
     println!(
         "p50_step_ms {:.1} p99_step_ms {:.1} sagas_per_s {sagas_per_s:.0} baseline_p50_ms {:.1} baseline_sagas_per_s {:.0} ratio {:.2}",
