@@ -14,6 +14,7 @@ use super::{
     CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, Saga,
     StepDef, Work,
 };
+use crate::state::SagaState;
 use crate::transition::{Group, MAX_GROUP, Shape};
 
 /// The longest name of a step, command or event: its reply's step must still fit an
@@ -136,11 +137,7 @@ impl<D> SagaBuilder<D> {
         E: Into<BoxError> + 'static,
         H: for<'a> OnCompleted<'a, D, E>,
     {
-        if self.hooks.completed.is_some() {
-            self.problem("two on_completed hooks".into());
-        }
-        self.hooks.completed = Some(Hook::completed(hook));
-        self
+        self.end_hook(SagaState::Completed, Hook::completed(hook))
     }
 
     /// Runs `hook`, an `async fn(&mut PgConnection, D, String) -> Result<(), E>`, in
@@ -152,11 +149,7 @@ impl<D> SagaBuilder<D> {
         E: Into<BoxError> + 'static,
         H: for<'a> OnEnded<'a, D, E>,
     {
-        if self.hooks.compensated.is_some() {
-            self.problem("two on_compensated hooks".into());
-        }
-        self.hooks.compensated = Some(Hook::ended(hook));
-        self
+        self.end_hook(SagaState::Compensated, Hook::ended(hook))
     }
 
     /// Runs `hook`, an `async fn(&mut PgConnection, D, String) -> Result<(), E>`, in
@@ -169,10 +162,20 @@ impl<D> SagaBuilder<D> {
         E: Into<BoxError> + 'static,
         H: for<'a> OnEnded<'a, D, E>,
     {
-        if self.hooks.failed.is_some() {
-            self.problem("two on_failed hooks".into());
+        self.end_hook(SagaState::Failed, Hook::ended(hook))
+    }
+
+    /// Sets the hook of final state `state`; a second one is a problem of the definition.
+    fn end_hook(mut self, state: SagaState, hook: Hook) -> Self {
+        let slot = match state {
+            SagaState::Completed => &mut self.hooks.completed,
+            SagaState::Compensated => &mut self.hooks.compensated,
+            _ => &mut self.hooks.failed,
+        };
+        let twice = slot.replace(hook).is_some();
+        if twice {
+            self.problem(format!("two on_{state} hooks"));
         }
-        self.hooks.failed = Some(Hook::ended(hook));
         self
     }
 
