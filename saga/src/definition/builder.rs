@@ -131,7 +131,7 @@ impl<D> SagaBuilder<D> {
     /// panics), that move is rolled back and tried again later, up to
     /// `compensation_attempts` times; then the saga is `failed`, and `saga retry`
     /// runs the hook again.
-    pub fn on_completed<H, E>(mut self, hook: H) -> Self
+    pub fn on_completed<H, E>(self, hook: H) -> Self
     where
         D: DeserializeOwned + Send + 'static,
         E: Into<BoxError> + 'static,
@@ -143,7 +143,7 @@ impl<D> SagaBuilder<D> {
     /// Runs `hook`, an `async fn(&mut PgConnection, D, String) -> Result<(), E>`, in
     /// the transaction that moves a saga to `compensated`, with why it did not
     /// complete. Fails and is retried like [`SagaBuilder::on_completed`].
-    pub fn on_compensated<H, E>(mut self, hook: H) -> Self
+    pub fn on_compensated<H, E>(self, hook: H) -> Self
     where
         D: DeserializeOwned + Send + 'static,
         E: Into<BoxError> + 'static,
@@ -156,7 +156,7 @@ impl<D> SagaBuilder<D> {
     /// the transaction that moves a saga to `failed`, with the reason. Fails and is
     /// retried like [`SagaBuilder::on_completed`]; when it keeps failing, the saga is
     /// `failed` all the same, without it.
-    pub fn on_failed<H, E>(mut self, hook: H) -> Self
+    pub fn on_failed<H, E>(self, hook: H) -> Self
     where
         D: DeserializeOwned + Send + 'static,
         E: Into<BoxError> + 'static,
