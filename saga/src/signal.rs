@@ -45,27 +45,31 @@ pub async fn signal<P: Serialize>(
     payload: &P,
 ) -> Result<Signaled> {
     let payload = serde_json::to_value(payload).map_err(Error::Data)?;
-    record(conn, saga_id, event, &payload, None).await
+    Ok(record(conn, saga_id, event, &payload, None).await?.0)
 }
 
 /// Records a signal and marks its saga for the next sweep, or settles it at once
-/// when the saga cannot take it.
+/// when the saga cannot take it. Returns what became of it, and its id.
 async fn record(
     conn: &mut PgConnection,
     saga_id: &str,
     event: &str,
     payload: &serde_json::Value,
     message_id: Option<&str>,
-) -> Result<Signaled> {
+) -> Result<(Signaled, i64)> {
     if event.is_empty() || event.len() > 255 {
         return Err(Error::NotAnEvent(event.to_owned()));
     }
+    // One statement: the saga's row locked, its state read, and a saga that can
+    // still take the event marked for the next sweep.
     let state: Option<String> = sqlx::query_scalar(
-        "UPDATE saga_instance SET signal_at = coalesce(signal_at, now())
+        "UPDATE saga_instance
+         SET signal_at = CASE WHEN state = ANY($2) THEN coalesce(signal_at, now()) END
          WHERE saga_id = $1
          RETURNING state",
     )
     .bind(saga_id)
+    .bind([SagaState::Pending.as_str(), SagaState::Running.as_str()])
     .fetch_optional(&mut *conn)
     .await?;
     let id = insert(conn, saga_id, event, payload, message_id).await?;
@@ -74,13 +78,13 @@ async fn record(
         return Err(Error::NotFound(saga_id.to_owned()));
     };
     match state {
-        SagaState::Pending | SagaState::Running => Ok(Signaled::Kept),
+        SagaState::Pending | SagaState::Running => Ok((Signaled::Kept, id)),
         finished => {
             let why = format!("ignored: the saga is {finished}");
             settle(conn, id, &why).await?;
             let line = signal_line(event, state, &why);
             crate::history::append(conn, saga_id, &[line]).await?;
-            Ok(Signaled::Ignored(why))
+            Ok((Signaled::Ignored(why), id))
         }
     }
 }
@@ -255,17 +259,10 @@ pub(crate) async fn deliver(
     payload: &serde_json::Value,
     message_id: Option<&str>,
 ) -> Result<Signaled> {
-    let recorded = record(conn, saga_id, event, payload, message_id).await?;
+    let (recorded, id) = record(conn, saga_id, event, payload, message_id).await?;
     if recorded != Signaled::Kept {
         return Ok(recorded);
     }
-    let id: i64 = sqlx::query_scalar(
-        "SELECT max(id) FROM saga_signal WHERE saga_id = $1 AND name = $2 AND settled_at IS NULL",
-    )
-    .bind(saga_id)
-    .bind(event)
-    .fetch_one(&mut *conn)
-    .await?;
     match settle_kept(conn, registry, saga_id, Some(id)).await? {
         Some(Signaled::Ignored(why)) if why.starts_with("refused") => {
             Err(Error::SignalRefused(why))
