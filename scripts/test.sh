@@ -18,8 +18,15 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # The published crates, as `cargo publish --dry-run --workspace` packages and
 # verifies them, without the registry (offline): every file a crate needs is in its
-# package, and each package builds on its own.
-cargo package --offline --allow-dirty --quiet \
+# package, and each package builds on its own. Cargo takes the packages a crate is
+# verified against as registry crates, which it never expects to change at the same
+# version: it reuses what it unpacked into its home and what it built last time. So
+# the check builds in a target folder of its own, and our crates' unpacked copies
+# and build records there are removed first; other crates stay built between runs.
+package_target=target/package-check
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/txoutbox-* \
+  "$package_target"/debug/.fingerprint/txoutbox-*
+CARGO_TARGET_DIR="$package_target" cargo package --offline --allow-dirty --quiet \
   -p txoutbox -p txoutbox-inbox -p txoutbox-saga -p txoutbox-relay
 
 # The exactly-once demo, short, in both saga modes: every kind of fault at least once
