@@ -20,6 +20,9 @@ ALTER TABLE saga_instance
                                  CONSTRAINT saga_instance_ending_known
                                  CHECK (ending IN ('completed', 'compensated', 'failed')),
     ADD COLUMN end_attempts      integer     NOT NULL DEFAULT 0,
+    -- Why the saga ends as it does, kept while its end hook is owed: what the hook
+    -- is given on each try, while last_error says why the hook failed.
+    ADD COLUMN end_reason        text,
     -- Set by `signal` when an event for the saga arrived: the next sweep looks at it.
     ADD COLUMN signal_at         timestamptz;
 

@@ -9,16 +9,23 @@ use crate::wire;
 /// command carries its deadline (`deadline_ms`, milliseconds since the Unix epoch, as
 /// stored with the saga): a participant that receives an action after it does not run
 /// it, because by then the orchestrator has moved on to compensate or cancel it.
+/// An action of a parallel group carries its own deadline, `stage_started_ms` plus its
+/// own timeout, not the group's (the shortest of its steps').
 pub(crate) fn messages(
     saga_type: &str,
     saga_id: &str,
     send: &[Outgoing],
     deadline_ms: i64,
+    stage_started_ms: i64,
 ) -> Result<(Vec<txoutbox::Message>, Vec<Line>), txoutbox::Error> {
     let mut messages = Vec::with_capacity(send.len());
     let mut lines = Vec::with_capacity(send.len());
     for out in send {
         let id = uuid::Uuid::now_v7();
+        let deadline_ms = match out.own_timeout {
+            Some(own) => stage_started_ms.saturating_add(own.as_millis() as i64),
+            None => deadline_ms,
+        };
         let step = wire::command_step(&out.name, &id.simple().to_string());
         let mut message = txoutbox::Message::builder(saga_id, step, &out.routing_key)
             .id(id)

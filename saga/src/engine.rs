@@ -41,18 +41,16 @@ where
         ending: None,
         end_attempts: 0,
     };
-    let Planned::Moved(mv) =
-        plan_move(saga, &record, &Event::Start, Brought::default()).map_err(Error::Data)?
-    else {
+    let Planned::Moved(mv) = plan_move(saga, &record, &Event::Start, Brought::default())? else {
         unreachable!("a pending saga always starts");
     };
-    let deadline_ms = write::insert_started(conn, saga, saga_id, &mv).await?;
-    let Some(deadline_ms) = deadline_ms else {
+    let due = write::insert_started(conn, saga, saga_id, &mv).await?;
+    let Some(due) = due else {
         return Err(Error::AlreadyStarted(saga_id.to_owned()));
     };
     // A saga that starts with a wait has no kept signal to take yet: `signal`
     // refuses one for a saga that does not exist.
-    write::send(conn, saga, saga_id, &mv, deadline_ms).await
+    write::send(conn, saga, saga_id, &mv, due).await
 }
 
 /// What applying an event did.
@@ -207,7 +205,7 @@ pub(crate) async fn apply_once(
     brought: Brought<'_>,
 ) -> Result<(Applied, Option<String>)> {
     let record = locked.record();
-    match plan_move(definition, &record, event, brought).map_err(Error::Data)? {
+    match plan_move(definition, &record, event, brought)? {
         Planned::Ignored(why, line) => {
             crate::history::append(conn, saga_id, &[line]).await?;
             Ok((Applied::Ignored(why), None))
@@ -243,25 +241,22 @@ async fn commit_move(
         sqlx::query("SAVEPOINT saga_end_hook")
             .execute(&mut *conn)
             .await?;
-        if let Err(error) = hook.run(conn, mv.data.clone(), why).await {
+        if let Err(error) = hook.run(conn, mv.data.clone(), why.clone()).await {
             sqlx::query("ROLLBACK TO SAVEPOINT saga_end_hook")
                 .execute(&mut *conn)
                 .await?;
-            return hook_failed(conn, definition, saga_id, locked, mv, 1, &error.to_string()).await;
+            let error = error.to_string();
+            return hook_failed(conn, definition, saga_id, locked, mv, &why, &error).await;
         }
         sqlx::query("RELEASE SAVEPOINT saga_end_hook")
             .execute(&mut *conn)
             .await?;
     }
-    let deadline_ms = write::update_moved(conn, saga_id, mv).await?;
-    write::send(
-        conn,
-        definition,
-        saga_id,
-        mv,
-        deadline_ms.unwrap_or_default(),
-    )
-    .await?;
+    let due = write::update_moved(conn, saga_id, mv).await?;
+    write::send(conn, definition, saga_id, mv, due).await?;
+    if mv.to.state.is_terminal() && !definition.events().is_empty() {
+        crate::signal::settle_left(conn, saga_id, mv.to.state).await?;
+    }
     Ok(Applied::Moved {
         from: mv.from,
         to: mv.to.state,
@@ -276,7 +271,7 @@ async fn hook_failed(
     saga_id: &str,
     locked: &Locked,
     mv: &Move,
-    attempts: u32,
+    why: &str,
     error: &str,
 ) -> Result<Applied> {
     let ending = mv.to.state;
@@ -284,24 +279,38 @@ async fn hook_failed(
     line.to_state = None;
     annotate(
         &mut line,
-        &format!("the on_{ending} hook failed (try {attempts}): {error}"),
+        &format!("the on_{ending} hook failed (try 1): {error}"),
     );
-    let policy = after_hook_failure(
-        definition.plan().compensation_attempts,
+    let owed = write::Owed {
         ending,
-        attempts,
-        error,
-    );
-    write::owe_ending(
-        conn, saga_id, locked, &mv.data, ending, attempts, &policy, error,
-    )
-    .await?;
+        why,
+        attempts: 1,
+        data: &mv.data,
+    };
+    owe(conn, definition, saga_id, locked, &owed, error, line).await
+}
+
+/// Records the owed end and its history line; out of tries, the saga is `failed`.
+async fn owe(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    saga_id: &str,
+    locked: &Locked,
+    owed: &write::Owed<'_>,
+    error: &str,
+    mut line: Line,
+) -> Result<Applied> {
+    let max = definition.plan().compensation_attempts;
+    let policy = after_hook_failure(max, owed.ending, owed.attempts, error);
+    write::owe_ending(conn, saga_id, locked, owed, &policy, error).await?;
     if let AfterHookFailure::GiveUp(reason) = &policy {
         line.to_state = Some(SagaState::Failed);
         annotate(&mut line, reason);
     }
     crate::history::append(conn, saga_id, &[line]).await?;
-    Ok(Applied::HookFailed { ending })
+    Ok(Applied::HookFailed {
+        ending: owed.ending,
+    })
 }
 
 /// Runs the end hook owed by a saga whose first try failed: on success the saga
@@ -318,17 +327,17 @@ async fn end_again(
         .expect("called only for a saga that owes its end");
     let from = locked.state();
     let data = locked.data.0.clone();
+    let why = locked.end_reason.clone().unwrap_or_default();
     let tries = if fresh { 0 } else { locked.end_attempts() };
     let mut line = Line {
         from_state: Some(from),
         ..Line::new("end_hook")
     };
     if let Some(hook) = definition.hook(ending) {
-        let why = locked.last_error.clone().unwrap_or_default();
         sqlx::query("SAVEPOINT saga_end_hook")
             .execute(&mut *conn)
             .await?;
-        if let Err(error) = hook.run(conn, data.clone(), why).await {
+        if let Err(error) = hook.run(conn, data.clone(), why.clone()).await {
             sqlx::query("ROLLBACK TO SAVEPOINT saga_end_hook")
                 .execute(&mut *conn)
                 .await?;
@@ -337,24 +346,22 @@ async fn end_again(
             line.detail = Some(format!(
                 "the on_{ending} hook failed (try {attempts}): {error}"
             ));
-            let plan = definition.plan();
-            let policy = after_hook_failure(plan.compensation_attempts, ending, attempts, &error);
-            write::owe_ending(
-                conn, saga_id, locked, &data, ending, attempts, &policy, &error,
-            )
-            .await?;
-            if let AfterHookFailure::GiveUp(reason) = &policy {
-                line.to_state = Some(SagaState::Failed);
-                annotate(&mut line, reason);
-            }
-            crate::history::append(conn, saga_id, &[line]).await?;
-            return Ok(Applied::HookFailed { ending });
+            let owed = write::Owed {
+                ending,
+                why: &why,
+                attempts,
+                data: &data,
+            };
+            return owe(conn, definition, saga_id, locked, &owed, &error, line).await;
         }
         sqlx::query("RELEASE SAVEPOINT saga_end_hook")
             .execute(&mut *conn)
             .await?;
     }
     write::ended(conn, saga_id, ending).await?;
+    if !definition.events().is_empty() {
+        crate::signal::settle_left(conn, saga_id, ending).await?;
+    }
     line.to_state = Some(ending);
     line.detail = Some(format!("the on_{ending} hook ran (try {})", tries + 1));
     crate::history::append(conn, saga_id, &[line]).await?;

@@ -51,6 +51,22 @@ pub enum Error {
     /// for it, or its payload does not fit the saga's data.
     #[error("{0}")]
     SignalRefused(String),
+
+    /// A sweep panicked (a bug); the sweeper logs it and goes on after a pause.
+    #[error("the saga sweep panicked")]
+    SweepPanicked,
+
+    /// The rules asked for a command the definition's step does not have (a bug: the
+    /// saga's move fails with this rather than the orchestrator).
+    #[error("saga type {saga_type}: step {step} has no {phase} command")]
+    NoSuchCommand {
+        /// The saga type.
+        saga_type: String,
+        /// The step.
+        step: usize,
+        /// `action`, `compensation` or `cancel`.
+        phase: &'static str,
+    },
 }
 
 impl Error {

@@ -36,6 +36,9 @@ pub(crate) struct Outgoing {
     pub(crate) payload: serde_json::Value,
     /// Which try of the command this is (1 for an action).
     pub(crate) attempt: u32,
+    /// For an action of a parallel group: its own timeout, counted from the group's
+    /// start, which its deadline header says (the group's deadline is the shortest).
+    pub(crate) own_timeout: Option<Duration>,
 }
 
 /// One line of the saga's history.
@@ -97,7 +100,7 @@ pub(crate) fn plan_move(
     record: &Record,
     event: &Event<'_>,
     brought: Brought<'_>,
-) -> Result<Planned, serde_json::Error> {
+) -> Result<Planned, crate::Error> {
     let mut line = line_of(event, brought.message_id);
     let at = record.position;
     line.from_state = Some(at.state);
@@ -220,10 +223,16 @@ fn outgoing(
     data: &serde_json::Value,
     command: Command,
     attempts: u32,
-) -> Result<Outgoing, serde_json::Error> {
+) -> Result<Outgoing, crate::Error> {
+    // The rules send only commands a step has; should they not, the saga's move
+    // fails with the reason rather than the orchestrator's task.
     let name = definition
         .command_name(command.step, command.phase)
-        .expect("the transition function only sends commands a step has")
+        .ok_or_else(|| crate::Error::NoSuchCommand {
+            saga_type: definition.name().to_owned(),
+            step: command.step,
+            phase: command.phase.as_str(),
+        })?
         .to_owned();
     // A cancel goes where its action went: the same participant answers both.
     let action = definition.command_name(command.step, Phase::Action);
@@ -235,13 +244,19 @@ fn outgoing(
         Phase::Compensation => action.map(str::to_owned),
         _ => None,
     };
+    let plan = definition.plan();
+    let own_timeout = (command.phase == Phase::Action && plan.group(command.step).is_some())
+        .then(|| plan.timeout(command.step));
     Ok(Outgoing {
-        payload: definition.payload(command.step, command.phase, data)?,
+        payload: definition
+            .payload(command.step, command.phase, data)
+            .map_err(crate::Error::Data)?,
         command,
         name,
         routing_key,
         compensates,
         attempt: attempts.max(1),
+        own_timeout,
     })
 }
 
@@ -290,8 +305,12 @@ pub(crate) fn offer(
     if state.is_terminal() || state == SagaState::Compensating {
         return Offer::Refuse(format!("ignored: the saga is {state}"));
     }
-    let waiting_here =
-        state == SagaState::Running && record.position.step == step && record.ending.is_none();
+    if record.position.step > step || record.ending.is_some() {
+        return Offer::Refuse(format!(
+            "ignored: the saga is past step {step}, which waited for it"
+        ));
+    }
+    let waiting_here = state == SagaState::Running && record.position.step == step;
     if !waiting_here {
         return Offer::Keep;
     }

@@ -3,9 +3,11 @@
 //! memory that a restart would lose: any number of instances may run, and sagas
 //! started or moved by one are finished by any other.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -214,7 +216,13 @@ async fn sweep(
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
         }
-        match sweep_due(&pool, &shared.registry, batch).await {
+        // A bug that panics in one saga's move must not stop every sweep after it:
+        // the panic is the sweep's error, logged, and the sweep goes on after a pause.
+        let swept = AssertUnwindSafe(sweep_due(&pool, &shared.registry, batch))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(Error::SweepPanicked));
+        match swept {
             Ok(outcomes) => {
                 backoff = txoutbox::backoff::reconnect();
                 for swept in &outcomes {

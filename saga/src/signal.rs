@@ -118,10 +118,31 @@ async fn insert(
 
 async fn settle(conn: &mut PgConnection, id: i64, outcome: &str) -> Result<()> {
     sqlx::query(
-        "UPDATE saga_signal SET settled_at = clock_timestamp(), outcome = $2 WHERE id = $1",
+        "UPDATE saga_signal SET settled_at = clock_timestamp(), outcome = $2
+         WHERE id = $1 AND settled_at IS NULL",
     )
     .bind(id)
     .bind(outcome)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Settles the events a saga that ended in `state` kept for steps it never reached.
+/// Run only for definitions that wait for events: other sagas have none.
+pub(crate) async fn settle_left(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    state: SagaState,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE saga_signal SET settled_at = clock_timestamp(), outcome = $2
+         WHERE saga_id = $1 AND settled_at IS NULL",
+    )
+    .bind(saga_id)
+    .bind(format!(
+        "ignored: the saga ended {state} before a step took it"
+    ))
     .execute(conn)
     .await?;
     Ok(())
@@ -158,6 +179,16 @@ pub(crate) async fn settle_kept(
     .await?;
     let mut watched = None;
     for signal in kept {
+        // Taking one signal can take later ones of the list (a wait that leads to
+        // another): those are settled already, and must not be offered again.
+        let unsettled: bool =
+            sqlx::query_scalar("SELECT settled_at IS NULL FROM saga_signal WHERE id = $1")
+                .bind(signal.id)
+                .fetch_one(&mut *conn)
+                .await?;
+        if !unsettled {
+            continue;
+        }
         let locked = lock(conn, saga_id).await?;
         let definition = match definition_of(registry, &locked) {
             Ok(definition) => definition,

@@ -15,6 +15,7 @@ use crate::transition::Event;
 /// together, each saga is taken by one, and a saga being moved by a reply is left to it.
 pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<Vec<Swept>> {
     let mut swept = Vec::new();
+    let mut prefer_signals = false;
     while swept.len() < limit {
         let mut tx = pool.begin().await?;
         // Operators' requests first (normally none), then signals, then deadlines,
@@ -45,30 +46,33 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
             });
             continue;
         }
-        let signalled: Option<String> = sqlx::query_scalar(
-            "SELECT saga_id FROM saga_instance
-             WHERE signal_at IS NOT NULL ORDER BY signal_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(saga_id) = signalled {
-            crate::signal::settle_kept(&mut tx, registry, &saga_id, None).await?;
-            tx.commit().await?;
-            swept.push(Swept {
-                saga_id,
-                timed_out: false,
-                applied: Applied::Ignored("events delivered to the saga were looked at"),
-            });
-            continue;
-        }
-        let due: Option<String> = sqlx::query_scalar(
-            "SELECT saga_id FROM saga_instance
-             WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(saga_id) = due else {
-            break;
+        // Events and deadlines take turns, so that a steady stream of events cannot
+        // hold back the timeouts, nor timeouts the events.
+        prefer_signals = !prefer_signals;
+        let next = if prefer_signals {
+            match signalled(&mut tx).await? {
+                Some(saga_id) => Some(Next::Signals(saga_id)),
+                None => deadline(&mut tx).await?.map(Next::Deadline),
+            }
+        } else {
+            match deadline(&mut tx).await? {
+                Some(saga_id) => Some(Next::Deadline(saga_id)),
+                None => signalled(&mut tx).await?.map(Next::Signals),
+            }
+        };
+        let saga_id = match next {
+            None => break,
+            Some(Next::Signals(saga_id)) => {
+                crate::signal::settle_kept(&mut tx, registry, &saga_id, None).await?;
+                tx.commit().await?;
+                swept.push(Swept {
+                    saga_id,
+                    timed_out: false,
+                    applied: Applied::Ignored("events delivered to the saga were looked at"),
+                });
+                continue;
+            }
+            Some(Next::Deadline(saga_id)) => saga_id,
         };
         let locked = lock(&mut tx, &saga_id).await?;
         let (applied, timed_out) = apply_due(&mut tx, registry, &saga_id, &locked).await?;
@@ -90,6 +94,32 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
         });
     }
     Ok(swept)
+}
+
+/// What a sweep takes next, besides operators' requests.
+enum Next {
+    Signals(String),
+    Deadline(String),
+}
+
+/// A saga with events delivered and not yet looked at, locked.
+async fn signalled(conn: &mut PgConnection) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT saga_id FROM saga_instance
+         WHERE signal_at IS NOT NULL ORDER BY signal_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The saga whose deadline passed first, locked.
+async fn deadline(conn: &mut PgConnection) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT saga_id FROM saga_instance
+         WHERE deadline_at <= now() ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// One due saga a sweep handled.

@@ -100,6 +100,20 @@ pub struct HistoryLine {
     pub detail: Option<String>,
 }
 
+/// An event delivered to a saga under test, and what became of it, as `saga_signal`
+/// would record it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    /// Time since the test began.
+    pub at: Duration,
+    /// The event's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: serde_json::Value,
+    /// `taken by step N`, or why not; `None` while it is kept for its step.
+    pub outcome: Option<String>,
+}
+
 /// How a saga ended: the end hook the orchestrator would have run in the move's
 /// transaction, with the saga's data and the reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +134,7 @@ struct Tested {
     last_error: Option<String>,
     sent: Vec<Sent>,
     history: Vec<HistoryLine>,
-    kept: Vec<(String, serde_json::Value)>,
+    events: Vec<Delivered>,
     /// What each step's action did at its participant.
     actions: HashMap<usize, ActionState>,
     ended: Option<Ending>,
@@ -193,7 +207,7 @@ where
                 last_error: None,
                 sent: Vec::new(),
                 history: Vec::new(),
-                kept: Vec::new(),
+                events: Vec::new(),
                 actions: HashMap::new(),
                 ended: None,
             },
@@ -201,9 +215,12 @@ where
         self.apply(saga_id, Event::Start, None).await
     }
 
-    /// Delivers event `name` with `payload` to saga `saga_id`, as
-    /// [`signal`](crate::signal) does: taken if the saga waits for it, kept if it
-    /// has not reached that step yet, ignored with the reason otherwise.
+    /// Delivers event `name` with `payload` to saga `saga_id` as
+    /// [`signal`](crate::signal) does, and at once does what the orchestrator's next
+    /// sweep would: the step that waits for it takes it, or it is kept for its step,
+    /// or refused with the reason ([`SagaTest::events`] says which). Like `signal`,
+    /// it answers `Kept` for a saga that runs, `Ignored` for one that has finished or
+    /// is compensating, and `NotFound` for one that does not exist.
     pub async fn signal<P: Serialize>(
         &mut self,
         saga_id: &str,
@@ -211,32 +228,116 @@ where
         payload: &P,
     ) -> Result<crate::Signaled, crate::Error> {
         let payload = serde_json::to_value(payload).map_err(crate::Error::Data)?;
+        let now = self.now;
         let tested = self
             .sagas
             .get_mut(saga_id)
             .ok_or_else(|| crate::Error::NotFound(saga_id.to_owned()))?;
-        match offer(&self.saga, &tested.record, name, &payload) {
-            Offer::Keep => {
-                tested.kept.push((name.to_owned(), payload));
-                Ok(crate::Signaled::Kept)
+        tested.events.push(Delivered {
+            at: now,
+            name: name.to_owned(),
+            payload,
+            outcome: None,
+        });
+        let index = tested.events.len() - 1;
+        let state = tested.record.position.state;
+        if !matches!(state, SagaState::Pending | SagaState::Running) {
+            let why = format!("ignored: the saga is {state}");
+            self.settle(saga_id, index, &why);
+            return Ok(crate::Signaled::Ignored(why));
+        }
+        self.settle_kept(saga_id).await?;
+        Ok(crate::Signaled::Kept)
+    }
+
+    /// Every event delivered to the saga, oldest first, with what became of it.
+    pub fn events(&self, saga_id: &str) -> &[Delivered] {
+        self.sagas.get(saga_id).map_or(&[], |t| &t.events)
+    }
+
+    /// Offers the saga's kept events, oldest first, as the sweep does.
+    async fn settle_kept(&mut self, saga_id: &str) -> Result<(), crate::Error> {
+        let mut index = 0;
+        while let Some(tested) = self.sagas.get(saga_id)
+            && index < tested.events.len()
+        {
+            if tested.events[index].outcome.is_none() {
+                let waiting = self.offer_one(saga_id, index).await?;
+                self.take_for_wait(saga_id, waiting).await?;
             }
-            Offer::Refuse(why) | Offer::Misfit(why) => {
-                let line = HistoryLine {
-                    at: self.now,
-                    kind: "signal".into(),
-                    step: None,
-                    from_state: Some(tested.record.position.state),
-                    to_state: None,
-                    detail: Some(format!("event {name}: {why}")),
-                };
-                tested.history.push(line);
-                Ok(crate::Signaled::Ignored(why))
+            index += 1;
+        }
+        Ok(())
+    }
+
+    /// A saga that moved to a wait takes the oldest kept event of its name, if one
+    /// came early, trying the next of that name after one whose payload did not fit.
+    async fn take_for_wait(
+        &mut self,
+        saga_id: &str,
+        mut waiting: Option<String>,
+    ) -> Result<(), crate::Error> {
+        while let Some(event) = waiting.take() {
+            let Some(index) = self.sagas.get(saga_id).and_then(|t| {
+                t.events
+                    .iter()
+                    .position(|e| e.outcome.is_none() && e.name == event)
+            }) else {
+                break;
+            };
+            waiting = self.offer_one(saga_id, index).await?;
+        }
+        Ok(())
+    }
+
+    /// Offers event `index` to the saga by the engine's rules; returns the event the
+    /// saga still waits for, when this one's payload did not fit.
+    async fn offer_one(
+        &mut self,
+        saga_id: &str,
+        index: usize,
+    ) -> Result<Option<String>, crate::Error> {
+        let Some(tested) = self.sagas.get(saga_id) else {
+            return Ok(None);
+        };
+        let Delivered { name, payload, .. } = tested.events[index].clone();
+        match offer(&self.saga, &tested.record, &name, &payload) {
+            Offer::Keep => Ok(None),
+            Offer::Refuse(why) => {
+                self.settle(saga_id, index, &why);
+                Ok(None)
+            }
+            Offer::Misfit(why) => {
+                self.settle(saga_id, index, &why);
+                Ok(Some(name))
             }
             Offer::Take(step) => {
-                self.apply(saga_id, Event::Signal { step }, Some(payload))
-                    .await?;
-                Ok(crate::Signaled::Taken)
+                self.settle(saga_id, index, &format!("taken by step {step}"));
+                Box::pin(self.apply(saga_id, Event::Signal { step }, Some(payload))).await?;
+                Ok(None)
             }
+        }
+    }
+
+    /// Records what became of event `index`, in its record and, when it was not
+    /// taken, in the saga's history.
+    fn settle(&mut self, saga_id: &str, index: usize, outcome: &str) {
+        let now = self.now;
+        let Some(tested) = self.sagas.get_mut(saga_id) else {
+            return;
+        };
+        let event = &mut tested.events[index];
+        event.outcome = Some(outcome.to_owned());
+        if !outcome.starts_with("taken") {
+            let line = HistoryLine {
+                at: now,
+                kind: "signal".into(),
+                step: None,
+                from_state: Some(tested.record.position.state),
+                to_state: None,
+                detail: Some(format!("event {}: {outcome}", event.name)),
+            };
+            tested.history.push(line);
         }
     }
 
@@ -371,9 +472,7 @@ where
             result: result.as_ref(),
         };
         let now = self.now;
-        let mv = match plan_move(&self.saga, &tested.record, &event, brought)
-            .map_err(crate::Error::Data)?
-        {
+        let mv = match plan_move(&self.saga, &tested.record, &event, brought)? {
             Planned::Ignored(_, line) => {
                 tested.history.push(history_line(now, &line));
                 return Ok(());
@@ -422,13 +521,17 @@ where
             });
             deliveries.push(out.clone());
         }
-        // A wait whose event came early takes it now.
-        if let Some(event) = &mv.waiting_for
-            && let Some(i) = tested.kept.iter().position(|(name, _)| name == event)
-        {
-            let (name, payload) = tested.kept.remove(i);
-            Box::pin(self.signal(saga_id, &name, &payload)).await?;
+        if mv.to.state.is_terminal() {
+            let why = format!(
+                "ignored: the saga ended {} before a step took it",
+                mv.to.state
+            );
+            for event in tested.events.iter_mut().filter(|e| e.outcome.is_none()) {
+                event.outcome = Some(why.clone());
+            }
         }
+        // A wait whose event came early takes it now.
+        Box::pin(self.take_for_wait(saga_id, mv.waiting_for.clone())).await?;
         for out in deliveries {
             let answer = self.respond(saga_id, &out).await;
             self.deliver(saga_id, out.command.step, out.command.phase, answer)

@@ -289,6 +289,23 @@ pub fn transition(plan: &Plan<'_>, at: Position, event: &Event<'_>) -> Next {
             format!("the compensation of step {step} timed out"),
         ),
 
+        // A saga failed while it ran (its definition was missing), at a wait: nothing
+        // to undo at the wait, so the steps before it; in a parallel group whose
+        // compensation never began: every step of the group, then those before.
+        (Failed, Event::Retry) if matches!(stage, Some(Stage::Wait(_))) => {
+            quietly(compensate_below(plan, at.step, String::new()))
+        }
+        (Failed, Event::Retry) if at.attempts == 0 && matches!(stage, Some(Stage::Group(_))) => {
+            let Some(Stage::Group(group)) = stage else {
+                unreachable!("matched a group")
+            };
+            quietly(compensate_from(
+                plan,
+                group.last(),
+                at.declined,
+                String::new(),
+            ))
+        }
         // A failed saga stopped at a step without a compensation gave up cancelling it.
         (Failed, Event::Retry) if !plan.compensable(at.step) => Next::Moved {
             to: Position {
@@ -323,18 +340,7 @@ fn single_answered(plan: &Plan<'_>, step: usize, phase: Phase, outcome: Outcome<
         (Outcome::Succeeded, _) => merged(enter(plan, step + 1)),
         // The cancel's answer says only that the action was stopped: the saga's
         // error stays what made it cancel (a timeout, an abort).
-        (Outcome::Failed(_), Phase::Cancel) => match compensate_below(plan, step, String::new()) {
-            Next::Moved {
-                to, send, deadline, ..
-            } => Next::Moved {
-                to,
-                send,
-                merge_result: false,
-                error: None,
-                deadline,
-            },
-            ignored => ignored,
-        },
+        (Outcome::Failed(_), Phase::Cancel) => quietly(compensate_below(plan, step, String::new())),
         (Outcome::Failed(reason), _) => compensate_below(plan, step, reason.to_owned()),
     }
 }
@@ -410,6 +416,26 @@ fn action(step: usize) -> Command {
     Command {
         step,
         phase: Phase::Action,
+    }
+}
+
+/// The same move, leaving the saga's error as it was.
+fn quietly(next: Next) -> Next {
+    match next {
+        Next::Moved {
+            to,
+            send,
+            merge_result,
+            deadline,
+            ..
+        } => Next::Moved {
+            to,
+            send,
+            merge_result,
+            error: None,
+            deadline,
+        },
+        ignored => ignored,
     }
 }
 

@@ -125,11 +125,14 @@ async fn the_whole_process_runs_through_the_group_the_wait_and_the_last_step() -
 
     test.advance(DAY).await;
     let capture = json!({ "capture_id": "cap-9" });
+    // As `signal` answers; the step that waits for it takes it at once.
     assert_eq!(
         test.signal("order-2", "payment.captured", &capture).await?,
-        Signaled::Taken
+        Signaled::Kept
     );
     assert_eq!(test.state("order-2"), Some(SagaState::Completed));
+    let taken = test.events("order-2")[0].outcome.as_deref();
+    assert_eq!(taken, Some("taken by step 2"));
     let data = test.data("order-2").expect("data");
     assert_eq!(
         (
@@ -226,12 +229,19 @@ async fn an_event_no_step_waits_for_or_whose_payload_does_not_fit_is_refused() -
 {
     let mut test = cooperative();
     test.start("order-6", &order(6)).await?;
-    let unknown = test.signal("order-6", "parcel.scanned", &json!({})).await?;
-    assert!(matches!(unknown, Signaled::Ignored(ref why) if why.contains("no step")));
-    let misfit = test
-        .signal("order-6", "payment.captured", &json!({ "capture_id": 42 }))
-        .await?;
-    assert!(matches!(misfit, Signaled::Ignored(ref why) if why.contains("does not fit")));
+    test.signal("order-6", "parcel.scanned", &json!({})).await?;
+    let misfit = json!({ "capture_id": 42 });
+    test.signal("order-6", "payment.captured", &misfit).await?;
+    let outcomes: Vec<String> = test
+        .events("order-6")
+        .iter()
+        .map(|e| e.outcome.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        outcomes[0].contains("no step of order version 2"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[1].contains("does not fit"), "{outcomes:?}");
     assert_eq!(
         test.waiting_for("order-6"),
         Some("payment.captured"),

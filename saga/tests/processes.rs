@@ -372,7 +372,10 @@ async fn events_that_cannot_be_taken_are_recorded_with_why_and_the_saga_waits_on
     );
     assert!(outcomes[1].1.as_deref().unwrap().contains("does not fit"));
     assert_eq!(outcomes[2].1.as_deref(), Some("taken by step 1"));
-    assert_eq!(outcomes[3].1, None, "the duplicate is never taken");
+    assert!(
+        outcomes[3].1.as_deref().unwrap().contains("past step 1"),
+        "the duplicate is not taken: {outcomes:?}"
+    );
     let sent = commands(&pool, &saga_id).await?;
     assert_eq!(
         steps(&sent),
@@ -440,6 +443,19 @@ async fn a_parallel_group_sends_together_goes_on_when_all_answered_and_undoes_al
         anyhow::Ok(at)
     };
     assert_eq!(deadline().await?, 5.0, "the flight's 5 s, the shortest");
+    // Each command carries its own deadline, from the group's start: the hotel's
+    // action is not late when the flight's 5 s have passed.
+    let headers: Vec<i64> = sqlx::query_scalar(
+        "SELECT (headers->>'x-saga-deadline')::bigint FROM outbox WHERE saga_id = $1 ORDER BY routing_key",
+    )
+    .bind(&saga_id)
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(
+        headers[0] - headers[1],
+        -25_000,
+        "flight 5 s, hotel 30 s: {headers:?}"
+    );
     reply_to(
         &pool,
         &registry,
@@ -571,6 +587,66 @@ async fn a_definition_changed_under_a_running_saga_fails_it_with_the_reason(
         error
             .unwrap()
             .contains("the definition changed under running sagas")
+    );
+    Ok(())
+}
+
+/// Fails on its first try only, then writes why the saga was compensated.
+async fn cancelled_on_the_second_try(
+    conn: &mut PgConnection,
+    order: Order,
+    why: String,
+) -> Result<(), BoxError> {
+    let tries: i32 = sqlx::query_scalar("INSERT INTO hook_tries DEFAULT VALUES RETURNING n")
+        .fetch_one(&mut *conn)
+        .await?;
+    if tries == 1 {
+        return Err("the first try fails".into());
+    }
+    cancelled(conn, order, why).await
+}
+
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+async fn a_retried_end_hook_gets_why_the_saga_ended_not_its_own_error(pool: PgPool) -> TestResult {
+    with_orders(&pool).await?;
+    let saga = Saga::<Order>::define("order", 1)
+        .step("reserve")
+        .action("inventory.reserve", |o: &Order| o.order_id)
+        .compensate("inventory.release", |o: &Order| o.order_id)
+        .step("charge")
+        .action("payment.charge", |o: &Order| o.order_id)
+        .on_compensated(cancelled_on_the_second_try)
+        .build()?;
+    let registry = Registry::new().register(saga.clone());
+    let saga_id = place(&pool, &saga, 6).await?;
+    reply_to(&pool, &registry, &saga_id, "inventory.reserve", ok(None)).await?;
+    reply_to(
+        &pool,
+        &registry,
+        &saga_id,
+        "payment.charge",
+        failed("card declined"),
+    )
+    .await?;
+    let applied = reply_to(&pool, &registry, &saga_id, "inventory.release", ok(None)).await?;
+    assert_eq!(
+        applied,
+        Applied::HookFailed {
+            ending: SagaState::Compensated
+        }
+    );
+    expire(&pool, &saga_id).await?;
+    sweep(&pool, &registry).await?;
+    let (end, error, _) = state(&pool, &saga_id).await?;
+    assert_eq!(end, SagaState::Compensated);
+    assert_eq!(
+        error.as_deref(),
+        Some("card declined"),
+        "the hook's error is gone with it"
+    );
+    assert_eq!(
+        order_status(&pool, 6).await?,
+        ("cancelled".into(), Some("card declined".into()))
     );
     Ok(())
 }

@@ -126,10 +126,9 @@ fn print_show(view: &SagaView) {
         }
     }
     if let Some(ending) = i.ending {
-        let next = if i.state.is_terminal() {
-            "`saga retry` runs it again".to_owned()
-        } else {
-            format!("next try at {}", time_or_dash(i.deadline_at))
+        let next = match i.deadline_at {
+            Some(at) => format!("next try at {}", time(at)),
+            None => "`saga retry` runs it again".to_owned(),
         };
         println!(
             "  ending: {ending}; its on_{ending} hook failed {} time(s); {next}",

@@ -262,6 +262,13 @@ fn checked<D>(part: &Parts<D>, names: &mut Names) -> Result<StepDef<D>, String> 
         (None, None) => return Err(format!("step '{step}' has no action and waits for nothing")),
         (None, Some(event)) => {
             name_fits("event", event)?;
+            // Its name is also the routing key the orchestrator binds, and the step
+            // its consumer routes by: no AMQP wildcard, no `#` that routing cuts at.
+            if event.contains(['#', '*']) {
+                return Err(format!(
+                    "event name '{event}' contains '#' or '*': it is bound as a routing key"
+                ));
+            }
             if part.compensation.is_some() {
                 return Err(format!(
                     "step '{step}' waits for '{event}' and has nothing to compensate"

@@ -173,6 +173,8 @@ fn waits_that_cannot_work_are_errors() {
         .contains("two steps wait for the event 'e'")
     );
     assert!(problem(order().step("a").wait_for("").build()).contains("event name"));
+    assert!(problem(order().step("a").wait_for("payment.#").build()).contains("routing key"));
+    assert!(problem(order().step("a").wait_for("x#1").build()).contains("routing key"));
     assert!(problem(order().step("a").wait_for("e").wait_for("f").build()).contains("two events"));
 }
 

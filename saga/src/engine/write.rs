@@ -25,6 +25,8 @@ pub(crate) struct Locked {
     pub(crate) last_error: Option<String>,
     ending: Option<String>,
     end_attempts: i32,
+    /// Why the saga ends as it does: given to its owed end hook on every try.
+    pub(crate) end_reason: Option<String>,
 }
 
 impl Locked {
@@ -63,7 +65,7 @@ impl Locked {
 pub(crate) async fn lock(conn: &mut PgConnection, saga_id: &str) -> Result<Locked> {
     let locked: Option<Locked> = sqlx::query_as(
         "SELECT saga_type, definition_version, state, current_step, attempts, branches_done,
-                branches_declined, data, last_error, ending, end_attempts
+                branches_declined, data, last_error, ending, end_attempts, end_reason
          FROM saga_instance WHERE saga_id = $1 FOR UPDATE",
     )
     .bind(saga_id)
@@ -93,21 +95,30 @@ fn int(value: usize) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
+/// When a moved saga is due, and when its stage started, in milliseconds since the
+/// epoch: what its commands' deadline headers are made of.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub(crate) struct Due {
+    pub(crate) deadline_ms: Option<i64>,
+    pub(crate) stage_started_ms: Option<i64>,
+}
+
 /// Writes a started saga in its first position; `None` if the id exists already.
 pub(crate) async fn insert_started(
     conn: &mut PgConnection,
     definition: &dyn Definition,
     saga_id: &str,
     mv: &Move,
-) -> Result<Option<i64>> {
+) -> Result<Option<Due>> {
     let (_, _, interval) = deadline_parts(mv.deadline);
-    let deadline_ms: Option<i64> = sqlx::query_scalar(
+    let due: Option<Due> = sqlx::query_as(
         "INSERT INTO saga_instance
              (saga_id, saga_type, definition_version, state, current_step, attempts,
               branches_done, deadline_at, stage_started_at, data, waiting_for)
          VALUES ($1, $2, $3, $4, $5, 0, 0, now() + $6, now(), $7, $8)
          ON CONFLICT (saga_id) DO NOTHING
-         RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint",
+         RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint AS deadline_ms,
+                   (extract(epoch FROM stage_started_at) * 1000)::bigint AS stage_started_ms",
     )
     .bind(saga_id)
     .bind(definition.name())
@@ -119,18 +130,14 @@ pub(crate) async fn insert_started(
     .bind(&mv.waiting_for)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(deadline_ms)
+    Ok(due)
 }
 
-/// Writes a saga's new position, data and deadline; returns the deadline in
-/// milliseconds since the epoch, if it has one.
-pub(crate) async fn update_moved(
-    conn: &mut PgConnection,
-    saga_id: &str,
-    mv: &Move,
-) -> Result<Option<i64>> {
+/// Writes a saga's new position, data and deadline; returns when it is due and when
+/// its stage started.
+pub(crate) async fn update_moved(conn: &mut PgConnection, saga_id: &str, mv: &Move) -> Result<Due> {
     let (new_stage, kind, interval) = deadline_parts(mv.deadline);
-    let deadline_ms: Option<i64> = sqlx::query_scalar(
+    let due: Due = sqlx::query_as(
         "UPDATE saga_instance
          SET state = $2, current_step = $3, attempts = $4, branches_done = $5,
              branches_declined = $6, version = version + 1,
@@ -141,9 +148,10 @@ pub(crate) async fn update_moved(
              END,
              data = $10, waiting_for = $11, last_error = coalesce($12, last_error),
              updated_at = now(), finished_at = CASE WHEN $13 THEN now() END,
-             ending = NULL, end_attempts = 0
+             ending = NULL, end_attempts = 0, end_reason = NULL
          WHERE saga_id = $1
-         RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint",
+         RETURNING (extract(epoch FROM deadline_at) * 1000)::bigint AS deadline_ms,
+                   (extract(epoch FROM stage_started_at) * 1000)::bigint AS stage_started_ms",
     )
     .bind(saga_id)
     .bind(mv.to.state.as_str())
@@ -160,7 +168,7 @@ pub(crate) async fn update_moved(
     .bind(mv.to.state.is_terminal())
     .fetch_one(&mut *conn)
     .await?;
-    Ok(deadline_ms)
+    Ok(due)
 }
 
 /// Enqueues a move's commands (one statement) and appends its history lines, the
@@ -170,9 +178,17 @@ pub(crate) async fn send(
     definition: &dyn Definition,
     saga_id: &str,
     mv: &Move,
-    deadline_ms: i64,
+    due: Due,
 ) -> Result<()> {
-    let (messages, sent) = command::messages(definition.name(), saga_id, &mv.send, deadline_ms)?;
+    let deadline_ms = due.deadline_ms.unwrap_or_default();
+    let stage_started_ms = due.stage_started_ms.unwrap_or(deadline_ms);
+    let (messages, sent) = command::messages(
+        definition.name(),
+        saga_id,
+        &mv.send,
+        deadline_ms,
+        stage_started_ms,
+    )?;
     match messages.as_slice() {
         [] => {}
         [one] => {
@@ -188,19 +204,31 @@ pub(crate) async fn send(
     crate::history::append(conn, saga_id, &lines).await
 }
 
-/// Records an end hook that failed: the saga keeps its position and owes `ending`,
+/// What an end hook that failed is owed: the final state, why the saga ends so (the
+/// hook's reason on every try), the tries so far, the data it runs with.
+pub(crate) struct Owed<'a> {
+    pub(crate) ending: SagaState,
+    pub(crate) why: &'a str,
+    pub(crate) attempts: u32,
+    pub(crate) data: &'a serde_json::Value,
+}
+
+/// Records an end hook that failed: the saga keeps its position and owes its end,
 /// tried again after the pause, or is `failed` once out of tries.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn owe_ending(
     conn: &mut PgConnection,
     saga_id: &str,
     locked: &Locked,
-    data: &serde_json::Value,
-    ending: SagaState,
-    attempts: u32,
+    owed: &Owed<'_>,
     policy: &AfterHookFailure,
     error: &str,
 ) -> Result<()> {
+    let Owed {
+        ending,
+        why,
+        attempts,
+        data,
+    } = *owed;
     let (state, pause, last_error) = match policy {
         AfterHookFailure::Again(pause) => (
             locked.state(),
@@ -212,8 +240,8 @@ pub(crate) async fn owe_ending(
     sqlx::query(
         "UPDATE saga_instance
          SET state = $2, ending = $3, end_attempts = $4, data = $5,
-             deadline_at = now() + $6, last_error = $7, version = version + 1,
-             updated_at = now(),
+             deadline_at = now() + $6, last_error = $7, end_reason = $8, waiting_for = NULL,
+             version = version + 1, updated_at = now(),
              finished_at = CASE WHEN $6 IS NULL THEN now() END
          WHERE saga_id = $1",
     )
@@ -224,6 +252,7 @@ pub(crate) async fn owe_ending(
     .bind(Json(data))
     .bind(pause)
     .bind(last_error)
+    .bind(why)
     .execute(conn)
     .await?;
     Ok(())
@@ -234,6 +263,7 @@ pub(crate) async fn ended(conn: &mut PgConnection, saga_id: &str, state: SagaSta
     sqlx::query(
         "UPDATE saga_instance
          SET state = $2, ending = NULL, end_attempts = 0, deadline_at = NULL,
+             last_error = nullif(end_reason, ''), end_reason = NULL,
              waiting_for = NULL, version = version + 1, updated_at = now(),
              finished_at = now()
          WHERE saga_id = $1",

@@ -361,3 +361,37 @@ fn a_saga_that_begins_with_a_wait_sends_nothing_and_has_a_deadline() {
         (Compensated, vec![], Deadline::None)
     );
 }
+
+#[test]
+fn a_retry_of_a_saga_failed_at_a_wait_or_a_running_group_undoes_what_may_have_run() {
+    // Failed while it ran: its definition was missing, then registered again.
+    let steps = steps();
+    let plan = Plan {
+        steps: &steps,
+        compensation_attempts: 3,
+    };
+    let at_wait = Position {
+        state: Failed,
+        step: 4,
+        ..Position::default()
+    };
+    let (p, send, _, _) = moved(&plan, at_wait, Event::Retry).expect("retried");
+    assert_eq!(compensate_to_the_end(&plan, p, send), [3, 2, 1, 0]);
+    let in_group = Position {
+        state: Failed,
+        step: 1,
+        done: GROUP.bit(2),
+        ..Position::default()
+    };
+    let (p, send, _, _) = moved(&plan, in_group, Event::Retry).expect("retried");
+    assert_eq!(compensate_to_the_end(&plan, p, send), [3, 2, 1, 0]);
+    // Failed while compensating the group's first step: resumes there.
+    let compensating_first = Position {
+        state: Failed,
+        step: 1,
+        attempts: 3,
+        ..Position::default()
+    };
+    let (p, send, _, _) = moved(&plan, compensating_first, Event::Retry).expect("retried");
+    assert_eq!(compensate_to_the_end(&plan, p, send), [1, 0]);
+}
