@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context};
 use txoutbox_relay::{Relay, RelayConfig};
-use txoutbox_saga::participant::{SagaCommands, Verdict};
+use txoutbox_saga::participant::{Compensation, SagaCommands, Verdict};
 use txoutbox_saga::{Orchestrator, OrchestratorConfig, Registry, Saga};
 
 use crate::saga_report::{SagaReport, wait_until_finished};
@@ -53,12 +53,12 @@ pub fn definition(capture_timeout: Duration) -> Saga<Order> {
         .parallel(|p| {
             p.step("reserve_inventory")
                 .action("inventory.reserve", order)
-                .compensate("inventory.release", |o| json!({ "reservation_id": o.reservation_id }))
+                .compensate("inventory.release", order)
                 .step("authorize_payment")
                 .action("payment.authorize", |o| {
                     json!({ "order_id": o.order_id, "amount_cents": o.amount_cents, "confirms": o.confirms })
                 })
-                .compensate("payment.void", |o| json!({ "authorization_id": o.authorization_id }))
+                .compensate("payment.void", order)
         })
         .step("await_payment_capture")
         .wait_for(CAPTURED)
@@ -101,10 +101,16 @@ struct Authorize {
     confirms: bool,
 }
 
+/// What inventory's reserve returned, as its participant recorded it.
 #[derive(Deserialize)]
-struct Undo {
-    reservation_id: Option<i64>,
-    authorization_id: Option<i64>,
+struct Reserved {
+    reservation_id: i64,
+}
+
+/// What payment's authorize returned, as its participant recorded it.
+#[derive(Deserialize)]
+struct Authorized {
+    authorization_id: i64,
 }
 
 type Act = Result<Verdict<serde_json::Value>, BoxError>;
@@ -124,11 +130,20 @@ async fn reserve(mut ctx: Context<'_>, cmd: OrderRef) -> Act {
     Ok(Verdict::Done(json!({ "reservation_id": id })))
 }
 
-async fn release(mut ctx: Context<'_>, cmd: Undo) -> Result<(), BoxError> {
-    sqlx::query("INSERT INTO effects (order_id, kind) SELECT order_id, 'released' FROM effects WHERE id = $1")
-        .bind(cmd.reservation_id)
-        .execute(ctx.db())
-        .await?;
+/// Releases the reservation its action made. The id comes from the action's recorded
+/// result, not the saga's data: when payment declines first, the group is compensated
+/// before inventory's reply has reached the orchestrator.
+async fn release(
+    mut ctx: Context<'_>,
+    undo: Compensation<OrderRef, Reserved>,
+) -> Result<(), BoxError> {
+    sqlx::query(
+        "INSERT INTO effects (order_id, kind) SELECT $1, 'released' FROM effects WHERE id = $2",
+    )
+    .bind(undo.command.order_id)
+    .bind(undo.result.reservation_id)
+    .execute(ctx.db())
+    .await?;
     Ok(())
 }
 
@@ -150,11 +165,15 @@ async fn authorize(mut ctx: Context<'_>, cmd: Authorize) -> Act {
     Ok(Verdict::Done(json!({ "authorization_id": id })))
 }
 
-async fn void(mut ctx: Context<'_>, cmd: Undo) -> Result<(), BoxError> {
+async fn void(
+    mut ctx: Context<'_>,
+    undo: Compensation<OrderRef, Authorized>,
+) -> Result<(), BoxError> {
     sqlx::query(
-        "INSERT INTO effects (order_id, kind) SELECT order_id, 'voided' FROM effects WHERE id = $1",
+        "INSERT INTO effects (order_id, kind) SELECT $1, 'voided' FROM effects WHERE id = $2",
     )
-    .bind(cmd.authorization_id)
+    .bind(undo.command.order_id)
+    .bind(undo.result.authorization_id)
     .execute(ctx.db())
     .await?;
     Ok(())
@@ -247,9 +266,9 @@ pub async fn run(
     let relay = Relay::new(pool.clone(), amqp_url, relay_config).spawn();
     let consumer = Consumer::new(pool.clone(), amqp_url, "participants", participants.clone())
         .action("inventory.reserve", reserve)
-        .compensation("inventory.release", release)
+        .compensation_with_result("inventory.release", release)
         .action("payment.authorize", authorize)
-        .compensation("payment.void", void)
+        .compensation_with_result("payment.void", void)
         .action("shipping.schedule", ship)
         .spawn()?;
     let mut config = OrchestratorConfig::new(&run);

@@ -55,7 +55,13 @@ async fn orders_ship_after_their_capture_and_the_others_end_cancelled(
         declined.why.as_deref(),
         Some("card declined: over the limit")
     );
-    assert_eq!(effects(&pool, 3).await?, ["released", "reserved"]);
+    // Its reservation is released; or, had the release overtaken the reserve (they
+    // may run in batches side by side), the reserve was fenced and never ran.
+    let reservation = effects(&pool, 3).await?;
+    assert!(
+        reservation == ["released", "reserved"] || reservation.is_empty(),
+        "{reservation:?}"
+    );
 
     let never_captured = by_id("order-4");
     assert_eq!(never_captured.saga.state, SagaState::Compensated);

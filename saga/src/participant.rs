@@ -45,6 +45,10 @@
 //! - An action that arrives after its deadline (the `x-saga-deadline` header) is not
 //!   run: it is answered as fenced, since the orchestrator has stopped waiting for it
 //!   and is compensating or cancelling it.
+//! - A compensation registered with
+//!   [`compensation_with_result`](SagaCommands::compensation_with_result) gets the
+//!   result its action recorded, even when the orchestrator compensated the step
+//!   before that result reached it (a timeout, a sibling's decline in a group).
 //! - Every action also answers `{command}.cancel`, which the orchestrator sends for a
 //!   step that has no compensation when its action times out: the action is fenced
 //!   if it has not run, and the reply is its outcome either way.
@@ -54,7 +58,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use txoutbox::wire::step_route;
-use txoutbox_inbox::{BoxError, Consumer, Context, Handler, Reject};
+use txoutbox_inbox::{BoxError, Consumer, Context, Envelope, Handler, Reject};
 
 use crate::effects::{self, Claim};
 use crate::wire::{self, Reply};
@@ -90,6 +94,38 @@ pub trait SagaCommands: Sized {
         H: for<'a> Handler<'a, T, (), E>,
         T: DeserializeOwned + Send + 'static,
         E: Into<BoxError> + Send + 'static;
+
+    /// Handles compensation `command` with `handler`, an
+    /// `async fn(Context<'_>, Compensation<T, R>) -> Result<(), E>`, called only when
+    /// its action took effect, with what the action returned in its `Verdict::Done`
+    /// as this participant recorded it.
+    ///
+    /// Use it when the undo needs the action's result (the reservation's id). The
+    /// command's payload is built from the saga's data when the compensation is sent,
+    /// and that data may not hold the result yet: a step of a parallel group is
+    /// compensated as soon as a sibling declines, and a timed-out step at its
+    /// deadline, whether or not its reply has reached the orchestrator. The result
+    /// recorded here is there whenever the action ran.
+    ///
+    /// A recorded result that does not deserialize into `R` (the action's handler
+    /// changed what it returns) rejects the compensation, dead-lettered with the
+    /// reason, and nothing is undone or recorded.
+    fn compensation_with_result<H, T, R, E>(self, command: &str, handler: H) -> Self
+    where
+        H: for<'a> Handler<'a, Compensation<T, R>, (), E>,
+        T: DeserializeOwned + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+        E: Into<BoxError> + Send + 'static;
+}
+
+/// What a compensation registered with [`SagaCommands::compensation_with_result`] is
+/// given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compensation<T, R> {
+    /// The compensation's payload, as the saga definition built it from its data.
+    pub command: T,
+    /// The action's result, as this participant recorded it when the action ran.
+    pub result: R,
 }
 
 /// A handler with the consumer's name, under which its effects are recorded.
@@ -135,6 +171,20 @@ impl SagaCommands for Consumer {
             consumer: self.name().to_owned(),
         });
         self.on_with(command, route, run_compensation::<H, T, E>)
+    }
+
+    fn compensation_with_result<H, T, R, E>(self, command: &str, handler: H) -> Self
+    where
+        H: for<'a> Handler<'a, Compensation<T, R>, (), E>,
+        T: DeserializeOwned + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let route = Arc::new(Route {
+            handler,
+            consumer: self.name().to_owned(),
+        });
+        self.on_with(command, route, run_compensation_with_result::<H, T, R, E>)
     }
 }
 
@@ -216,13 +266,72 @@ where
     H: for<'a> Handler<'a, T, (), E>,
     E: Into<BoxError>,
 {
+    let reply_to = reply_to(&ctx)?;
+    let envelope = ctx.envelope();
+    let reply = match undoing(&mut ctx, &route.consumer).await? {
+        Undoing::Answered(reply) => reply,
+        Undoing::Nothing(why) => undone(&mut ctx, &route.consumer, Some(why)).await?,
+        Undoing::Effect(_) => {
+            route
+                .handler
+                .call(Context::new(envelope, ctx.db()), payload)
+                .await
+                .map_err(Into::into)?;
+            undone(&mut ctx, &route.consumer, None).await?
+        }
+    };
+    send_reply(&mut ctx, &reply_to, &reply).await?;
+    Ok(reply)
+}
+
+async fn run_compensation_with_result<H, T, R, E>(
+    mut ctx: Context<'_>,
+    payload: T,
+    route: Arc<Route<H>>,
+) -> Result<Reply, BoxError>
+where
+    H: for<'a> Handler<'a, Compensation<T, R>, (), E>,
+    R: DeserializeOwned,
+    E: Into<BoxError>,
+{
+    let reply_to = reply_to(&ctx)?;
+    let envelope = ctx.envelope();
+    let reply = match undoing(&mut ctx, &route.consumer).await? {
+        Undoing::Answered(reply) => reply,
+        Undoing::Nothing(why) => undone(&mut ctx, &route.consumer, Some(why)).await?,
+        Undoing::Effect(result) => {
+            let result = recorded_result::<R>(envelope, result)?;
+            let compensation = Compensation {
+                command: payload,
+                result,
+            };
+            route
+                .handler
+                .call(Context::new(envelope, ctx.db()), compensation)
+                .await
+                .map_err(Into::into)?;
+            undone(&mut ctx, &route.consumer, None).await?
+        }
+    };
+    send_reply(&mut ctx, &reply_to, &reply).await?;
+    Ok(reply)
+}
+
+/// Where a compensation stands before its handler would run.
+enum Undoing {
+    /// It was answered before: the same reply again.
+    Answered(Reply),
+    /// Its action took no effect (it never ran, and now never will; or it declined).
+    Nothing(&'static str),
+    /// Its action took effect and returned this: the handler undoes it.
+    Effect(Option<serde_json::Value>),
+}
+
+/// Claims the compensation and fences its action, in the handler's transaction.
+async fn undoing(ctx: &mut Context<'_>, consumer: &str) -> Result<Undoing, BoxError> {
     let envelope = ctx.envelope();
     let command = step_route(&envelope.step);
-    let reply_to = reply_to(&ctx)?;
-    let Some(action) = envelope
-        .header_str(wire::COMPENSATES_HEADER)
-        .map(str::to_owned)
-    else {
+    let Some(action) = envelope.header_str(wire::COMPENSATES_HEADER) else {
         return Err(Reject::new(format!(
             "{command} names no action to compensate ({})",
             wire::COMPENSATES_HEADER
@@ -230,34 +339,52 @@ where
         .into());
     };
     let saga_id = &envelope.saga_id;
-    let reply = match effects::claim(ctx.db(), &route.consumer, saga_id, command).await? {
-        Claim::Answered(reply) => reply,
-        Claim::First => {
-            let undone = match effects::fence(ctx.db(), &route.consumer, saga_id, &action).await? {
-                None => Some("nothing to undo: its action never ran, and now never will"),
-                Some(action) if !action.succeeded => {
-                    Some("nothing to undo: its action took no effect")
-                }
-                Some(_) => None,
-            };
-            if undone.is_none() {
-                route
-                    .handler
-                    .call(Context::new(envelope, ctx.db()), payload)
-                    .await
-                    .map_err(Into::into)?;
+    if let Claim::Answered(reply) = effects::claim(ctx.db(), consumer, saga_id, command).await? {
+        return Ok(Undoing::Answered(reply));
+    }
+    Ok(
+        match effects::fence(ctx.db(), consumer, saga_id, action).await? {
+            None => Undoing::Nothing("nothing to undo: its action never ran, and now never will"),
+            Some(action) if !action.succeeded => {
+                Undoing::Nothing("nothing to undo: its action took no effect")
             }
-            let reply = Reply {
-                succeeded: true,
-                result: None,
-                reason: undone.map(str::to_owned),
-            };
-            effects::record(ctx.db(), &route.consumer, saga_id, command, &reply).await?;
-            reply
-        }
+            Some(action) => Undoing::Effect(action.result),
+        },
+    )
+}
+
+/// Records the compensation's reply: done, with why nothing was undone if so.
+async fn undone(
+    ctx: &mut Context<'_>,
+    consumer: &str,
+    nothing: Option<&str>,
+) -> Result<Reply, BoxError> {
+    let envelope = ctx.envelope();
+    let reply = Reply {
+        succeeded: true,
+        result: None,
+        reason: nothing.map(str::to_owned),
     };
-    send_reply(&mut ctx, &reply_to, &reply).await?;
+    let command = step_route(&envelope.step);
+    effects::record(ctx.db(), consumer, &envelope.saga_id, command, &reply).await?;
     Ok(reply)
+}
+
+/// The action's recorded result as the compensation's handler reads it. One that
+/// does not fit is a message to park with the reason, not an error to retry: the
+/// record will not change.
+fn recorded_result<R: DeserializeOwned>(
+    envelope: &Envelope,
+    result: Option<serde_json::Value>,
+) -> Result<R, Reject> {
+    serde_json::from_value(result.unwrap_or_default()).map_err(|error| {
+        let action = envelope
+            .header_str(wire::COMPENSATES_HEADER)
+            .unwrap_or_default();
+        Reject::new(format!(
+            "the recorded result of {action} does not read as this compensation expects: {error}"
+        ))
+    })
 }
 
 /// A cancel, for a step without a compensation whose action timed out: fences the

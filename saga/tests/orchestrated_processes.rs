@@ -272,10 +272,12 @@ async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_mess
         (status.as_str(), why.as_deref()),
         ("cancelled", Some("card declined"))
     );
-    assert_eq!(
-        effects(&pool, 2).await?,
-        ["released", "reserved"],
-        "the card was never authorised"
+    // The card was never authorised; the reservation was released, or, had the
+    // release overtaken the reserve (batches run side by side), fenced unrun.
+    let reservation = effects(&pool, 2).await?;
+    assert!(
+        reservation == ["released", "reserved"] || reservation.is_empty(),
+        "{reservation:?}"
     );
 
     // The duplicate capture applied once; the unknown order's was dead-lettered.
