@@ -34,6 +34,8 @@ pub struct ConsumerConfig {
     /// Unacknowledged deliveries the broker may send ahead.
     pub prefetch: u16,
     /// Batches handled at once: each runs on a database connection of its own.
+    /// Two messages of one key that arrive close together may land in batches side
+    /// by side and be handled in either order; 1 keeps a key's messages in order.
     pub concurrency: usize,
     /// The most deliveries one transaction takes. Deliveries already waiting when a
     /// handler slot frees up are processed together: their keys recorded in one
