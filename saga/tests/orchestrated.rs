@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use testkit::{Sandbox, amqp_url, wait_until};
+use testkit::{Sandbox, amqp_url, header_text, take_headers, wait_until};
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, ConsumerHandle, Context};
 use txoutbox_relay::{Relay, RelayConfig, RelayHandle};
 use txoutbox_saga::participant::{SagaCommands, Verdict};
@@ -483,29 +483,9 @@ async fn a_reply_for_an_unknown_saga_is_dead_lettered_at_once_with_its_reason(
     let dead = txoutbox::wire::dead_queue(&orchestrator_queue.queue);
     // Declared the way the orchestrator's consumer declares it, in case it has not yet.
     orchestrator_queue.declare(&channel).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let headers = loop {
-        let options = lapin::options::BasicGetOptions { no_ack: true };
-        if let Some(message) = channel.basic_get(dead.as_str().into(), options).await? {
-            break message
-                .delivery
-                .properties
-                .headers()
-                .clone()
-                .unwrap_or_default();
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the reply was never dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let reason = match headers.inner().get(txoutbox::wire::DEAD_REASON_HEADER) {
-        Some(lapin::types::AMQPValue::LongString(text)) => {
-            String::from_utf8_lossy(text.as_bytes()).into_owned()
-        }
-        other => format!("{other:?}"),
-    };
+    let dead_letters = take_headers(&channel, &dead, 1, Duration::from_secs(20)).await?;
+    let headers = &dead_letters[0];
+    let reason = header_text(headers, txoutbox::wire::DEAD_REASON_HEADER);
     assert_eq!(reason, "rejected: no saga with id order-404");
     let attempts = headers.inner().get(txoutbox::wire::ATTEMPTS_HEADER);
     assert_eq!(

@@ -6,11 +6,9 @@
 
 use std::time::Duration;
 
-use lapin::options::BasicGetOptions;
-use lapin::types::AMQPValue;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
-use testkit::{Sandbox, amqp_url, wait_until};
+use testkit::{Sandbox, amqp_url, header_text, take_headers, wait_until};
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER};
 use txoutbox_relay::{Relay, RelayConfig};
 use txoutbox_saga::participant::{SagaCommands, Verdict};
@@ -288,11 +286,9 @@ async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_mess
     .await?;
     assert_eq!(taken, 1);
     let dead = txoutbox::wire::dead_queue(&orchestrator_queue.queue);
-    let reasons = wait_for_dead_letters(&channel, &dead, 1).await?;
-    assert!(
-        reasons[0].contains("no saga with id order-404"),
-        "{reasons:?}"
-    );
+    let dead_letters = take_headers(&channel, &dead, 1, Duration::from_secs(30)).await?;
+    let reason = header_text(&dead_letters[0], DEAD_REASON_HEADER);
+    assert!(reason.contains("no saga with id order-404"), "{reason}");
 
     orchestrator.shutdown().await?;
     participants.shutdown().await?;
@@ -301,36 +297,4 @@ async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_mess
     orchestrator_queue.delete(&channel).await?;
     let _ = connection.close(200, "test done".into()).await;
     sandbox.remove().await
-}
-
-/// The dead reasons of `count` messages taken from queue `dead`, waiting for them.
-async fn wait_for_dead_letters(
-    channel: &lapin::Channel,
-    dead: &str,
-    count: usize,
-) -> anyhow::Result<Vec<String>> {
-    let mut reasons = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while reasons.len() < count && std::time::Instant::now() < deadline {
-        match channel
-            .basic_get(dead.into(), BasicGetOptions { no_ack: true })
-            .await?
-        {
-            Some(message) => {
-                let headers = message
-                    .delivery
-                    .properties
-                    .headers()
-                    .clone()
-                    .unwrap_or_default();
-                reasons.push(match headers.inner().get(DEAD_REASON_HEADER) {
-                    Some(AMQPValue::LongString(reason)) => reason.to_string(),
-                    other => format!("{other:?}"),
-                });
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    anyhow::ensure!(reasons.len() == count, "dead letters: {reasons:?}");
-    Ok(reasons)
 }

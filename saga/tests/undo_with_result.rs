@@ -9,12 +9,10 @@
 
 use std::time::Duration;
 
-use lapin::options::BasicGetOptions;
-use lapin::types::AMQPValue;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use testkit::{Sandbox, amqp_url, wait_until};
+use testkit::{Sandbox, amqp_url, header_text, take_headers, wait_until};
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER, WithState};
 use txoutbox_relay::{Relay, RelayConfig};
 use txoutbox_saga::participant::{Compensation, SagaCommands, Verdict};
@@ -236,7 +234,8 @@ async fn a_step_compensated_before_its_reply_came_is_undone_with_its_recorded_re
     // Order 2's recorded result does not fit: its release is dead-lettered with the
     // reason, and nothing is released.
     let dead = txoutbox::wire::dead_queue(&inventory_queue.queue);
-    let reason = first_dead_reason(&channel, &dead).await?;
+    let dead_letters = take_headers(&channel, &dead, 1, Duration::from_secs(30)).await?;
+    let reason = header_text(&dead_letters[0], DEAD_REASON_HEADER);
     assert!(
         reason.contains(
             "the recorded result of inventory.reserve does not read as this compensation expects"
@@ -255,29 +254,4 @@ async fn a_step_compensated_before_its_reply_came_is_undone_with_its_recorded_re
     let _ = connection.close(200, "test done".into()).await;
     pool.close().await;
     sandbox.remove().await
-}
-
-/// The dead reason of the first message in queue `dead`, waiting for one.
-async fn first_dead_reason(channel: &lapin::Channel, dead: &str) -> anyhow::Result<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let options = BasicGetOptions { no_ack: true };
-        if let Some(message) = channel.basic_get(dead.into(), options).await? {
-            let headers = message
-                .delivery
-                .properties
-                .headers()
-                .clone()
-                .unwrap_or_default();
-            return Ok(match headers.inner().get(DEAD_REASON_HEADER) {
-                Some(AMQPValue::LongString(reason)) => reason.to_string(),
-                other => format!("{other:?}"),
-            });
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "nothing was dead-lettered in {dead}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,6 +1,7 @@
 //! The scaffolding of the toolkit's tests, benches and demo, in one place: where the
 //! servers are, a check that they are up, a broker sandbox that records what arrives,
-//! polling waits, a TCP proxy that injects network faults, SIGTERM for a child,
+//! polling waits, messages taken from a queue (a dead-letter queue) with their headers,
+//! a TCP proxy that injects network faults, SIGTERM for a child,
 //! RabbitMQ nodes and clusters of a test's own to stop, kill and start again, and
 //! plain HTTP to read a `/metrics` or serve one.
 //!
@@ -31,6 +32,7 @@ mod reachable;
 mod sandbox;
 mod servers;
 mod signal;
+mod taken;
 mod wait;
 
 pub use http::{body, http_get, serve_text};
@@ -41,4 +43,5 @@ pub use reachable::{CheckedMigrator, require_servers};
 pub use sandbox::{Received, Sandbox};
 pub use servers::{amqp_url, amqp_url_as, database_url, database_url_of};
 pub use signal::{stop, terminate};
+pub use taken::{header_text, take_headers};
 pub use wait::wait_until;

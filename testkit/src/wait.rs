@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 /// How long to sleep between two checks.
-const POLL: Duration = Duration::from_millis(25);
+pub(crate) const POLL: Duration = Duration::from_millis(25);
 
 /// Waits until `check` says yes, or fails after `timeout` saying it waited for `what`.
 /// An error from `check` ends the wait at once.
