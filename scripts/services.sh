@@ -23,7 +23,17 @@ postgres_ready() {
     fi
 }
 
-rabbitmq_ready() { port_open "$AMQP_PORT"; }
+# Open is not enough: a RabbitMQ out of file handles takes connections and never
+# answers them, and every test would hang. Ready is answering the AMQP header.
+amqp_answers() {
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$AMQP_PORT" || exit 1
+        printf 'AMQP\0\0\011\001' >&3
+        IFS= read -r -t 10 -N 1 -u 3 _
+    ) 2>/dev/null
+}
+
+rabbitmq_ready() { port_open "$AMQP_PORT" && amqp_answers; }
 
 # shellcheck source=scripts/apt.sh
 . "$(dirname "$0")/apt.sh"
@@ -48,10 +58,29 @@ start_postgres() {
     as_root pg_ctlcluster --skip-systemctl-redirect "$(postgres_version)" main start || true
 }
 
+# RabbitMQ 3.10 reserves three file handles per quorum queue out of what its open
+# files limit allows, and `su rabbitmq` gives it the default 1024: some 300 quorum
+# queues and it stops answering. Each consumer declares six. Raise the limit for the
+# rabbitmq user, as far as this machine allows, before starting it.
+raise_rabbitmq_file_limit() {
+    local conf=/etc/security/limits.d/rabbitmq.conf limit
+    if [ ! -d /etc/security/limits.d ] || [ -e "$conf" ]; then
+        return 0
+    fi
+    limit=$(as_root sh -c 'ulimit -Hn')
+    if [ "$limit" = unlimited ] || [ "$limit" -gt 65536 ]; then
+        limit=65536
+    fi
+    say "allowing the rabbitmq user $limit open files ($conf)"
+    printf 'rabbitmq soft nofile %s\nrabbitmq hard nofile %s\n' "$limit" "$limit" |
+        as_root tee "$conf" >/dev/null
+}
+
 start_rabbitmq() {
     if ! command -v rabbitmq-server >/dev/null; then
         apt_install rabbitmq-server
     fi
+    raise_rabbitmq_file_limit
     say "starting RabbitMQ"
     as_root rabbitmq-server -detached || true
 }
@@ -69,6 +98,13 @@ wait_for() {
 }
 
 postgres_ready || start_postgres
-rabbitmq_ready || start_rabbitmq
+if ! rabbitmq_ready; then
+    if port_open "$AMQP_PORT"; then
+        say "RabbitMQ on 127.0.0.1:$AMQP_PORT takes connections but does not answer them; see" \
+            "docs/operations/troubleshooting.md#the-broker-takes-connections-and-never-answers"
+        exit 1
+    fi
+    start_rabbitmq
+fi
 wait_for PostgreSQL postgres_ready
 wait_for RabbitMQ rabbitmq_ready

@@ -132,13 +132,16 @@ async fn reserve(mut ctx: Context<'_>, cmd: OrderRef) -> Act {
 
 /// Releases the reservation its action made. The id comes from the action's recorded
 /// result, not the saga's data: when payment declines first, the group is compensated
-/// before inventory's reply has reached the orchestrator.
+/// before inventory's reply has reached the orchestrator. Only this order's
+/// reservation is released: an id that names another order's row, or a row that is
+/// not a reservation, releases nothing.
 async fn release(
     mut ctx: Context<'_>,
     undo: Compensation<OrderRef, Reserved>,
 ) -> Result<(), BoxError> {
     sqlx::query(
-        "INSERT INTO effects (order_id, kind) SELECT $1, 'released' FROM effects WHERE id = $2",
+        "INSERT INTO effects (order_id, kind) SELECT $1, 'released' FROM effects
+         WHERE id = $2 AND order_id = $1 AND kind = 'reserved'",
     )
     .bind(undo.command.order_id)
     .bind(undo.result.reservation_id)
@@ -165,12 +168,15 @@ async fn authorize(mut ctx: Context<'_>, cmd: Authorize) -> Act {
     Ok(Verdict::Done(json!({ "authorization_id": id })))
 }
 
+/// Voids the authorisation its action made, found by the id in the action's recorded
+/// result; like `release`, only this order's authorisation.
 async fn void(
     mut ctx: Context<'_>,
     undo: Compensation<OrderRef, Authorized>,
 ) -> Result<(), BoxError> {
     sqlx::query(
-        "INSERT INTO effects (order_id, kind) SELECT $1, 'voided' FROM effects WHERE id = $2",
+        "INSERT INTO effects (order_id, kind) SELECT $1, 'voided' FROM effects
+         WHERE id = $2 AND order_id = $1 AND kind = 'authorized'",
     )
     .bind(undo.command.order_id)
     .bind(undo.result.authorization_id)
@@ -216,6 +222,9 @@ pub struct Outcome {
     pub order_status: String,
     /// Why it was cancelled.
     pub why: Option<String>,
+    /// The provider's capture, as the `shipped` hook recorded it: `cap-{the
+    /// authorization's id}`.
+    pub capture_id: Option<String>,
 }
 
 /// Runs the four orders on `pool` (migrated) and the broker at `amqp_url`, with an
@@ -310,8 +319,8 @@ pub async fn run(
         .collect();
     let mut outcomes = Vec::new();
     for (saga_id, order) in saga_ids.into_iter().zip(orders()) {
-        let (order_status, why): (String, Option<String>) =
-            sqlx::query_as("SELECT status, why FROM orders WHERE id = $1")
+        let (order_status, why, capture_id): (String, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT status, why, capture_id FROM orders WHERE id = $1")
                 .bind(order.order_id)
                 .fetch_one(pool)
                 .await?;
@@ -319,6 +328,7 @@ pub async fn run(
             saga: SagaReport::read(pool, saga_id, &steps).await?,
             order_status,
             why,
+            capture_id,
         });
     }
     Ok(outcomes)

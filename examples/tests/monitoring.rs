@@ -2,7 +2,8 @@
 //! real relay, inbox consumer and saga orchestrator: every metric the rules and the
 //! dashboard name must be scraped, so a renamed metric fails here, not at 2 a.m.
 //! Skipped, with a note, where `prometheus` is not installed (`scripts/test.sh`
-//! installs it).
+//! installs it); failed instead where `TXOUTBOX_REQUIRE_TOOLS` is set, as
+//! `scripts/test.sh` sets it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,8 @@ fn metric_names(promql: &str, into: &mut BTreeSet<String>) {
             word.push(c);
             continue;
         }
-        // A word followed by `=` or inside quotes is a label; these prefixes are ours.
+        // Only words with these prefixes (ours) and `up` are kept: label names, label
+        // values and PromQL's functions and keywords have none of them.
         let ours = ["outbox_relay_", "inbox_", "saga_"];
         if ours.iter().any(|p| word.starts_with(p)) || word == "up" {
             into.insert(std::mem::take(&mut word));
@@ -129,12 +131,8 @@ async fn free_port() -> anyhow::Result<u16> {
 async fn prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(
     pool: PgPool,
 ) -> TestResult {
-    if std::process::Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: prometheus is not installed (scripts/test.sh installs it)");
+    let installed = testkit::program_runs("prometheus");
+    if !testkit::installed_or_skip("prometheus", installed, "scripts/tools.sh installs it")? {
         return Ok(());
     }
     let sandbox = Sandbox::new("#").await?;
@@ -157,7 +155,7 @@ async fn prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(
     // A service with a consumer and an orchestrator, serving both on one /metrics.
     let unique = sandbox.exchange.clone();
     let consumer_config = ConsumerConfig::new(format!("{unique}-work")).bind(&unique, "work");
-    let consumer = Consumer::new(pool.clone(), amqp_url(), "worker", consumer_config)
+    let consumer = Consumer::new(pool.clone(), amqp_url(), "worker", consumer_config.clone())
         .on("Work", ignore)
         .spawn()?;
     // A saga that waits for an event, so that saga_waiting has a series.
@@ -171,7 +169,8 @@ async fn prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(
     txoutbox_saga::start(&mut tx, &saga, "job-1", &Job { n: 1 }).await?;
     tx.commit().await?;
     let mut orchestrator_config = OrchestratorConfig::new(&unique);
-    orchestrator_config.consumer = ConsumerConfig::new(format!("{unique}-replies"));
+    let replies_config = ConsumerConfig::new(format!("{unique}-replies"));
+    orchestrator_config.consumer = replies_config.clone();
     let orchestrator = Orchestrator::new(
         pool.clone(),
         amqp_url(),
@@ -202,6 +201,11 @@ async fn prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(
     relay.shutdown().await?;
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
+    // The consumers' quorum queues, with their dead and retry queues: none outlives
+    // the test (a broker fills up with them; see testkit's `broker_silent`).
+    let channel = sandbox.channel().await?;
+    consumer_config.delete(&channel).await?;
+    replies_config.delete(&channel).await?;
     sandbox.remove().await?;
     outcome
 }
@@ -235,8 +239,13 @@ async fn scrape(dir: &Path, relay_port: u16, service_port: u16) -> TestResult {
         .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
         .kill_on_drop(true)
         .spawn()?;
-    let checked = check_scraped(port).await;
-    prometheus.kill().await?;
+    // Prometheus stopping on its own (its port taken since `free_port`, a bad
+    // config) ends the check at once, with its log, not after the waits.
+    let checked = tokio::select! {
+        checked = check_scraped(port) => checked,
+        exited = prometheus.wait() => Err(anyhow::anyhow!("prometheus stopped: {exited:?}")),
+    };
+    let _ = prometheus.kill().await;
     if checked.is_err() {
         let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
         eprintln!("prometheus log:\n{log}");
@@ -268,21 +277,33 @@ async fn check_scraped(port: u16) -> TestResult {
     let missing: Vec<&String> = wanted.difference(&have).collect();
     anyhow::ensure!(all_there.is_ok(), "not scraped: {missing:?}");
 
-    // The rules load and evaluate without error against the real series.
-    let rules: Value = serde_json::from_str(body(&http_get(port, "/api/v1/rules").await?))?;
-    let mut loaded = 0;
-    for group in rules["data"]["groups"].as_array().into_iter().flatten() {
-        for rule in group["rules"].as_array().into_iter().flatten() {
-            loaded += 1;
-            let (name, health) = (&rule["name"], &rule["health"]);
-            anyhow::ensure!(
-                health == "ok" || health == "unknown",
-                "{name}: {health} {}",
-                rule["lastError"]
-            );
-        }
+    // The rules load and evaluate without error against the real series: once each
+    // has been evaluated (`unknown` until then), each is `ok`.
+    let rules = async || -> anyhow::Result<Vec<Value>> {
+        let rules: Value = serde_json::from_str(body(&http_get(port, "/api/v1/rules").await?))?;
+        Ok(rules["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .collect())
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "Prometheus has evaluated every rule",
+        async || {
+            let rules = rules().await?;
+            Ok(!rules.is_empty() && rules.iter().all(|rule| rule["health"] != "unknown"))
+        },
+    )
+    .await?;
+    let rules = rules().await?;
+    for rule in &rules {
+        let (name, health) = (&rule["name"], &rule["health"]);
+        anyhow::ensure!(health == "ok", "{name}: {health} {}", rule["lastError"]);
     }
-    anyhow::ensure!(loaded >= 11, "only {loaded} rules loaded: {rules}");
+    let loaded = rules.len();
+    anyhow::ensure!(loaded >= 11, "only {loaded} rules loaded: {rules:?}");
     // The series the rules select with labels exist with those labels.
     for query in [
         "saga_instances{state=\"failed\"}",

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use examples::order_approval;
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use txoutbox_saga::SagaState;
 
@@ -19,11 +20,31 @@ async fn effects(pool: &PgPool, order_id: i64) -> anyhow::Result<Vec<String>> {
     )
 }
 
+/// The capture id the provider's event carries for the order: `cap-` and the id of
+/// its authorisation's effect row.
+async fn expected_capture_id(pool: &PgPool, order_id: i64) -> anyhow::Result<String> {
+    let authorization: i64 =
+        sqlx::query_scalar("SELECT id FROM effects WHERE order_id = $1 AND kind = 'authorized'")
+            .bind(order_id)
+            .fetch_one(pool)
+            .await?;
+    Ok(format!("cap-{authorization}"))
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn orders_ship_after_their_capture_and_the_others_end_cancelled(
     pool: PgPool,
 ) -> anyhow::Result<()> {
-    let timeout = Duration::from_secs(4);
+    // A pool of the test's own: the relay, the participants' and the orchestrator's
+    // consumers (four batches each, side by side) and the sweep need more than the
+    // five connections of `pool`.
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await?;
+    // Long enough for a capture, delayed 1.5 s, to go through the relay and the
+    // orchestrator on a loaded machine; order 4's never comes, and waits this long.
+    let timeout = Duration::from_secs(12);
     let outcomes = order_approval::run(
         &pool,
         &testkit::amqp_url(),
@@ -40,6 +61,13 @@ async fn orders_ship_after_their_capture_and_the_others_end_cancelled(
             by_id(id).saga
         );
         assert_eq!(by_id(id).order_status, "shipped");
+    }
+    for (id, order_id) in [("order-1", 1), ("order-2", 2)] {
+        assert_eq!(
+            by_id(id).capture_id,
+            Some(expected_capture_id(&pool, order_id).await?),
+            "{id}: the capture that paid it"
+        );
     }
     assert_eq!(
         effects(&pool, 1).await?,
@@ -65,6 +93,14 @@ async fn orders_ship_after_their_capture_and_the_others_end_cancelled(
 
     let never_captured = by_id("order-4");
     assert_eq!(never_captured.saga.state, SagaState::Compensated);
+    assert_eq!(
+        (
+            declined.capture_id.as_deref(),
+            never_captured.capture_id.as_deref()
+        ),
+        (None, None),
+        "no capture, for either"
+    );
     assert!(
         never_captured
             .why
@@ -76,5 +112,6 @@ async fn orders_ship_after_their_capture_and_the_others_end_cancelled(
         effects(&pool, 4).await?,
         ["authorized", "released", "reserved", "voided"]
     );
+    pool.close().await;
     Ok(())
 }

@@ -13,7 +13,6 @@
 //! failed handler is not run again: its failure is its outcome. So a batch whose
 //! handlers succeed pays no savepoint, and no handler runs more than twice.
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -348,7 +347,7 @@ async fn call(prepared: &Prepared, conn: &mut PgConnection) -> Result<serde_json
     let run = AssertUnwindSafe(async { call.call(Context::new(envelope, conn)).await });
     async {
         run.catch_unwind().await.unwrap_or_else(|payload| {
-            let message = panic_message(&*payload);
+            let message = txoutbox::panic::message(&*payload);
             tracing::error!(panic = message, "handler panicked");
             Err(Failure::Handler(
                 format!("handler panicked: {message}").into(),
@@ -357,14 +356,4 @@ async fn call(prepared: &Prepared, conn: &mut PgConnection) -> Result<serde_json
     }
     .instrument(prepared.span.clone())
     .await
-}
-
-/// What a panic carries, as `panic!` leaves it: a `&str` or a `String`.
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    match payload.downcast_ref::<&str>() {
-        Some(message) => message,
-        None => payload
-            .downcast_ref::<String>()
-            .map_or("a non-string panic payload", String::as_str),
-    }
 }

@@ -71,7 +71,9 @@ pub(crate) enum Decision {
 }
 
 /// Why a delivery was given up, as a class for metrics (the reason says the rest).
+/// Its discriminant is its counter's index in [`DeadKind::ALL`] order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub(crate) enum DeadKind {
     /// Not a message of the relay's envelope (no saga id, not JSON, ...).
     Undecodable,
@@ -181,6 +183,13 @@ fn dead(kind: DeadKind, attempts: u32, failure: &Failure) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_dead_kind_counts_at_its_own_index() {
+        for (i, kind) in DeadKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "{kind:?}");
+        }
+    }
 
     #[test]
     fn a_rejected_message_is_dead_at_once() {

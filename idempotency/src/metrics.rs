@@ -52,8 +52,7 @@ impl Metrics {
     }
 
     pub(crate) fn dead_lettered(&self, kind: DeadKind) {
-        let i = DeadKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.dead[i].fetch_add(1, Relaxed);
+        self.dead[kind as usize].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
@@ -104,7 +103,7 @@ impl Metrics {
         family(
             &mut out,
             messages,
-            "Deliveries settled, by outcome: processed, duplicate, retried, dead_lettered.",
+            "Deliveries decided, by outcome: processed, duplicate, retried, dead_lettered.",
             Kind::Counter,
         );
         for m in &all {

@@ -153,7 +153,9 @@ async fn session(
         }
     };
     *connected_at = Some(Instant::now());
-    consumer.metrics.set_connected(true);
+    // Disconnected however the session ends: returned, aborted with its task, or
+    // panicked; the gauge must not say connected for a consumer that is gone.
+    let _connected = Connected::mark(&consumer.metrics);
     tracing::info!(queue = %consumer.config.queue, %node, "consumer connected");
     let Opened {
         channel,
@@ -216,10 +218,25 @@ async fn session(
         }
     })
     .await;
-    consumer.metrics.set_connected(false);
     let goodbye = connection.close(200, "consumer stopping".into());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     result.map_err(Ended::from)
+}
+
+/// `inbox_connected` while this lives: set on [`Connected::mark`], cleared on drop.
+struct Connected<'a>(&'a Metrics);
+
+impl<'a> Connected<'a> {
+    fn mark(metrics: &'a Metrics) -> Self {
+        metrics.set_connected(true);
+        Self(metrics)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.set_connected(false);
+    }
 }
 
 /// What a finished batch needs to settle its deliveries with the broker.

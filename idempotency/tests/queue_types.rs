@@ -14,7 +14,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 use sqlx::PgPool;
-use testkit::{amqp_url, wait_until};
+use testkit::{amqp_url, header_text, take_headers, wait_until};
 use txoutbox::wire::{ATTEMPTS_HEADER, dead_queue, retry_queue};
 use txoutbox_inbox::{
     BoxError, Consumer, ConsumerConfig, ConsumerError, Context, DEAD_REASON_HEADER, DeclareError,
@@ -137,16 +137,8 @@ impl Broker {
     async fn dead_letter(&self) -> anyhow::Result<FieldTable> {
         let channel = self.channel().await?;
         let dead = dead_queue(&self.config.queue);
-        let message = channel
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("nothing in {dead}"))?;
-        Ok(message
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default())
+        let mut taken = take_headers(&channel, &dead, 1, WAIT).await?;
+        Ok(taken.remove(0))
     }
 
     async fn remove(self) -> anyhow::Result<()> {
@@ -417,16 +409,11 @@ async fn retried_then_dead_lettered(pool: PgPool, queue_type: QueueType) -> Test
         "each retry waited its delay in a retry queue: {waits:?}"
     );
     let headers = broker.dead_letter().await?;
-    match header(&headers, DEAD_REASON_HEADER) {
-        Some(AMQPValue::LongString(reason)) => {
-            let reason = reason.to_string();
-            assert!(
-                reason.contains("failed 3 times") && reason.contains("card declined"),
-                "{reason}"
-            );
-        }
-        other => panic!("no dead reason: {other:?}"),
-    }
+    let reason = header_text(&headers, DEAD_REASON_HEADER);
+    assert!(
+        reason.contains("failed 3 times") && reason.contains("card declined"),
+        "{reason}"
+    );
     assert_eq!(header(&headers, ATTEMPTS_HEADER), Some(&number(3)));
     for name in broker.queues() {
         assert_eq!(broker.waiting(&name).await?, 0, "{name} is empty");

@@ -14,6 +14,7 @@ pub mod metrics;
 mod migrate;
 #[cfg(feature = "amqp")]
 pub mod nodes;
+pub mod panic;
 pub mod postgres;
 mod stored;
 #[cfg(feature = "opentelemetry")]

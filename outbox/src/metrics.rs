@@ -30,9 +30,18 @@ impl Kind {
     }
 }
 
-/// Writes the `# HELP` and `# TYPE` lines that open a family.
+/// Writes the `# HELP` and `# TYPE` lines that open a family; the help text has its
+/// backslashes and line breaks escaped, as the format wants.
 pub fn family(out: &mut String, name: &str, help: &str, kind: Kind) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
+    let _ = write!(out, "# HELP {name} ");
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    let _ = writeln!(out, "\n# TYPE {name} {}", kind.as_str());
 }
 
 /// Writes one sample of a family, with its labels (values escaped).
@@ -51,7 +60,22 @@ pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 /// A family of one unlabelled gauge.
 pub fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     family(out, name, help, Kind::Gauge);
-    sample(out, name, &[], value);
+    sample(out, name, &[], Float(value));
+}
+
+/// A float as the text format spells it: Rust writes `inf` and `NaN`, Prometheus
+/// reads `+Inf`, `-Inf` and `NaN`.
+struct Float(f64);
+
+impl Display for Float {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            v if v.is_nan() => f.write_str("NaN"),
+            v if v == f64::INFINITY => f.write_str("+Inf"),
+            v if v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            v => write!(f, "{v}"),
+        }
+    }
 }
 
 fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
@@ -152,6 +176,20 @@ fn with<'a>(labels: &[(&'a str, &'a str)], last: (&'a str, &'a str)) -> Vec<(&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_text_and_odd_floats_keep_the_format() {
+        let mut out = String::new();
+        gauge(&mut out, "g", "a \\ b\nc", f64::INFINITY);
+        gauge(&mut out, "h", "x", f64::NAN);
+        gauge(&mut out, "i", "x", -0.5);
+        assert_eq!(
+            out,
+            "# HELP g a \\\\ b\\nc\n# TYPE g gauge\ng +Inf\n\
+             # HELP h x\n# TYPE h gauge\nh NaN\n\
+             # HELP i x\n# TYPE i gauge\ni -0.5\n"
+        );
+    }
 
     #[test]
     fn label_values_are_escaped() {

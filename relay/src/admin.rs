@@ -17,7 +17,7 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog> {
     let (unsent, dead, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state IN ($1, $2)),
                 count(*) FILTER (WHERE state = $3),
-                extract(epoch FROM now() - min(CASE WHEN attempts = 0 THEN available_at ELSE created_at END)
+                extract(epoch FROM now() - min(CASE WHEN attempts = 0 THEN greatest(available_at, created_at) ELSE created_at END)
                     FILTER (WHERE state IN ($1, $2) AND (attempts > 0 OR available_at <= now())))::float8
          FROM outbox WHERE state <> $4",
     )

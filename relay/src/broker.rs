@@ -41,12 +41,14 @@ pub(crate) async fn confirm_channel(connection: &Connection) -> lapin::Result<Ch
 /// A resource alarm (memory, disk) does not end the connection: RabbitMQ stops
 /// reading what its publishers send and says so with `connection.blocked`. The
 /// relay's publishes then wait and their confirms time out, which says nothing of
-/// why; the reason goes to `outbox_relay_broker_blocked` and the log instead.
+/// why; the reason goes to the log and `/readyz`, and `outbox_relay_broker_blocked`
+/// is 1 meanwhile.
 pub(crate) fn watch_loss(
     connection: &Connection,
     metrics: Arc<Metrics>,
 ) -> Fuse<oneshot::Receiver<lapin::Error>> {
     let (mut tell, told) = oneshot::channel();
+    let watch = metrics.broker_watch_began();
     // Listening before looking at the status: an error between the two is then
     // either seen by the status or sent to the listener.
     let mut events = connection.events_listener();
@@ -63,11 +65,11 @@ pub(crate) fn watch_loss(
                     Event::Error(error) if !status.connected() => return error,
                     Event::ConnectionBlocked(reason) => {
                         tracing::warn!(%reason, "the broker blocks publishing (a resource alarm); rows wait until it clears");
-                        metrics.set_broker_blocked(Some(reason));
+                        metrics.set_broker_blocked(watch, Some(reason));
                     }
                     Event::ConnectionUnblocked => {
                         tracing::info!("the broker unblocked publishing");
-                        metrics.set_broker_blocked(None);
+                        metrics.set_broker_blocked(watch, None);
                     }
                     _ => {}
                 }

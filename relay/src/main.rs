@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod report;
 
+use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -111,13 +112,30 @@ async fn start(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The most a secret file may hold: a URL, or the nodes of a cluster, fit easily.
+const SECRET_FILE_LIMIT: u64 = 64 * 1024;
+
 /// A secret from `NAME`, or from the file `NAME_FILE` / `--name-file` points at.
 fn secret(name: &str, file: Option<&Path>) -> Result<String, Failure> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Failure::Config(format!("cannot read {name} from {}: {e}", path.display()))
-        })?;
-        return Ok(text.trim().to_owned());
+        let cannot = |why: String| {
+            Failure::Config(format!("cannot read {name} from {}: {why}", path.display()))
+        };
+        // A URL is short: a wrong path (a log, a device) is refused, not read whole.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(SECRET_FILE_LIMIT + 1).read_to_string(&mut text))
+            .map_err(|e| cannot(e.to_string()))?;
+        if text.len() as u64 > SECRET_FILE_LIMIT {
+            return Err(cannot(format!(
+                "it is over {SECRET_FILE_LIMIT} bytes, too long for a URL"
+            )));
+        }
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(cannot("the file is empty".to_owned()));
+        }
+        return Ok(text.to_owned());
     }
     match std::env::var(name) {
         Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),

@@ -78,8 +78,16 @@ pub struct Metrics {
     /// The node of the current broker session, redacted; `None` between sessions.
     broker_node: Mutex<Option<String>>,
     /// Why the broker blocks the current session's publishes (a resource alarm), if it does.
-    broker_blocked: Mutex<Option<String>>,
+    broker_blocked: Mutex<Blocked>,
     database_ok: AtomicBool,
+}
+
+/// Whether the broker blocks publishing, and for which connection's watch.
+#[derive(Default)]
+struct Blocked {
+    /// The current watch; bumped when a watch begins or its session ends.
+    watch: u64,
+    reason: Option<String>,
 }
 
 impl Default for Metrics {
@@ -93,7 +101,7 @@ impl Default for Metrics {
             partitions_held: AtomicU64::new(0),
             standing_by: AtomicBool::new(false),
             broker_node: Mutex::new(None),
-            broker_blocked: Mutex::new(None),
+            broker_blocked: Mutex::new(Blocked::default()),
             database_ok: AtomicBool::new(false),
         }
     }
@@ -146,7 +154,7 @@ impl Metrics {
     /// for a resource alarm (`low on memory`, `low on disk`). Publishes wait, and
     /// their confirms time out, until the alarm clears.
     pub fn broker_blocked(&self) -> Option<String> {
-        lock(&self.broker_blocked).clone()
+        lock(&self.broker_blocked).reason.clone()
     }
 
     /// Whether PostgreSQL answered the relay's last query.
@@ -183,10 +191,30 @@ impl Metrics {
         *lock(&self.broker_node) = node.map(Node::to_string);
     }
 
-    /// The broker blocked (`Some(reason)`) or unblocked (`None`) the session's
-    /// connection; a session's end unblocks it too, as the next connection starts free.
-    pub(crate) fn set_broker_blocked(&self, reason: Option<String>) {
-        *lock(&self.broker_blocked) = reason;
+    /// A broker connection's watch began: its number, for [`Self::set_broker_blocked`].
+    pub(crate) fn broker_watch_began(&self) -> u64 {
+        let mut blocked = lock(&self.broker_blocked);
+        blocked.watch += 1;
+        blocked.reason = None;
+        blocked.watch
+    }
+
+    /// The broker blocked (`Some(reason)`) or unblocked (`None`) the connection of
+    /// watch `watch`. Ignored once that watch has ended: an event the old
+    /// connection's watcher still had in hand must not outlive its session.
+    pub(crate) fn set_broker_blocked(&self, watch: u64, reason: Option<String>) {
+        let mut blocked = lock(&self.broker_blocked);
+        if blocked.watch == watch {
+            blocked.reason = reason;
+        }
+    }
+
+    /// The session ended: the next connection starts unblocked, and the old one's
+    /// watcher can no longer say otherwise.
+    pub(crate) fn broker_watch_ended(&self) {
+        let mut blocked = lock(&self.broker_blocked);
+        blocked.watch += 1;
+        blocked.reason = None;
     }
 
     pub(crate) fn set_database_ok(&self, ok: bool) {
@@ -305,5 +333,33 @@ mod tests {
         assert!(text.contains("outbox_relay_publish_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("outbox_relay_backlog 5\n"));
         assert!(text.contains("outbox_relay_ready 0\n"));
+    }
+
+    #[test]
+    fn a_block_lasts_only_while_its_connection_is_watched() {
+        let metrics = Metrics::default();
+        let blocked = |metrics: &Metrics| {
+            metrics
+                .render(None)
+                .contains("outbox_relay_broker_blocked 1\n")
+        };
+        let first = metrics.broker_watch_began();
+        metrics.set_broker_blocked(first, Some("low on memory".into()));
+        assert!(blocked(&metrics));
+        assert_eq!(metrics.broker_blocked().as_deref(), Some("low on memory"));
+        metrics.set_broker_blocked(first, None);
+        assert!(!blocked(&metrics));
+
+        // The session ends; its watcher's late event changes nothing.
+        metrics.set_broker_blocked(first, Some("low on memory".into()));
+        metrics.broker_watch_ended();
+        metrics.set_broker_blocked(first, Some("low on disk".into()));
+        assert!(!blocked(&metrics));
+        assert_eq!(metrics.broker_blocked(), None);
+
+        // The next connection's watch counts.
+        let second = metrics.broker_watch_began();
+        metrics.set_broker_blocked(second, Some("low on disk".into()));
+        assert!(blocked(&metrics));
     }
 }

@@ -255,7 +255,7 @@ impl Relay {
         }
         .await;
         shared.metrics.set_broker_node(None);
-        shared.metrics.set_broker_blocked(None);
+        shared.metrics.broker_watch_ended();
         let goodbye = connection.close(200, "outbox-relay session ended".into());
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
         result

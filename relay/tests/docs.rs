@@ -1,7 +1,7 @@
 //! The docs cannot rot silently: every relative link and anchor in README.md, the
 //! crates' READMEs and docs/ resolves; every `outbox-relay` subcommand and flag they
 //! name exists, as the binary's own `--help` lists them; every `cargo -p` names a
-//! package of the workspace.
+//! package of the workspace, and every `-p examples --bin` one of its binaries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -348,7 +348,8 @@ fn every_cargo_package_named_exists() -> TestResult {
             .ok_or_else(|| anyhow::anyhow!("{member}: no package name"))?;
         packages.insert(name.to_owned());
     }
-    let mut problems = Vec::new();
+    let examples = example_binaries()?;
+    let (mut problems, mut checked_packages, mut checked_binaries) = (Vec::new(), 0, 0);
     for file in markdown_files()? {
         let shown = file
             .strip_prefix(&root)
@@ -357,19 +358,72 @@ fn every_cargo_package_named_exists() -> TestResult {
             .to_string();
         for code in parse(&std::fs::read_to_string(&file)?).code {
             let words: Vec<&str> = code.split_whitespace().collect();
-            for pair in words.windows(2) {
-                if pair[0] == "-p" && !packages.contains(pair[1].trim_end_matches([',', ')'])) {
+            for (i, pair) in words.windows(2).enumerate() {
+                if pair[0] != "-p" {
+                    continue;
+                }
+                checked_packages += 1;
+                let package = pair[1].trim_end_matches([',', ')']);
+                if !packages.contains(package) {
                     problems.push(format!(
-                        "{shown}: no package {} (in `{}`)",
-                        pair[1],
+                        "{shown}: no package {package} (in `{}`)",
+                        code.trim()
+                    ));
+                }
+                if package != "examples" {
+                    continue;
+                }
+                let Some(binary) = binary_named(&words[i + 2..]) else {
+                    continue;
+                };
+                checked_binaries += 1;
+                if !examples.contains(binary) {
+                    problems.push(format!(
+                        "{shown}: examples has no binary {binary} (in `{}`)",
                         code.trim()
                     ));
                 }
             }
         }
     }
+    assert!(
+        checked_packages > 15,
+        "only {checked_packages} `-p` packages found"
+    );
+    assert!(
+        checked_binaries >= 4,
+        "only {checked_binaries} `-p examples --bin` binaries found"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
+}
+
+/// The binaries of the examples package, as Cargo finds them (it names none in its
+/// manifest): each `examples/src/bin/NAME.rs`, and each `examples/src/bin/NAME/main.rs`.
+fn example_binaries() -> anyhow::Result<BTreeSet<String>> {
+    let mut binaries = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("examples/src/bin"))? {
+        let path = entry?.path();
+        let binary = if path.is_dir() {
+            path.join("main.rs").is_file().then(|| path.file_name())
+        } else {
+            path.extension()
+                .is_some_and(|e| e == "rs")
+                .then(|| path.file_stem())
+        };
+        if let Some(name) = binary.flatten().and_then(|n| n.to_str()) {
+            binaries.insert(name.to_owned());
+        }
+    }
+    Ok(binaries)
+}
+
+/// The binary a `--bin NAME` right after a `-p PACKAGE` names, if it has one.
+fn binary_named<'a>(after_package: &[&'a str]) -> Option<&'a str> {
+    match after_package {
+        ["--bin", name, ..] => Some(name.trim_end_matches([',', ')', '`'])),
+        _ => None,
+    }
 }
 
 #[test]

@@ -23,7 +23,9 @@ pub(crate) fn messages(
     for out in send {
         let id = uuid::Uuid::now_v7();
         let deadline_ms = match out.own_timeout {
-            Some(own) => stage_started_ms.saturating_add(own.as_millis() as i64),
+            Some(own) => {
+                stage_started_ms.saturating_add(i64::try_from(own.as_millis()).unwrap_or(i64::MAX))
+            }
             None => deadline_ms,
         };
         let step = wire::command_step(&out.name, &id.simple().to_string());

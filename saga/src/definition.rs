@@ -50,7 +50,7 @@ mod tests;
 
 pub use builder::{Parallel, ParallelStep, SagaBuilder, StepBuilder};
 pub(crate) use hooks::Hooks;
-pub use hooks::{OnCompleted, OnEnded};
+pub use hooks::{HOOK_TIME_LIMIT, OnCompleted, OnEnded};
 
 /// A step waits this long for its reply (or its event) unless told otherwise.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);

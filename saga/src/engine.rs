@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 
 use crate::definition::Saga;
+use crate::definition::hooks::Hook;
 use crate::error::{Error, Result};
 use crate::mover::{
     AfterHookFailure, Brought, Line, Move, Planned, Record, after_hook_failure, annotate, plan_move,
@@ -238,29 +239,45 @@ async fn commit_move(
             .clone()
             .or_else(|| locked.last_error.clone())
             .unwrap_or_default();
-        sqlx::query("SAVEPOINT saga_end_hook")
-            .execute(&mut *conn)
-            .await?;
-        if let Err(error) = hook.run(conn, mv.data.clone(), why.clone()).await {
-            sqlx::query("ROLLBACK TO SAVEPOINT saga_end_hook")
-                .execute(&mut *conn)
-                .await?;
-            let error = error.to_string();
+        let run = run_hook(conn, definition, hook, &mv.data, &why).await?;
+        if let Err(error) = run {
             return hook_failed(conn, definition, saga_id, locked, mv, &why, &error).await;
         }
-        sqlx::query("RELEASE SAVEPOINT saga_end_hook")
-            .execute(&mut *conn)
-            .await?;
     }
     let due = write::update_moved(conn, saga_id, mv).await?;
     write::send(conn, definition, saga_id, mv, due).await?;
-    if mv.to.state.is_terminal() && !definition.events().is_empty() {
+    if mv.to.state.is_terminal() && definition.has_events() {
         crate::signal::settle_left(conn, saga_id, mv.to.state).await?;
     }
     Ok(Applied::Moved {
         from: mv.from,
         to: mv.to.state,
     })
+}
+
+/// Runs `hook` in a savepoint of the move's transaction: its writes commit with the
+/// move, or, when it fails, are rolled back alone. The outer error is the database's;
+/// the inner one is the hook's own, as text fit for `last_error` and the history
+/// (PostgreSQL's text cannot hold a NUL, which a hook's error may carry).
+async fn run_hook(
+    conn: &mut PgConnection,
+    definition: &dyn Definition,
+    hook: &Hook,
+    data: &serde_json::Value,
+    why: &str,
+) -> Result<Result<(), String>> {
+    sqlx::query("SAVEPOINT saga_end_hook")
+        .execute(&mut *conn)
+        .await?;
+    let limit = definition.hook_time_limit();
+    let ran = hook.run(conn, data.clone(), why.to_owned(), limit).await;
+    let close = if ran.is_ok() {
+        "RELEASE SAVEPOINT saga_end_hook"
+    } else {
+        "ROLLBACK TO SAVEPOINT saga_end_hook"
+    };
+    sqlx::query(close).execute(&mut *conn).await?;
+    Ok(ran.map_err(|error| error.to_string().replace('\0', "\u{FFFD}")))
 }
 
 /// The end hook of `mv` failed on try `attempts`: the saga stays where it was, owing
@@ -333,33 +350,23 @@ async fn end_again(
         from_state: Some(from),
         ..Line::new("end_hook")
     };
-    if let Some(hook) = definition.hook(ending) {
-        sqlx::query("SAVEPOINT saga_end_hook")
-            .execute(&mut *conn)
-            .await?;
-        if let Err(error) = hook.run(conn, data.clone(), why.clone()).await {
-            sqlx::query("ROLLBACK TO SAVEPOINT saga_end_hook")
-                .execute(&mut *conn)
-                .await?;
-            let error = error.to_string();
-            let attempts = tries + 1;
-            line.detail = Some(format!(
-                "the on_{ending} hook failed (try {attempts}): {error}"
-            ));
-            let owed = write::Owed {
-                ending,
-                why: &why,
-                attempts,
-                data: &data,
-            };
-            return owe(conn, definition, saga_id, locked, &owed, &error, line).await;
-        }
-        sqlx::query("RELEASE SAVEPOINT saga_end_hook")
-            .execute(&mut *conn)
-            .await?;
+    if let Some(hook) = definition.hook(ending)
+        && let Err(error) = run_hook(conn, definition, hook, &data, &why).await?
+    {
+        let attempts = tries + 1;
+        line.detail = Some(format!(
+            "the on_{ending} hook failed (try {attempts}): {error}"
+        ));
+        let owed = write::Owed {
+            ending,
+            why: &why,
+            attempts,
+            data: &data,
+        };
+        return owe(conn, definition, saga_id, locked, &owed, &error, line).await;
     }
     write::ended(conn, saga_id, ending).await?;
-    if !definition.events().is_empty() {
+    if definition.has_events() {
         crate::signal::settle_left(conn, saga_id, ending).await?;
     }
     line.to_state = Some(ending);
@@ -419,21 +426,47 @@ pub(crate) async fn definition_missing(
     locked: &Locked,
     reason: String,
 ) -> Result<Applied> {
-    let state = locked.state();
-    // A finished saga keeps its state (an operator's retry of it found no
-    // definition); either way nothing is due on it any more.
-    let to = if state.is_terminal() {
-        state
+    fail_locked(conn, saga_id, locked, "definition_missing", reason).await?;
+    Ok(Applied::DefinitionMissing)
+}
+
+/// Locks saga `saga_id` and fails it with `reason`, recorded as a `kind` history
+/// line. Returns the state it was in and the one it is in now.
+pub(crate) async fn fail_with_reason(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    kind: &'static str,
+    reason: String,
+) -> Result<(SagaState, SagaState)> {
+    let locked = lock(conn, saga_id).await?;
+    fail_locked(conn, saga_id, &locked, kind, reason).await
+}
+
+/// A saga that cannot go on is `failed` with the reason; a finished one keeps its
+/// state (an operator's retry of it found it cannot move). Either way nothing is due
+/// on it any more. The reason may quote anything (an error's text), so a NUL, which
+/// PostgreSQL's text cannot hold, is replaced.
+async fn fail_locked(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    locked: &Locked,
+    kind: &'static str,
+    reason: String,
+) -> Result<(SagaState, SagaState)> {
+    let reason = reason.replace('\0', "\u{FFFD}");
+    let from = locked.state();
+    let to = if from.is_terminal() {
+        from
     } else {
         SagaState::Failed
     };
-    write::fail_without_definition(conn, saga_id, to, &reason).await?;
+    write::fail_with(conn, saga_id, to, &reason).await?;
     let line = Line {
-        from_state: Some(state),
+        from_state: Some(from),
         to_state: Some(to),
         detail: Some(reason),
-        ..Line::new("definition_missing")
+        ..Line::new(kind)
     };
     crate::history::append(conn, saga_id, &[line]).await?;
-    Ok(Applied::DefinitionMissing)
+    Ok((from, to))
 }

@@ -47,14 +47,20 @@ pub enum Error {
     #[error("not an event name: {0:?} (1 to 255 bytes)")]
     NotAnEvent(String),
 
+    /// An event's payload cannot merge into a saga's data: not a JSON object (or
+    /// null), or over [`MAX_EVENT_PAYLOAD`](crate::MAX_EVENT_PAYLOAD) bytes.
+    #[error("{0}")]
+    BadEventPayload(String),
+
     /// An event came as a message, and its saga refused it: none of its steps waits
     /// for it, or its payload does not fit the saga's data.
     #[error("{0}")]
     SignalRefused(String),
 
-    /// A sweep panicked (a bug); the sweeper logs it and goes on after a pause.
-    #[error("the saga sweep panicked")]
-    SweepPanicked,
+    /// Moving a saga panicked (a bug, or a payload builder of the definition that
+    /// panics): that saga is `failed` with this reason, and the sweep goes on.
+    #[error("moving it panicked: {0}")]
+    SweepPanicked(String),
 
     /// The rules asked for a command the definition's step does not have (a bug: the
     /// saga's move fails with this rather than the orchestrator).

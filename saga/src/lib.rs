@@ -25,15 +25,16 @@ mod transition;
 pub mod wire;
 
 pub use definition::{
-    CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError, OnCompleted,
-    OnEnded, Parallel, ParallelStep, Saga, SagaBuilder, StepBuilder, StepDef,
+    CommandDef, DEFAULT_COMPENSATION_ATTEMPTS, DEFAULT_STEP_TIMEOUT, DefinitionError,
+    HOOK_TIME_LIMIT, OnCompleted, OnEnded, Parallel, ParallelStep, Saga, SagaBuilder, StepBuilder,
+    StepDef,
 };
 pub use engine::{Applied, Incoming, apply, apply_reply, start};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorHandle};
 pub use registry::Registry;
-pub use signal::{Signaled, signal};
+pub use signal::{MAX_EVENT_PAYLOAD, Signaled, signal};
 pub use state::SagaState;
 pub use sweep::{Swept, sweep_due};
 pub use transition::{

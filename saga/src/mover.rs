@@ -277,8 +277,12 @@ pub(crate) enum Offer {
     Take(usize),
     /// Keep it for the step that waits for it, which the saga has not reached yet.
     Keep,
-    /// Settle it as not taken, for this reason.
+    /// Settle it as not taken, for this reason: no step waits for it, so its sender
+    /// is told (a message is dead-lettered).
     Refuse(String),
+    /// Settle it as not taken, for this reason: the saga is past the step that waited
+    /// for it, or finished; nothing is wrong with the event.
+    Ignore(String),
     /// Its step waits for it, but its payload does not fit the saga's data: settle it
     /// as not taken; the step still waits, and another event of that name may fit.
     Misfit(String),
@@ -303,10 +307,10 @@ pub(crate) fn offer(
     };
     let state = record.position.state;
     if state.is_terminal() || state == SagaState::Compensating {
-        return Offer::Refuse(format!("ignored: the saga is {state}"));
+        return Offer::Ignore(format!("ignored: the saga is {state}"));
     }
     if record.position.step > step || record.ending.is_some() {
-        return Offer::Refuse(format!(
+        return Offer::Ignore(format!(
             "ignored: the saga is past step {step}, which waited for it"
         ));
     }

@@ -190,13 +190,16 @@ async fn on_event(
     .await;
     match delivered {
         Ok(Signaled::Ignored(why)) => {
-            tracing::warn!(saga_id = %envelope.saga_id, %event, %why, "an event for a saga was not taken");
+            tracing::debug!(saga_id = %envelope.saga_id, %event, %why, "an event for a saga was not taken");
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(error @ (Error::NotFound(_) | Error::SignalRefused(_) | Error::NotAnEvent(_))) => {
-            Err(Reject::new(error.to_string()).into())
-        }
+        Err(
+            error @ (Error::NotFound(_)
+            | Error::SignalRefused(_)
+            | Error::NotAnEvent(_)
+            | Error::BadEventPayload(_)),
+        ) => Err(Reject::new(error.to_string()).into()),
         Err(Error::Database(error)) => Err(error.into()),
         Err(error) => Err(error.into()),
     }
@@ -221,7 +224,11 @@ async fn sweep(
         let swept = AssertUnwindSafe(sweep_due(&pool, &shared.registry, batch))
             .catch_unwind()
             .await
-            .unwrap_or_else(|_| Err(Error::SweepPanicked));
+            .unwrap_or_else(|panic| {
+                Err(Error::SweepPanicked(
+                    txoutbox::panic::message(&*panic).to_owned(),
+                ))
+            });
         match swept {
             Ok(outcomes) => {
                 backoff = txoutbox::backoff::reconnect();

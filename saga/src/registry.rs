@@ -34,8 +34,12 @@ pub(crate) trait Definition: Send + Sync {
     fn events(&self) -> Vec<&str>;
     /// Whether `data` still fits the saga's data type.
     fn fits(&self, data: &serde_json::Value) -> Result<(), serde_json::Error>;
+    /// Whether any step waits for an event.
+    fn has_events(&self) -> bool;
     /// The hook that runs when a saga ends in `state`.
     fn hook(&self, state: SagaState) -> Option<&Hook>;
+    /// How long one try of an end hook may take.
+    fn hook_time_limit(&self) -> std::time::Duration;
 }
 
 impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
@@ -104,6 +108,10 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
         D::deserialize(data).map(|_| ())
     }
 
+    fn has_events(&self) -> bool {
+        self.steps().iter().any(|s| s.waits_for().is_some())
+    }
+
     fn hook(&self, state: SagaState) -> Option<&Hook> {
         match state {
             SagaState::Completed => self.hooks.completed.as_ref(),
@@ -111,6 +119,10 @@ impl<D: DeserializeOwned + Send + Sync + 'static> Definition for Saga<D> {
             SagaState::Failed => self.hooks.failed.as_ref(),
             _ => None,
         }
+    }
+
+    fn hook_time_limit(&self) -> std::time::Duration {
+        self.hooks.time_limit
     }
 }
 

@@ -23,10 +23,14 @@ pub enum Signaled {
     Kept,
     /// Taken by the step that waited for it; the saga moved on.
     Taken,
-    /// Recorded and not taken, for this reason: the saga has finished or is being
-    /// compensated, none of its steps waits for this event, or the event's payload
-    /// does not fit the saga's data.
+    /// Recorded and not taken, for this reason: the saga has finished, is being
+    /// compensated, or is past the step that waited for it.
     Ignored(String),
+    /// Recorded and refused, for this reason: none of the saga's steps waits for this
+    /// event, or its payload does not fit the saga's data. Only an event that came as
+    /// a message is answered so (and dead-lettered); [`signal`] answers `Kept`, and
+    /// the refusal is in `saga_signal` and the history.
+    Refused(String),
 }
 
 /// Delivers event `event` with `payload` to saga `saga_id`, in the caller's
@@ -48,6 +52,38 @@ pub async fn signal<P: Serialize>(
     Ok(record(conn, saga_id, event, &payload, None).await?.0)
 }
 
+/// The most an event's payload may hold, as JSON. It is merged into the saga's data,
+/// which every later move of the saga reads and writes again.
+pub const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
+
+/// An event as it may be recorded: a name of 1 to 255 bytes, and a payload that can
+/// merge into the saga's data (a JSON object, or null for none) of at most
+/// [`MAX_EVENT_PAYLOAD`] bytes. Anything else is refused before it is written.
+pub(crate) fn check_event(event: &str, payload: &serde_json::Value) -> Result<()> {
+    if event.is_empty() || event.len() > 255 {
+        return Err(Error::NotAnEvent(event.to_owned()));
+    }
+    let shape = match payload {
+        serde_json::Value::Object(_) | serde_json::Value::Null => None,
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+    };
+    if let Some(shape) = shape {
+        return Err(Error::BadEventPayload(format!(
+            "the payload of event {event} is {shape}; it must be a JSON object (merged into the saga's data) or null"
+        )));
+    }
+    let size = serde_json::to_vec(payload).map_or(0, |bytes| bytes.len());
+    if size > MAX_EVENT_PAYLOAD {
+        return Err(Error::BadEventPayload(format!(
+            "the payload of event {event} is {size} bytes, over {MAX_EVENT_PAYLOAD}"
+        )));
+    }
+    Ok(())
+}
+
 /// Records a signal and marks its saga for the next sweep, or settles it at once
 /// when the saga cannot take it. Returns what became of it, and its id.
 async fn record(
@@ -57,9 +93,7 @@ async fn record(
     payload: &serde_json::Value,
     message_id: Option<&str>,
 ) -> Result<(Signaled, i64)> {
-    if event.is_empty() || event.len() > 255 {
-        return Err(Error::NotAnEvent(event.to_owned()));
-    }
+    check_event(event, payload)?;
     // One statement: the saga's row locked, its state read, and a saga that can
     // still take the event marked for the next sweep.
     let state: Option<String> = sqlx::query_scalar(
@@ -246,12 +280,17 @@ async fn offer(
     let record = locked.record();
     let step = match offer_signal(definition, &record, &signal.name, &signal.payload.0) {
         Offer::Keep => return Ok((None, None)),
+        Offer::Ignore(why) => {
+            let why = not_taken(conn, saga_id, state, signal, why).await?;
+            return Ok((Some(Signaled::Ignored(why)), None));
+        }
         Offer::Refuse(why) => {
-            return Ok((Some(refuse(conn, saga_id, state, signal, why).await?), None));
+            let why = not_taken(conn, saga_id, state, signal, why).await?;
+            return Ok((Some(Signaled::Refused(why)), None));
         }
         Offer::Misfit(why) => {
-            let refused = refuse(conn, saga_id, state, signal, why).await?;
-            return Ok((Some(refused), Some(signal.name.clone())));
+            let why = not_taken(conn, saga_id, state, signal, why).await?;
+            return Ok((Some(Signaled::Refused(why)), Some(signal.name.clone())));
         }
         Offer::Take(step) => step,
     };
@@ -266,17 +305,17 @@ async fn offer(
 }
 
 /// Settles a signal as not taken, with the reason, also in the saga's history.
-async fn refuse(
+async fn not_taken(
     conn: &mut PgConnection,
     saga_id: &str,
     state: SagaState,
     signal: &Kept,
     why: String,
-) -> Result<Signaled> {
+) -> Result<String> {
     settle(conn, signal.id, &why).await?;
     let line = signal_line(&signal.name, state, &why);
     crate::history::append(conn, saga_id, &[line]).await?;
-    Ok(Signaled::Ignored(why))
+    Ok(why)
 }
 
 /// An event that came as a message through the orchestrator's inbox: recorded and
@@ -295,9 +334,7 @@ pub(crate) async fn deliver(
         return Ok(recorded);
     }
     match settle_kept(conn, registry, saga_id, Some(id)).await? {
-        Some(Signaled::Ignored(why)) if why.starts_with("refused") => {
-            Err(Error::SignalRefused(why))
-        }
+        Some(Signaled::Refused(why)) => Err(Error::SignalRefused(why)),
         Some(outcome) => Ok(outcome),
         None => Ok(Signaled::Kept),
     }

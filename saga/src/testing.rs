@@ -228,6 +228,7 @@ where
         payload: &P,
     ) -> Result<crate::Signaled, crate::Error> {
         let payload = serde_json::to_value(payload).map_err(crate::Error::Data)?;
+        crate::signal::check_event(name, &payload)?;
         let now = self.now;
         let tested = self
             .sagas
@@ -303,7 +304,7 @@ where
         let Delivered { name, payload, .. } = tested.events[index].clone();
         match offer(&self.saga, &tested.record, &name, &payload) {
             Offer::Keep => Ok(None),
-            Offer::Refuse(why) => {
+            Offer::Refuse(why) | Offer::Ignore(why) => {
                 self.settle(saga_id, index, &why);
                 Ok(None)
             }
@@ -312,15 +313,23 @@ where
                 Ok(Some(name))
             }
             Offer::Take(step) => {
-                self.settle(saga_id, index, &format!("taken by step {step}"));
+                self.take(saga_id, index, step);
                 Box::pin(self.apply(saga_id, Event::Signal { step }, Some(payload))).await?;
                 Ok(None)
             }
         }
     }
 
-    /// Records what became of event `index`, in its record and, when it was not
-    /// taken, in the saga's history.
+    /// Records that event `index` was taken by `step` (the move's own history line
+    /// says so).
+    fn take(&mut self, saga_id: &str, index: usize, step: usize) {
+        if let Some(tested) = self.sagas.get_mut(saga_id) {
+            tested.events[index].outcome = Some(format!("taken by step {step}"));
+        }
+    }
+
+    /// Records that event `index` was not taken, and why, in its record and in the
+    /// saga's history.
     fn settle(&mut self, saga_id: &str, index: usize, outcome: &str) {
         let now = self.now;
         let Some(tested) = self.sagas.get_mut(saga_id) else {
@@ -328,17 +337,15 @@ where
         };
         let event = &mut tested.events[index];
         event.outcome = Some(outcome.to_owned());
-        if !outcome.starts_with("taken") {
-            let line = HistoryLine {
-                at: now,
-                kind: "signal".into(),
-                step: None,
-                from_state: Some(tested.record.position.state),
-                to_state: None,
-                detail: Some(format!("event {}: {outcome}", event.name)),
-            };
-            tested.history.push(line);
-        }
+        let line = HistoryLine {
+            at: now,
+            kind: "signal".into(),
+            step: None,
+            from_state: Some(tested.record.position.state),
+            to_state: None,
+            detail: Some(format!("event {}: {outcome}", event.name)),
+        };
+        tested.history.push(line);
     }
 
     /// Moves the clock on by `by`, delivering the answers that come due and firing
@@ -451,8 +458,34 @@ where
                 step: at.step,
                 phase,
             };
-            let _ = self.apply(&saga_id, event, None).await;
+            if let Err(error) = self.apply(&saga_id, event, None).await {
+                self.fail_unmovable(&saga_id, &error);
+            }
         }
+    }
+
+    /// As the sweep does with a saga whose timeout cannot be applied: `failed`, with
+    /// the reason, and nothing due on it any more.
+    fn fail_unmovable(&mut self, saga_id: &str, error: &crate::Error) {
+        let now = self.now;
+        let Some(tested) = self.sagas.get_mut(saga_id) else {
+            return;
+        };
+        let from = tested.record.position.state;
+        let reason = format!("the orchestrator could not move it: {error}");
+        if !from.is_terminal() {
+            tested.record.position.state = SagaState::Failed;
+        }
+        tested.deadline = None;
+        tested.last_error = Some(reason.clone());
+        tested.history.push(HistoryLine {
+            at: now,
+            kind: "unmovable".into(),
+            step: None,
+            from_state: Some(from),
+            to_state: Some(tested.record.position.state),
+            detail: Some(reason),
+        });
     }
 
     /// Applies one event the way the orchestrator does, then delivers the commands
@@ -619,7 +652,21 @@ where
             phase,
             outcome,
         };
-        let _ = Box::pin(self.apply(saga_id, event, result)).await;
+        if let Err(error) = Box::pin(self.apply(saga_id, event, result)).await {
+            // The orchestrator's consumer dead-letters a reply it cannot apply; the
+            // saga stays where it was, and its deadline will come.
+            let now = self.now;
+            if let Some(tested) = self.sagas.get_mut(saga_id) {
+                tested.history.push(HistoryLine {
+                    at: now,
+                    kind: "dead_lettered".into(),
+                    step: Some(step),
+                    from_state: None,
+                    to_state: None,
+                    detail: Some(format!("the reply could not be applied: {error}")),
+                });
+            }
+        }
     }
 }
 

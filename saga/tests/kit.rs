@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use txoutbox_inbox::BoxError;
 use txoutbox_saga::testing::{Answer, SagaTest};
-use txoutbox_saga::{Phase, Saga, SagaState, Signaled};
+use txoutbox_saga::{Error, Phase, Saga, SagaState, Signaled};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Order {
@@ -68,6 +68,15 @@ fn order(order_id: i64) -> Order {
     }
 }
 
+/// The kinds of the saga's history lines, oldest first: the order things happened
+/// in, which the test's clock does not show while it stands still.
+fn history_kinds<'a>(test: &'a SagaTest<Order>, saga_id: &str) -> Vec<&'a str> {
+    test.history(saga_id)
+        .iter()
+        .map(|line| line.kind.as_str())
+        .collect()
+}
+
 /// Participants that all answer at once, successfully.
 fn cooperative() -> SagaTest<Order> {
     let mut test = SagaTest::new(order_saga());
@@ -117,9 +126,16 @@ async fn the_whole_process_runs_through_the_group_the_wait_and_the_last_step() -
 {
     let mut test = cooperative();
     test.start("order-2", &order(2)).await?;
-    // Both actions went out together, and both answered: now it waits.
+    // Both actions went out together, before either answered; both answered: now it
+    // waits. (The clock stands still here, so `at` alone could not tell together from
+    // one after the other's answer: the history's order does.)
     let sent = test.sent("order-2");
     assert_eq!((sent[0].at, sent[1].at), (Duration::ZERO, Duration::ZERO));
+    assert_eq!(
+        history_kinds(&test, "order-2")[..4],
+        ["started", "command_sent", "command_sent", "reply"],
+        "both commands before the first reply"
+    );
     assert_eq!(test.waiting_for("order-2"), Some("payment.captured"));
     assert_eq!(test.deadline("order-2"), Some(3 * DAY));
 
@@ -247,10 +263,10 @@ async fn an_event_no_step_waits_for_or_whose_payload_does_not_fit_is_refused() -
         Some("payment.captured"),
         "still waits"
     );
+    let unknown = test.signal("order-7", "payment.captured", &json!({})).await;
     assert!(
-        test.signal("order-7", "payment.captured", &json!({}))
-            .await
-            .is_err()
+        matches!(&unknown, Err(Error::NotFound(id)) if id == "order-7"),
+        "{unknown:?}"
     );
     Ok(())
 }

@@ -15,6 +15,10 @@ use txoutbox_saga::{
     Orchestrator, OrchestratorConfig, OrchestratorHandle, Registry, Saga, SagaState,
 };
 
+mod common;
+
+use common::orders::{CREATE_EFFECTS, effect, effects};
+
 static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
 
 type TestResult = anyhow::Result<()>;
@@ -55,25 +59,6 @@ fn order_saga_timing(charge_timeout: Duration, ship_timeout: Duration) -> Saga<O
         .timeout(ship_timeout)
         .build()
         .expect("a valid definition")
-}
-
-/// Every effect a participant had, in the order they committed.
-async fn effects(pool: &PgPool, order_id: i64) -> anyhow::Result<Vec<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT effect FROM effects WHERE order_id = $1 ORDER BY id")
-            .bind(order_id)
-            .fetch_all(pool)
-            .await?,
-    )
-}
-
-async fn effect(ctx: &mut Context<'_>, order_id: i64, effect: &str) -> Result<(), BoxError> {
-    sqlx::query("INSERT INTO effects (order_id, effect) VALUES ($1, $2)")
-        .bind(order_id)
-        .bind(effect)
-        .execute(ctx.db())
-        .await?;
-    Ok(())
 }
 
 async fn reserve(mut ctx: Context<'_>, cmd: OrderCommand) -> Result<Verdict<()>, BoxError> {
@@ -145,9 +130,7 @@ impl Services {
         orchestrators: usize,
         definition: Saga<Order>,
     ) -> anyhow::Result<Self> {
-        sqlx::query("CREATE TABLE effects (id bigserial PRIMARY KEY, order_id bigint NOT NULL, effect text NOT NULL)")
-            .execute(pool)
-            .await?;
+        sqlx::query(CREATE_EFFECTS).execute(pool).await?;
         let sandbox = Sandbox::new("#").await?;
         let mut relay_config = RelayConfig::default();
         relay_config.exchange = sandbox.exchange.clone();

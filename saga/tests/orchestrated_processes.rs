@@ -6,37 +6,28 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool};
+use serde::Deserialize;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use testkit::{Sandbox, amqp_url, header_text, take_headers, wait_until};
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context, DEAD_REASON_HEADER};
 use txoutbox_relay::{Relay, RelayConfig};
 use txoutbox_saga::participant::{SagaCommands, Verdict};
 use txoutbox_saga::{Orchestrator, OrchestratorConfig, Registry, Saga, SagaState};
 
+mod common;
+
+use common::orders::{
+    CREATE_EFFECTS, CREATE_ORDERS, Order, cancelled, effect, effects_by_name, place, shipped,
+};
+
 static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
 
 type TestResult = anyhow::Result<()>;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Order {
-    order_id: i64,
-    #[serde(default)]
-    capture_id: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 struct Command {
     order_id: i64,
-}
-
-async fn effect(ctx: &mut Context<'_>, order_id: i64, effect: &str) -> Result<(), BoxError> {
-    sqlx::query("INSERT INTO effects (order_id, effect) VALUES ($1, $2)")
-        .bind(order_id)
-        .bind(effect)
-        .execute(ctx.db())
-        .await?;
-    Ok(())
 }
 
 async fn reserve(mut ctx: Context<'_>, cmd: Command) -> Result<Verdict<()>, BoxError> {
@@ -66,24 +57,6 @@ async fn ship(mut ctx: Context<'_>, cmd: Command) -> Result<Verdict<()>, BoxErro
     Ok(Verdict::Done(()))
 }
 
-async fn shipped(conn: &mut PgConnection, order: Order) -> Result<(), BoxError> {
-    sqlx::query("UPDATE orders SET status = 'shipped', capture_id = $2 WHERE id = $1")
-        .bind(order.order_id)
-        .bind(order.capture_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn cancelled(conn: &mut PgConnection, order: Order, why: String) -> Result<(), BoxError> {
-    sqlx::query("UPDATE orders SET status = 'cancelled', why = $2 WHERE id = $1")
-        .bind(order.order_id)
-        .bind(why)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 fn order_saga() -> Saga<Order> {
     let command = |o: &Order| serde_json::json!({ "order_id": o.order_id });
     Saga::<Order>::define("process", 1)
@@ -104,22 +77,6 @@ fn order_saga() -> Saga<Order> {
         .on_compensated(cancelled)
         .build()
         .expect("a valid definition")
-}
-
-async fn place(pool: &PgPool, order_id: i64) -> anyhow::Result<String> {
-    let saga_id = format!("order-{order_id}");
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO orders (id, status) VALUES ($1, 'placed')")
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
-    let order = Order {
-        order_id,
-        capture_id: None,
-    };
-    txoutbox_saga::start(&mut tx, &order_saga(), &saga_id, &order).await?;
-    tx.commit().await?;
-    Ok(saga_id)
 }
 
 /// Another service's event, as it publishes it: through its outbox, step and
@@ -143,13 +100,31 @@ async fn order_row(
     )
 }
 
-async fn effects(pool: &PgPool, order_id: i64) -> anyhow::Result<Vec<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT effect FROM effects WHERE order_id = $1 ORDER BY effect")
-            .bind(order_id)
-            .fetch_all(pool)
-            .await?,
-    )
+/// What became of the saga's signals, oldest first, once `count` have come and
+/// been settled.
+async fn settled_signals(
+    pool: &PgPool,
+    saga_id: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let outcomes = async || -> anyhow::Result<Vec<Option<String>>> {
+        Ok(
+            sqlx::query_scalar("SELECT outcome FROM saga_signal WHERE saga_id = $1 ORDER BY id")
+                .bind(saga_id)
+                .fetch_all(pool)
+                .await?,
+        )
+    };
+    let what = format!("{saga_id} has {count} settled signals");
+    let settled = wait_until(Duration::from_secs(30), &what, async || {
+        let outcomes = outcomes().await?;
+        Ok(outcomes.len() == count && outcomes.iter().all(Option::is_some))
+    })
+    .await;
+    if let Err(error) = settled {
+        anyhow::bail!("{error}; there: {:?}", outcomes().await?);
+    }
+    Ok(outcomes().await?.into_iter().flatten().collect())
 }
 
 async fn finished(pool: &PgPool, saga_id: &str) -> anyhow::Result<Option<SagaState>> {
@@ -164,12 +139,14 @@ async fn finished(pool: &PgPool, saga_id: &str) -> anyhow::Result<Option<SagaSta
 async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_messages(
     pool: PgPool,
 ) -> TestResult {
-    sqlx::raw_sql(
-        "CREATE TABLE effects (id bigserial PRIMARY KEY, order_id bigint NOT NULL, effect text NOT NULL);
-         CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL, capture_id text, why text);",
-    )
-    .execute(&pool)
-    .await?;
+    // A pool of the test's own: the relay, two consumers with their batches side by
+    // side, and the orchestrator's sweep need more than the five connections of `pool`.
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await?;
+    sqlx::query(CREATE_EFFECTS).execute(&pool).await?;
+    sqlx::query(CREATE_ORDERS).execute(&pool).await?;
     let sandbox = Sandbox::new("#").await?;
     let mut relay_config = RelayConfig::default();
     relay_config.exchange = sandbox.exchange.clone();
@@ -220,13 +197,15 @@ async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_mess
     )
     .spawn()?;
 
+    let saga = order_saga();
     // Order 1: the capture arrives twice (the provider retried its webhook).
-    let one = place(&pool, 1).await?;
-    // Order 3: its capture is published at once, before the group has finished.
-    let three = place(&pool, 3).await?;
+    let one = place(&pool, &saga, 1).await?;
+    // Order 3: its capture is published at once, so it may come before the group has
+    // finished (kept for its step) or after (taken on arrival).
+    let three = place(&pool, &saga, 3).await?;
     publish_event(&pool, &three, "cap-3").await?;
     // Order 2: its card is declined.
-    let two = place(&pool, 2).await?;
+    let two = place(&pool, &saga, 2).await?;
     let waiting = async || {
         let waits: Option<String> =
             sqlx::query_scalar("SELECT waiting_for FROM saga_instance WHERE saga_id = 'order-1'")
@@ -258,11 +237,14 @@ async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_mess
         ("shipped".into(), Some("cap-1".into()), None)
     );
     assert_eq!(
-        effects(&pool, 1).await?,
+        effects_by_name(&pool, 1).await?,
         ["authorized", "reserved", "shipped"]
     );
     assert_eq!(finished(&pool, &three).await?, Some(SagaState::Completed));
-    assert_eq!(order_row(&pool, 3).await?.0, "shipped");
+    assert_eq!(
+        order_row(&pool, 3).await?,
+        ("shipped".into(), Some("cap-3".into()), None)
+    );
 
     assert_eq!(finished(&pool, &two).await?, Some(SagaState::Compensated));
     let (status, _, why) = order_row(&pool, 2).await?;
@@ -272,19 +254,18 @@ async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_mess
     );
     // The card was never authorised; the reservation was released, or, had the
     // release overtaken the reserve (batches run side by side), fenced unrun.
-    let reservation = effects(&pool, 2).await?;
+    let reservation = effects_by_name(&pool, 2).await?;
     assert!(
         reservation == ["released", "reserved"] || reservation.is_empty(),
         "{reservation:?}"
     );
 
-    // The duplicate capture applied once; the unknown order's was dead-lettered.
-    let taken: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM saga_signal WHERE saga_id = 'order-1' AND outcome LIKE 'taken%'",
-    )
-    .fetch_one(&pool)
-    .await?;
-    assert_eq!(taken, 1);
+    // The duplicate capture applied once: the orchestrator's inbox knows the second
+    // message by its key (order-1:payment.captured), so only the first is recorded,
+    // and taken by the wait (step 2, after the group's steps 0 and 1).
+    let outcomes = settled_signals(&pool, &one, 1).await?;
+    assert_eq!(outcomes, ["taken by step 2"]);
+    // The unknown order's was dead-lettered.
     let dead = txoutbox::wire::dead_queue(&orchestrator_queue.queue);
     let dead_letters = take_headers(&channel, &dead, 1, Duration::from_secs(30)).await?;
     let reason = header_text(&dead_letters[0], DEAD_REASON_HEADER);
@@ -296,5 +277,6 @@ async fn a_process_runs_its_group_its_wait_and_its_end_hooks_with_events_as_mess
     participants_queue.delete(&channel).await?;
     orchestrator_queue.delete(&channel).await?;
     let _ = connection.close(200, "test done".into()).await;
+    pool.close().await;
     sandbox.remove().await
 }

@@ -13,21 +13,16 @@ use txoutbox_saga::{Applied, Registry, Saga, SagaState, Signaled};
 
 mod common;
 
+use common::orders::{CREATE_ORDERS, Order, cancelled, place};
 use common::{commands, expire, failed, ok, reply_to, state, steps};
 
 type TestResult = anyhow::Result<()>;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Order {
-    order_id: i64,
-    #[serde(default)]
-    capture_id: Option<String>,
-}
-
+/// The service's `orders` table, and the switches of the hooks that fail on purpose.
 async fn with_orders(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query(CREATE_ORDERS).execute(pool).await?;
     sqlx::raw_sql(
-        "CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL, why text);
-         CREATE TABLE hook_breaks (broken boolean NOT NULL);
+        "CREATE TABLE hook_breaks (broken boolean NOT NULL);
          INSERT INTO hook_breaks VALUES (false);
          CREATE TABLE hook_tries (n serial);",
     )
@@ -36,28 +31,16 @@ async fn with_orders(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The service's end hooks: the order row takes its final business state. While
-/// `hook_breaks` says so, the hook writes, then fails: its write must roll back.
+/// The shared `shipped` end hook, breakable: while `hook_breaks` says so, it writes,
+/// then fails, and its write must roll back with the move.
 async fn shipped(conn: &mut PgConnection, order: Order) -> Result<(), BoxError> {
-    sqlx::query("UPDATE orders SET status = 'shipped' WHERE id = $1")
-        .bind(order.order_id)
-        .execute(&mut *conn)
-        .await?;
+    common::orders::shipped(&mut *conn, order).await?;
     let broken: bool = sqlx::query_scalar("SELECT broken FROM hook_breaks")
         .fetch_one(&mut *conn)
         .await?;
     if broken {
         return Err("the orders table is read-only today".into());
     }
-    Ok(())
-}
-
-async fn cancelled(conn: &mut PgConnection, order: Order, why: String) -> Result<(), BoxError> {
-    sqlx::query("UPDATE orders SET status = 'cancelled', why = $2 WHERE id = $1")
-        .bind(order.order_id)
-        .bind(why)
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
@@ -96,22 +79,6 @@ fn registry() -> Registry {
     Registry::new().register(order_saga())
 }
 
-async fn place(pool: &PgPool, saga: &Saga<Order>, order_id: i64) -> anyhow::Result<String> {
-    let saga_id = format!("order-{order_id}");
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO orders (id, status) VALUES ($1, 'placed')")
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
-    let order = Order {
-        order_id,
-        capture_id: None,
-    };
-    txoutbox_saga::start(&mut tx, saga, &saga_id, &order).await?;
-    tx.commit().await?;
-    Ok(saga_id)
-}
-
 async fn order_status(pool: &PgPool, order_id: i64) -> anyhow::Result<(String, Option<String>)> {
     Ok(
         sqlx::query_as("SELECT status, why FROM orders WHERE id = $1")
@@ -131,6 +98,17 @@ async fn signal(
     let signaled = txoutbox_saga::signal(&mut tx, saga_id, event, &payload).await?;
     tx.commit().await?;
     Ok(signaled)
+}
+
+/// The payment provider's `payment.captured` for the saga, with `capture_id` (of
+/// any JSON type: one that does not fit the saga's data is refused).
+async fn captured(
+    pool: &PgPool,
+    saga_id: &str,
+    capture_id: impl Serialize,
+) -> anyhow::Result<Signaled> {
+    let payload = json!({ "capture_id": capture_id });
+    signal(pool, saga_id, "payment.captured", payload).await
 }
 
 async fn sweep(pool: &PgPool, registry: &Registry) -> anyhow::Result<()> {
@@ -155,11 +133,7 @@ async fn an_event_that_came_early_is_taken_when_its_step_starts_and_the_hook_com
     with_orders(&pool).await?;
     let saga_id = place(&pool, &order_saga(), 1).await?;
     // The capture comes before the reservation answered: kept, not lost.
-    let capture = json!({ "capture_id": "cap-1" });
-    assert_eq!(
-        signal(&pool, &saga_id, "payment.captured", capture).await?,
-        Signaled::Kept
-    );
+    assert_eq!(captured(&pool, &saga_id, "cap-1").await?, Signaled::Kept);
     sweep(&pool, &registry()).await?;
     assert_eq!(
         signals(&pool, &saga_id).await?,
@@ -215,13 +189,7 @@ async fn a_failing_end_hook_rolls_its_move_back_is_tried_again_then_fails_until_
         .await?;
     let saga_id = place(&pool, &order_saga(), 2).await?;
     reply_to(&pool, &registry(), &saga_id, "inventory.reserve", ok(None)).await?;
-    signal(
-        &pool,
-        &saga_id,
-        "payment.captured",
-        json!({ "capture_id": "c" }),
-    )
-    .await?;
+    captured(&pool, &saga_id, "c").await?;
     sweep(&pool, &registry()).await?;
     let applied = reply_to(&pool, &registry(), &saga_id, "shipping.schedule", ok(None)).await?;
     assert_eq!(
@@ -340,27 +308,9 @@ async fn events_that_cannot_be_taken_are_recorded_with_why_and_the_saga_waits_on
     // No step waits for it; a payload that does not fit the data (a number where the
     // saga keeps a string); twice the same event, which is taken once.
     signal(&pool, &saga_id, "parcel.scanned", json!({})).await?;
-    signal(
-        &pool,
-        &saga_id,
-        "payment.captured",
-        json!({ "capture_id": 7 }),
-    )
-    .await?;
-    signal(
-        &pool,
-        &saga_id,
-        "payment.captured",
-        json!({ "capture_id": "c-5" }),
-    )
-    .await?;
-    signal(
-        &pool,
-        &saga_id,
-        "payment.captured",
-        json!({ "capture_id": "c-5" }),
-    )
-    .await?;
+    captured(&pool, &saga_id, 7).await?;
+    captured(&pool, &saga_id, "c-5").await?;
+    captured(&pool, &saga_id, "c-5").await?;
     sweep(&pool, &registry()).await?;
     let outcomes = signals(&pool, &saga_id).await?;
     assert!(
@@ -382,13 +332,59 @@ async fn events_that_cannot_be_taken_are_recorded_with_why_and_the_saga_waits_on
         ["inventory.reserve", "shipping.schedule"],
         "moved on once"
     );
-    // A saga that does not exist is an error (and the event is recorded as such).
+    // A saga that does not exist is an error; the event is recorded as such, with
+    // the caller's transaction, should it commit all the same.
     let mut tx = pool.begin().await?;
     let unknown = txoutbox_saga::signal(&mut tx, "order-404", "payment.captured", &json!({})).await;
     assert!(
-        matches!(unknown, Err(txoutbox_saga::Error::NotFound(_))),
+        matches!(&unknown, Err(txoutbox_saga::Error::NotFound(id)) if id == "order-404"),
         "{unknown:?}"
     );
+    tx.commit().await?;
+    assert_eq!(
+        signals(&pool, "order-404").await?,
+        [(
+            "payment.captured".into(),
+            Some("ignored: no saga with this id".into())
+        )]
+    );
+    Ok(())
+}
+
+#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+async fn an_event_payload_that_is_not_an_object_or_is_too_big_is_refused_and_nothing_written(
+    pool: PgPool,
+) -> TestResult {
+    with_orders(&pool).await?;
+    let saga_id = place(&pool, &order_saga(), 6).await?;
+    let too_big = json!({ "note": "x".repeat(txoutbox_saga::MAX_EVENT_PAYLOAD) });
+    for (payload, says) in [
+        (json!([1, 2]), "is an array"),
+        (json!("c-6"), "is a string"),
+        (too_big, "bytes, over"),
+    ] {
+        let mut tx = pool.begin().await?;
+        let refused = txoutbox_saga::signal(&mut tx, &saga_id, "payment.captured", &payload).await;
+        tx.commit().await?;
+        let Err(txoutbox_saga::Error::BadEventPayload(why)) = &refused else {
+            panic!("taken: {refused:?}");
+        };
+        assert!(why.contains(says), "{why}");
+    }
+    for name in ["", &"e".repeat(256)] {
+        let mut tx = pool.begin().await?;
+        let refused = txoutbox_saga::signal(&mut tx, &saga_id, name, &json!({})).await;
+        assert!(
+            matches!(refused, Err(txoutbox_saga::Error::NotAnEvent(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(signals(&pool, &saga_id).await?, [], "nothing recorded");
+    // null is an event without data.
+    assert!(matches!(
+        signal(&pool, &saga_id, "payment.captured", json!(null)).await?,
+        Signaled::Kept
+    ));
     Ok(())
 }
 

@@ -2,19 +2,40 @@
 //! text (a service's `/metrics`) for a scraper to read.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// How long one GET may take, connect to last byte. Without a bound, a GET to a port
+/// nobody listens on yet can hang for ever: the kernel may pick that very port as the
+/// GET's own source port and connect the socket to itself, which then reads back its
+/// own request and never sees the end of an answer.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sends `GET path` to 127.0.0.1:`port` and returns the whole response, status line
 /// and headers included. HTTP/1.0, so that the server closes the connection after
-/// the answer and sends it without chunks.
+/// the answer and sends it without chunks. Fails after [`HTTP_TIMEOUT`], and on an
+/// answer that is not HTTP (a socket connected to itself echoes the request).
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    let exchange = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("GET {path} on port {port}: no answer in {HTTP_TIMEOUT:?}")
+        })??;
+    anyhow::ensure!(
+        response.starts_with("HTTP/"),
+        "GET {path} on port {port}: not an HTTP answer: {:?}",
+        response.chars().take(80).collect::<String>()
+    );
     Ok(response)
 }
 
@@ -47,4 +68,58 @@ where
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that sends back what it is sent and never closes, as a socket
+    /// connected to itself does.
+    async fn echo_for_ever(listener: TcpListener) {
+        let (mut stream, _) = listener.accept().await.expect("accepted");
+        let mut buffer = [0u8; 1024];
+        while let Ok(read) = stream.read(&mut buffer).await {
+            if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_echoes_and_never_closes_is_an_error_not_a_hang() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(echo_for_ever(listener));
+        let answered = tokio::time::timeout(HTTP_TIMEOUT * 2, http_get(port, "/x")).await;
+        let error = answered
+            .expect("the GET ended")
+            .expect_err("the GET failed");
+        assert!(error.to_string().contains("no answer in"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_http_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accepted");
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            let _ = stream.write_all(b"GET /x HTTP/1.0\r\n\r\n").await;
+        });
+        let error = http_get(port, "/x").await.expect_err("refused");
+        assert!(error.to_string().contains("not an HTTP answer"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_server_of_text_answers_a_get() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let port = listener.local_addr().expect("address").port();
+        let server = serve_text(listener, || async { "hello".to_owned() });
+        let response = http_get(port, "/metrics").await.expect("answered");
+        server.abort();
+        assert_eq!(body(&response), "hello");
+    }
 }

@@ -24,6 +24,7 @@
 //! [`CheckedMigrator`]) turns a server that is down into one line saying which to
 //! start and how.
 
+mod drained;
 mod http;
 mod proxy;
 mod rabbit_cluster;
@@ -33,9 +34,11 @@ mod sandbox;
 mod servers;
 mod signal;
 mod taken;
+mod tools;
 mod wait;
 
-pub use http::{body, http_get, serve_text};
+pub use drained::drain_headers;
+pub use http::{HTTP_TIMEOUT, body, http_get, serve_text};
 pub use proxy::FaultyProxy;
 pub use rabbit_cluster::{QuorumQueue, RabbitCluster};
 pub use rabbit_node::RabbitNode;
@@ -44,4 +47,5 @@ pub use sandbox::{Received, Sandbox};
 pub use servers::{amqp_url, amqp_url_as, database_url, database_url_of};
 pub use signal::{stop, terminate};
 pub use taken::{header_text, take_headers};
+pub use tools::{REQUIRE_TOOLS, installed_or_skip, program_runs};
 pub use wait::wait_until;

@@ -1,7 +1,7 @@
 //! One clear line, and an end to the test binary, when a server the tests need is down:
 //! what the README asks a newcomer to start, and how, instead of a panic per test.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Deref;
 use std::sync::OnceLock;
@@ -14,6 +14,12 @@ use crate::servers::{self, AMQP_PORT, POSTGRES_PORT};
 /// How long a server may take to accept a TCP connection before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long RabbitMQ may take to answer the first bytes of AMQP.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an AMQP 0-9-1 client sends first; the broker answers with `connection.start`.
+const AMQP_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+
 /// Makes sure PostgreSQL (`DATABASE_URL`) and RabbitMQ (`AMQP_URL`) accept connections.
 ///
 /// The first call in a process checks; later calls return at once. If a server is
@@ -24,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub fn require_servers() {
     static CHECKED: OnceLock<()> = OnceLock::new();
     CHECKED.get_or_init(|| {
-        if let Some(line) = servers_down() {
+        if let Some(line) = servers_down().or_else(broker_silent) {
             // Straight to stderr: `eprintln!` in a test is captured and shown only per test.
             let _ = writeln!(std::io::stderr(), "{line}");
             // Inside the initialiser, so callers on other threads wait here and only
@@ -76,6 +82,39 @@ fn line(down: &[Down]) -> Option<String> {
                 .join(" and ")
         )),
     }
+}
+
+/// The line to print when RabbitMQ takes connections but does not answer them, which
+/// would otherwise hang every test that connects. RabbitMQ 3.10 (Debian 12's) does this
+/// once its file handle budget is spent: each quorum queue reserves three handles, so
+/// with the default limit of 1024 open files some 300 quorum queues (tests' leftovers,
+/// say) are enough.
+fn broker_silent() -> Option<String> {
+    let url = servers::amqp_url();
+    let address = servers::address(&url, AMQP_PORT)?;
+    (!answers_amqp(&address)).then(|| {
+        format!(
+            "RabbitMQ at {address} (AMQP_URL) takes connections but did not answer in \
+             {ANSWER_TIMEOUT:?}: a broker out of file handles does this; see \
+             docs/operations/troubleshooting.md#the-broker-takes-connections-and-never-answers"
+        )
+    })
+}
+
+/// Whether the server at `address` answers the AMQP protocol header with anything.
+fn answers_amqp(address: &str) -> bool {
+    let Ok(candidates) = address.to_socket_addrs() else {
+        return false;
+    };
+    candidates.into_iter().any(|addr| {
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) else {
+            return false;
+        };
+        let mut first = [0u8; 1];
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT)).is_ok()
+            && stream.write_all(AMQP_HEADER).is_ok()
+            && matches!(stream.read(&mut first), Ok(1))
+    })
 }
 
 /// Whether something accepts a TCP connection at `address` (`host:port`).
@@ -145,6 +184,32 @@ mod tests {
             both.contains("db:5432 (DATABASE_URL) and RabbitMQ"),
             "{both}"
         );
+    }
+
+    #[test]
+    fn a_server_that_takes_connections_and_says_nothing_does_not_answer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        // Accepted by the kernel's backlog, never read or answered.
+        let started = std::time::Instant::now();
+        assert!(!answers_amqp(&address));
+        assert!(started.elapsed() >= ANSWER_TIMEOUT);
+        drop(listener);
+    }
+
+    #[test]
+    fn a_server_that_answers_the_header_answers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let answering = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut header = [0u8; 8];
+            stream.read_exact(&mut header).unwrap();
+            assert_eq!(&header, AMQP_HEADER);
+            stream.write_all(&[1, 0, 0]).unwrap();
+        });
+        assert!(answers_amqp(&address));
+        answering.join().unwrap();
     }
 
     #[test]

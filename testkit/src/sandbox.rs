@@ -17,6 +17,18 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
 use crate::{amqp_url, require_servers, wait_until};
 
+/// How long the broker may take over setting a sandbox up or removing it.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The error for a broker that did not answer in [`BROKER_TIMEOUT`]: a test fails
+/// saying so, rather than waiting for ever.
+fn silent(doing: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the broker did not answer in {BROKER_TIMEOUT:?} while {doing}; see \
+         docs/operations/troubleshooting.md#the-broker-takes-connections-and-never-answers"
+    )
+}
+
 /// A message as the sandbox's consumer saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -88,6 +100,12 @@ impl Sandbox {
     /// [`Sandbox::new`] on the broker at `url` (one node of a cluster, say), its
     /// queue declared with `arguments` (`x-queue-type: quorum`, say).
     pub async fn on(url: &str, binding: &str, arguments: FieldTable) -> anyhow::Result<Self> {
+        tokio::time::timeout(BROKER_TIMEOUT, Self::set_up(url, binding, arguments))
+            .await
+            .map_err(|_| silent("setting up a sandbox"))?
+    }
+
+    async fn set_up(url: &str, binding: &str, arguments: FieldTable) -> anyhow::Result<Self> {
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let exchange = format!("test-ex-{suffix}");
         let queue = format!("test-q-{suffix}");
@@ -231,6 +249,21 @@ impl Sandbox {
 
     /// Deletes the queue and the exchange, and closes the connection.
     pub async fn remove(self) -> anyhow::Result<()> {
+        tokio::time::timeout(BROKER_TIMEOUT, self.tear_down())
+            .await
+            .map_err(|_| silent("removing a sandbox"))?
+    }
+
+    /// A new channel on the sandbox's connection: for a test to delete the queues its
+    /// consumers declared (`ConsumerConfig::delete`), so that none outlives it.
+    pub async fn channel(&self) -> anyhow::Result<lapin::Channel> {
+        tokio::time::timeout(BROKER_TIMEOUT, self.connection.create_channel())
+            .await
+            .map_err(|_| silent("opening a channel"))?
+            .context("opening a channel on the sandbox's connection")
+    }
+
+    async fn tear_down(self) -> anyhow::Result<()> {
         let channel = self.connection.create_channel().await?;
         channel
             .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())

@@ -608,14 +608,7 @@ async fn saga_latency(pool: &PgPool, args: &Args) -> anyhow::Result<Latency> {
     .bind(completed)
     .fetch_all(pool)
     .await?;
-    let saga: Vec<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM f.occurred_at - s.occurred_at)::float8 * 1e3
-         FROM saga_event f JOIN saga_event s ON s.saga_id = f.saga_id AND s.kind = 'started'
-         WHERE f.to_state = $1",
-    )
-    .bind(completed)
-    .fetch_all(pool)
-    .await?;
+    let saga = saga_durations(pool).await?;
     let split: Vec<(f64, f64, f64)> = sqlx::query_as(
         "SELECT extract(epoch FROM p.processed_at - c.occurred_at)::float8 * 1e3,
                 extract(epoch FROM o.processed_at - p.processed_at)::float8 * 1e3,
@@ -654,15 +647,19 @@ async fn parallel_latency(pool: &PgPool, args: &Args) -> anyhow::Result<(f64, f6
     })
     .await?;
     wait_for(pool, Finished::Sagas, args.rate * args.seconds).await?;
-    let saga: Vec<f64> = sqlx::query_scalar(
+    Ok(percentiles(saga_durations(pool).await?))
+}
+
+/// Each completed saga's whole time, `started` to `completed`, in milliseconds.
+async fn saga_durations(pool: &PgPool) -> anyhow::Result<Vec<f64>> {
+    Ok(sqlx::query_scalar(
         "SELECT extract(epoch FROM f.occurred_at - s.occurred_at)::float8 * 1e3
          FROM saga_event f JOIN saga_event s ON s.saga_id = f.saga_id AND s.kind = 'started'
          WHERE f.to_state = $1",
     )
     .bind(SagaState::Completed.as_str())
     .fetch_all(pool)
-    .await?;
-    Ok(percentiles(saga))
+    .await?)
 }
 
 /// (c) Requests at a steady rate, one per transaction: request to reply handled.

@@ -6,12 +6,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use testkit::amqp_url;
+use testkit::{amqp_url, drain_headers, header_text};
 use txoutbox::wire::{ATTEMPTS_HEADER, dead_queue};
 use txoutbox_inbox::{ConsumerConfig, DEAD_REASON_HEADER};
 
@@ -92,33 +90,22 @@ impl Sandbox {
         Ok(letters.into_iter().map(|(reason, _)| reason).collect())
     }
 
-    /// Everything in the dead-letter queue: each message's dead reason, and the
-    /// handler runs it had.
+    /// Everything in the dead-letter queue now, without waiting (the tests wait for
+    /// what they expect first): each message's dead reason, and the handler runs it
+    /// had (-1 without the header).
     pub(crate) async fn dead_letters(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let mut letters = Vec::new();
-        let dead = dead_queue(&self.queue);
-        while let Some(message) = self
-            .channel
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await?
-        {
-            let headers = message
-                .delivery
-                .properties
-                .headers()
-                .clone()
-                .unwrap_or_default();
-            let reason = match headers.inner().get(DEAD_REASON_HEADER) {
-                Some(AMQPValue::LongString(reason)) => reason.to_string(),
-                other => format!("no reason header: {other:?}"),
-            };
-            let attempts = match headers.inner().get(ATTEMPTS_HEADER) {
-                Some(AMQPValue::LongLongInt(n)) => *n,
-                _ => -1,
-            };
-            letters.push((reason, attempts));
-        }
-        Ok(letters)
+        let dead = drain_headers(&self.channel, &dead_queue(&self.queue)).await?;
+        Ok(dead
+            .iter()
+            .map(|headers| {
+                let reason = header_text(headers, DEAD_REASON_HEADER);
+                let attempts = match headers.inner().get(ATTEMPTS_HEADER) {
+                    Some(AMQPValue::LongLongInt(n)) => *n,
+                    _ => -1,
+                };
+                (reason, attempts)
+            })
+            .collect())
     }
 
     pub(crate) async fn remove(self) -> anyhow::Result<()> {

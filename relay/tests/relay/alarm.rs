@@ -1,6 +1,7 @@
 //! A RabbitMQ resource alarm, for real: the memory watermark of a node of the test's
 //! own (`testkit::RabbitNode`) is lowered until the node blocks its publishers, then
-//! raised again. Skipped, with a note, where `rabbitmq-server` is not installed.
+//! raised again. Skipped, with a note, where `rabbitmq-server` is not installed;
+//! failed instead where `TXOUTBOX_REQUIRE_TOOLS` is set, as `scripts/test.sh` sets it.
 
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use crate::support::*;
 
 #[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_blocked_broker_is_named_and_nothing_is_lost_when_it_clears(pool: PgPool) -> TestResult {
-    if !RabbitNode::installed() {
-        eprintln!("skipped: rabbitmq-server is not installed, so no node of the test's own");
+    let installed = RabbitNode::installed();
+    let how = "no node of the test's own; scripts/services.sh installs it";
+    if !testkit::installed_or_skip("rabbitmq-server", installed, how)? {
         return Ok(());
     }
     let node = RabbitNode::start("relay-alarm").await?;

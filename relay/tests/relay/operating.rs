@@ -307,6 +307,16 @@ async fn a_delayed_row_is_not_late_until_it_is_due(pool: PgPool) -> TestResult {
         .oldest_unsent_age_seconds;
     assert!((119.0..130.0).contains(&age), "{age}");
 
+    // A writer that set `available_at` before the row existed (another language's
+    // client, a clock): late since it was written, not since the made-up time.
+    sqlx::query("UPDATE outbox SET available_at = created_at - interval '1 day'")
+        .execute(&pool)
+        .await?;
+    let age = txoutbox_relay::backlog(&pool)
+        .await?
+        .oldest_unsent_age_seconds;
+    assert!((599.0..610.0).contains(&age), "{age}");
+
     // Retried since: late since it was written.
     sqlx::query("UPDATE outbox SET attempts = 2, state = 'retry', available_at = now() + interval '1 minute'")
         .execute(&pool)
@@ -332,5 +342,35 @@ async fn the_database_url_is_read_from_a_file(pool: PgPool) -> TestResult {
     std::fs::remove_dir_all(&dir)?;
     assert!(status.status.success(), "{}", text(&status));
     assert!(flag.status.success(), "{}", text(&flag));
+    Ok(())
+}
+
+/// The worst a secret file can hold: nothing, a device read without end, a URL no
+/// parser reads whose password has a `/`. Each is refused with its reason, and the
+/// password is never printed.
+#[tokio::test]
+async fn a_bad_database_url_file_is_refused_with_its_reason_and_no_password() -> TestResult {
+    let dir = std::env::temp_dir().join(format!("relay-bad-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n")?;
+    let unreadable = dir.join("unreadable-url");
+    std::fs::write(&unreadable, "postgres://app:pa/ss@db/shop\n")?;
+    let cases = [
+        (empty.display().to_string(), "the file is empty"),
+        ("/dev/zero".to_owned(), "over 65536 bytes"),
+        (
+            unreadable.display().to_string(),
+            "not a PostgreSQL URL: postgres://app:***@db/shop",
+        ),
+    ];
+    for (path, reason) in &cases {
+        let output = relay_cli(&["status"], &[("DATABASE_URL_FILE", path.as_str())]).await?;
+        let printed = text(&output);
+        assert!(!output.status.success(), "{path}: {printed}");
+        assert!(printed.contains(reason), "{path}: {printed}");
+        assert!(!printed.contains("pa/ss"), "{path}: {printed}");
+    }
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -115,7 +115,7 @@ pub struct HistoryEntry {
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
     /// `started`, `command_sent`, `reply`, `signal`, `timeout`, `operator`,
-    /// `end_hook`, `definition_missing`.
+    /// `end_hook`, `definition_missing`, `unmovable`.
     pub kind: String,
     /// The step it concerns.
     pub step: Option<i32>,

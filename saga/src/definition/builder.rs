@@ -48,6 +48,11 @@ impl<D> Parts<D> {
     }
 }
 
+/// The longest step timeout: about a hundred years. A deadline is a timestamp and a
+/// header in milliseconds; `Duration::MAX` fits neither, and "wait forever" is a
+/// saga no one would ever see finish.
+const MAX_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Builds a [`Saga`]; see [`Saga::define`].
 #[must_use = "a definition does nothing until `.build()`"]
 pub struct SagaBuilder<D> {
@@ -81,6 +86,13 @@ impl<D> SagaBuilder<D> {
     /// before the saga is `failed` and waits for an operator.
     pub fn compensation_attempts(mut self, attempts: u32) -> Self {
         self.compensation_attempts = attempts;
+        self
+    }
+
+    /// How long one try of an end hook may take before it counts as failed (and is
+    /// tried again like any failed try); [`HOOK_TIME_LIMIT`](crate::HOOK_TIME_LIMIT) unless set.
+    pub fn hook_time_limit(mut self, limit: Duration) -> Self {
+        self.hooks.time_limit = limit;
         self
     }
 
@@ -200,6 +212,9 @@ impl<D> SagaBuilder<D> {
         if self.compensation_attempts == 0 {
             return Err(fail("compensation_attempts must be at least 1".into()));
         }
+        if self.hooks.time_limit.is_zero() {
+            return Err(fail("hook_time_limit must be more than zero".into()));
+        }
         let mut check = Names::default();
         let mut steps = Vec::with_capacity(self.steps.len());
         for part in &self.steps {
@@ -252,6 +267,13 @@ fn checked<D>(part: &Parts<D>, names: &mut Names) -> Result<StepDef<D>, String> 
     }
     if part.timeout.is_zero() {
         return Err(format!("step '{step}' has a zero timeout"));
+    }
+    if part.timeout > MAX_TIMEOUT {
+        return Err(format!(
+            "step '{step}' has a timeout over {} days, more than a deadline can hold; \
+             wait in several steps, or for an event with a long but finite timeout",
+            MAX_TIMEOUT.as_secs() / 86_400
+        ));
     }
     let work = match (&part.action, &part.wait) {
         (Some(_), Some(event)) => {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
@@ -60,15 +61,37 @@ where
 
 type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
 
-/// A hook with the saga's data type erased: the data comes as JSON and is decoded
-/// for it; an error, a panic, or data that no longer fits the type all come back as
-/// the hook's error.
 /// A hook's function, erased: `(connection, data as JSON, why) -> future`.
 type ErasedHook =
     dyn for<'a> Fn(&'a mut PgConnection, serde_json::Value, String) -> HookFuture<'a> + Send + Sync;
 
+/// How long an end hook may take before its try counts as failed. It runs holding
+/// the saga's row lock and, on the reply path, the inbox batch's transaction: one
+/// that waits on a slow service must not hold them, nor the orchestrator, for good.
+/// A statement it waits on in PostgreSQL is waited out first (the connection must be
+/// quiet before the savepoint is rolled back); PostgreSQL's `statement_timeout`
+/// bounds that.
+pub const HOOK_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// A hook with the saga's data type erased: the data comes as JSON and is decoded
+/// for it; an error, a panic, a try over [`HOOK_TIME_LIMIT`], or data that no longer
+/// fits the type all come back as the hook's error.
 #[derive(Clone)]
 pub(crate) struct Hook(Arc<ErasedHook>);
+
+/// An `on_completed` hook seen as an ending hook that is not told why.
+struct IgnoreWhy<H>(H);
+
+impl<'a, D, E, H> OnEnded<'a, D, E> for IgnoreWhy<H>
+where
+    H: OnCompleted<'a, D, E>,
+{
+    type Future = H::Future;
+
+    fn call(&self, conn: &'a mut PgConnection, data: D, _why: String) -> Self::Future {
+        self.0.call(conn, data)
+    }
+}
 
 impl Hook {
     pub(crate) fn completed<D, E, H>(hook: H) -> Self
@@ -77,14 +100,7 @@ impl Hook {
         E: Into<BoxError> + 'static,
         H: for<'a> OnCompleted<'a, D, E>,
     {
-        let hook = Arc::new(hook);
-        Self(Arc::new(move |conn, data, _why| {
-            let hook = Arc::clone(&hook);
-            Box::pin(async move {
-                let data: D = serde_json::from_value(data)?;
-                hook.call(conn, data).await.map_err(Into::into)
-            })
-        }))
+        Self::ended(IgnoreWhy(hook))
     }
 
     pub(crate) fn ended<D, E, H>(hook: H) -> Self
@@ -103,34 +119,42 @@ impl Hook {
         }))
     }
 
-    /// Runs the hook; a panic inside it is its error, not the orchestrator's crash.
+    /// Runs the hook, for at most `limit`; a panic inside it is its error, not the
+    /// orchestrator's crash.
     pub(crate) async fn run(
         &self,
         conn: &mut PgConnection,
         data: serde_json::Value,
         why: String,
+        limit: Duration,
     ) -> Result<(), BoxError> {
-        match AssertUnwindSafe((self.0)(conn, data, why))
-            .catch_unwind()
-            .await
-        {
-            Ok(result) => result,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_owned());
-                Err(format!("the hook panicked: {message}").into())
+        let running = AssertUnwindSafe((self.0)(conn, data, why)).catch_unwind();
+        match tokio::time::timeout(limit, running).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                Err(format!("the hook panicked: {}", txoutbox::panic::message(&*panic)).into())
             }
+            Err(_) => Err(format!("the hook took over {limit:?}, so its try was given up").into()),
         }
     }
 }
 
-/// The hooks of one definition, by the state they end in.
-#[derive(Clone, Default)]
+/// The hooks of one definition, by the state they end in, and how long one may take.
+#[derive(Clone)]
 pub(crate) struct Hooks {
     pub(crate) completed: Option<Hook>,
     pub(crate) compensated: Option<Hook>,
     pub(crate) failed: Option<Hook>,
+    pub(crate) time_limit: Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            completed: None,
+            compensated: None,
+            failed: None,
+            time_limit: HOOK_TIME_LIMIT,
+        }
+    }
 }

@@ -17,6 +17,18 @@ fn problem(built: Result<Saga<Order>, DefinitionError>) -> String {
 }
 
 #[test]
+fn a_timeout_no_deadline_can_hold_is_refused() {
+    let error = problem(
+        Saga::<Order>::define("forever", 1)
+            .step("approve")
+            .wait_for("approved")
+            .timeout(Duration::MAX)
+            .build(),
+    );
+    assert!(error.contains("has a timeout over 36500 days"), "{error}");
+}
+
+#[test]
 fn reads_like_the_step_list_and_builds_payloads_from_the_data() {
     let saga = order()
         .step("reserve")

@@ -275,8 +275,9 @@ pub(crate) async fn ended(conn: &mut PgConnection, saga_id: &str, state: SagaSta
     Ok(())
 }
 
-/// A saga that no registered definition fits ends in `to`, with the reason.
-pub(crate) async fn fail_without_definition(
+/// A saga that cannot be moved (no registered definition fits it, or its move
+/// fails) ends in `to`, with the reason, nothing due on it any more.
+pub(crate) async fn fail_with(
     conn: &mut PgConnection,
     saga_id: &str,
     to: SagaState,
@@ -285,6 +286,7 @@ pub(crate) async fn fail_without_definition(
     sqlx::query(
         "UPDATE saga_instance
          SET state = $2, deadline_at = NULL, operator_request = NULL, waiting_for = NULL,
+             signal_at = NULL,
              last_error = $3, version = version + 1, updated_at = now(),
              finished_at = coalesce(finished_at, now())
          WHERE saga_id = $1",

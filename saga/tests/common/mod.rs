@@ -1,8 +1,12 @@
-//! What the saga engine's tests share: the commands a saga sent (read from the
-//! outbox), its state, replies applied as the orchestrator's consumer applies them,
-//! and deadlines made due. No broker: these tests drive the engine directly.
+//! What the saga engine's tests share. Here, for the tests that drive the engine
+//! directly, without a broker: the commands a saga sent (read from the outbox), its
+//! state, replies applied as the orchestrator's consumer applies them, and deadlines
+//! made due. In [`orders`], the order fixtures that those and the end-to-end tests
+//! (relay, broker, orchestrator, participants) share.
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
+
+pub(crate) mod orders;
 
 use sqlx::PgPool;
 use txoutbox_saga::wire::{self, Reply};

@@ -1,0 +1,186 @@
+//! A saga that cannot be moved must fail alone, with its reason, while every other
+//! saga's deadline is still swept; and an end hook that hangs is a failed try, not
+//! a stuck orchestrator. Against a real PostgreSQL; the sweep is driven directly.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use txoutbox_inbox::BoxError;
+use txoutbox_saga::{Registry, Saga, SagaState, sweep_due};
+
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    order_id: i64,
+}
+
+/// The payload builder of `ship` panics for order 13: a bug in the definition that
+/// shows only for some data, when the sweep moves that saga.
+fn fragile_saga() -> Saga<Order> {
+    Saga::<Order>::define("fragile", 1)
+        .step("reserve")
+        .action(
+            "inventory.reserve",
+            |o: &Order| json!({ "order_id": o.order_id }),
+        )
+        .compensate("inventory.release", |o: &Order| {
+            if o.order_id == 13 {
+                panic!("no release payload for order 13");
+            }
+            json!({ "order_id": o.order_id })
+        })
+        .step("ship")
+        .action(
+            "shipping.schedule",
+            |o: &Order| json!({ "order_id": o.order_id }),
+        )
+        .build()
+        .expect("a valid definition")
+}
+
+async fn start(pool: &PgPool, saga: &Saga<Order>, order_id: i64) -> anyhow::Result<String> {
+    let saga_id = format!("order-{order_id}");
+    let mut tx = pool.begin().await?;
+    txoutbox_saga::start(&mut tx, saga, &saga_id, &Order { order_id }).await?;
+    tx.commit().await?;
+    Ok(saga_id)
+}
+
+async fn state_and_error(
+    pool: &PgPool,
+    saga_id: &str,
+) -> anyhow::Result<(SagaState, Option<String>)> {
+    let (state, error): (String, Option<String>) =
+        sqlx::query_as("SELECT state, last_error FROM saga_instance WHERE saga_id = $1")
+            .bind(saga_id)
+            .fetch_one(pool)
+            .await?;
+    Ok((SagaState::parse(&state).expect("a known state"), error))
+}
+
+/// Makes every saga's deadline due, the panicking one first.
+async fn all_due(pool: &PgPool, first: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE saga_instance
+         SET deadline_at = now() - CASE WHEN saga_id = $1 THEN interval '1 hour' ELSE interval '1 minute' END",
+    )
+    .bind(first)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_saga_whose_move_panics_fails_alone_and_the_sweep_goes_on(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let saga = fragile_saga();
+    let registry = Registry::new().register(saga.clone());
+    let poison = start(&pool, &saga, 13).await?;
+    let others = [start(&pool, &saga, 1).await?, start(&pool, &saga, 2).await?];
+    all_due(&pool, &poison).await?;
+
+    // Reserve timed out for all three: each compensates it, and order 13's release
+    // payload panics.
+    let swept = sweep_due(&pool, &registry, 10).await?;
+    assert_eq!(swept.len(), 3, "{swept:?}");
+    let (state, error) = state_and_error(&pool, &poison).await?;
+    assert_eq!(state, SagaState::Failed);
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("could not move it") && error.contains("no release payload for order 13"),
+        "{error}"
+    );
+    for saga_id in &others {
+        let (state, _) = state_and_error(&pool, saga_id).await?;
+        assert_eq!(state, SagaState::Compensating, "{saga_id}");
+    }
+    let line: String = sqlx::query_scalar(
+        "SELECT kind FROM saga_event WHERE saga_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(&poison)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(line, "unmovable");
+
+    // Nothing is due on it any more: the next sweep does not take it again.
+    assert!(sweep_due(&pool, &registry, 10).await?.is_empty());
+    Ok(())
+}
+
+async fn hangs(_: &mut PgConnection, _: Order) -> Result<(), BoxError> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_end_hook_that_hangs_is_a_failed_try(pool: PgPool) -> anyhow::Result<()> {
+    let saga = Saga::<Order>::define("hanging", 1)
+        .hook_time_limit(Duration::from_millis(200))
+        .step("ship")
+        .action(
+            "shipping.schedule",
+            |o: &Order| json!({ "order_id": o.order_id }),
+        )
+        .on_completed(hangs)
+        .build()?;
+    let registry = Registry::new().register(saga.clone());
+    let saga_id = start(&pool, &saga, 1).await?;
+    let step: String = sqlx::query_scalar("SELECT step FROM outbox WHERE saga_id = $1")
+        .bind(&saga_id)
+        .fetch_one(&pool)
+        .await?;
+    let reply = txoutbox_saga::wire::Reply {
+        succeeded: true,
+        result: None,
+        reason: None,
+    };
+    let mut tx = pool.begin().await?;
+    let reply_step = txoutbox_saga::wire::reply_step(&step);
+    let applied =
+        txoutbox_saga::apply_reply(&mut tx, &registry, &saga_id, &reply_step, &reply, None).await?;
+    tx.commit().await?;
+    assert_eq!(
+        applied,
+        txoutbox_saga::Applied::HookFailed {
+            ending: SagaState::Completed
+        }
+    );
+    let (state, _) = state_and_error(&pool, &saga_id).await?;
+    assert_eq!(
+        state,
+        SagaState::Running,
+        "it owes its end, tried again later"
+    );
+    let detail: String = sqlx::query_scalar(
+        "SELECT detail FROM saga_event WHERE saga_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(&saga_id)
+    .fetch_one(&pool)
+    .await?;
+    assert!(
+        detail.contains("the on_completed hook failed (try 1): the hook took over 200ms"),
+        "{detail}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_hook_time_limit_of_zero_is_refused() {
+    let refused = Saga::<Order>::define("zero", 1)
+        .hook_time_limit(Duration::ZERO)
+        .step("ship")
+        .action(
+            "shipping.schedule",
+            |o: &Order| json!({ "order_id": o.order_id }),
+        )
+        .build();
+    let Err(error) = refused else {
+        panic!("a zero hook time limit was taken");
+    };
+    let error = error.to_string();
+    assert!(error.contains("hook_time_limit"), "{error}");
+}
