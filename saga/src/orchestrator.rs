@@ -3,11 +3,9 @@
 //! memory that a restart would lose: any number of instances may run, and sagas
 //! started or moved by one are finished by any other.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +18,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::signal::{self, Signaled};
-use crate::sweep::sweep_due;
+use crate::sweep::{panic_as_error, sweep_due};
 use crate::wire::{self, Reply};
 
 /// How an orchestrator reads replies and sweeps deadlines.
@@ -219,16 +217,10 @@ async fn sweep(
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
         }
-        // A bug that panics in one saga's move must not stop every sweep after it:
-        // the panic is the sweep's error, logged, and the sweep goes on after a pause.
-        let swept = AssertUnwindSafe(sweep_due(&pool, &shared.registry, batch))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(Error::SweepPanicked(
-                    txoutbox::panic::message(&*panic).to_owned(),
-                ))
-            });
+        // `sweep_due` fails a saga whose move panics and goes on; a panic outside
+        // any one saga's move is the sweep's error, logged, and the sweep goes on
+        // after a pause.
+        let swept = panic_as_error(sweep_due(&pool, &shared.registry, batch)).await;
         match swept {
             Ok(outcomes) => {
                 backoff = txoutbox::backoff::reconnect();

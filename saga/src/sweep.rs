@@ -12,6 +12,18 @@ use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::transition::Event;
 
+/// Runs `work`; a panic in it becomes [`Error::SweepPanicked`] with its message.
+pub(crate) async fn panic_as_error<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(Error::SweepPanicked(
+                txoutbox::panic::message(&*panic).to_owned(),
+            ))
+        })
+}
+
 /// Applies what is due, at most `limit` sagas, each in a transaction of its own:
 /// operators' requests, events delivered to sagas, passed deadlines (timeouts, and
 /// end hooks to try again). `SKIP LOCKED`: any number of orchestrators sweep
@@ -35,14 +47,7 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
         };
         // A panic while moving one saga (a payload builder of its definition, say)
         // is that saga's error, like any other that no retry changes.
-        let moved = AssertUnwindSafe(sweep_one(&mut tx, registry, &due))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(Error::SweepPanicked(
-                    txoutbox::panic::message(&*panic).to_owned(),
-                ))
-            });
+        let moved = panic_as_error(sweep_one(&mut tx, registry, &due)).await;
         match moved {
             Ok(one) => {
                 tx.commit().await?;

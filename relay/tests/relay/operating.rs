@@ -299,33 +299,35 @@ async fn a_delayed_row_is_not_late_until_it_is_due(pool: PgPool) -> TestResult {
     );
 
     // Due two minutes ago: late by two minutes, not by its ten minutes of age.
-    sqlx::query("UPDATE outbox SET available_at = now() - interval '2 minutes'")
-        .execute(&pool)
-        .await?;
-    let age = txoutbox_relay::backlog(&pool)
-        .await?
-        .oldest_unsent_age_seconds;
+    let age = age_after(
+        &pool,
+        "UPDATE outbox SET available_at = now() - interval '2 minutes'",
+    )
+    .await?;
     assert!((119.0..130.0).contains(&age), "{age}");
 
     // A writer that set `available_at` before the row existed (another language's
     // client, a clock): late since it was written, not since the made-up time.
-    sqlx::query("UPDATE outbox SET available_at = created_at - interval '1 day'")
-        .execute(&pool)
-        .await?;
-    let age = txoutbox_relay::backlog(&pool)
-        .await?
-        .oldest_unsent_age_seconds;
+    let age = age_after(
+        &pool,
+        "UPDATE outbox SET available_at = created_at - interval '1 day'",
+    )
+    .await?;
     assert!((599.0..610.0).contains(&age), "{age}");
 
     // Retried since: late since it was written.
-    sqlx::query("UPDATE outbox SET attempts = 2, state = 'retry', available_at = now() + interval '1 minute'")
-        .execute(&pool)
-        .await?;
-    let age = txoutbox_relay::backlog(&pool)
-        .await?
-        .oldest_unsent_age_seconds;
+    let retried = "UPDATE outbox SET attempts = 2, state = 'retry', available_at = now() + interval '1 minute'";
+    let age = age_after(&pool, retried).await?;
     assert!((599.0..610.0).contains(&age), "{age}");
     Ok(())
+}
+
+/// The backlog's oldest unsent age once `change` has run.
+async fn age_after(pool: &PgPool, change: &'static str) -> anyhow::Result<f64> {
+    sqlx::query(change).execute(pool).await?;
+    Ok(txoutbox_relay::backlog(pool)
+        .await?
+        .oldest_unsent_age_seconds)
 }
 
 /// A Kubernetes Secret mounted as a file, as `deploy/kubernetes` does it: the URL in
