@@ -84,6 +84,28 @@ impl Error {
             _ => false,
         }
     }
+
+    /// True when the saga itself is why its move failed, so that trying again
+    /// cannot help: its data does not fit, a payload builder panicked, PostgreSQL
+    /// refused the data it was to write (SQLSTATE class 22, a data exception, or 23,
+    /// a violated constraint). Anything else the database says (a deadlock, a
+    /// failover, a statement timeout, a missing migration) is not the saga's, and a
+    /// saga must not be failed for it.
+    pub(crate) fn is_the_sagas_own(&self) -> bool {
+        match self {
+            Error::Database(error) | Error::Outbox(txoutbox::Error::Database(error)) => {
+                refused_the_data(error)
+            }
+            Error::Outbox(txoutbox::Error::Migrate(_)) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Whether PostgreSQL refused a statement for the data in it (SQLSTATE class 22 or 23).
+fn refused_the_data(error: &sqlx::Error) -> bool {
+    let code = error.as_database_error().and_then(|refusal| refusal.code());
+    code.is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 /// Result of saga operations.

@@ -29,11 +29,12 @@ pub(crate) async fn panic_as_error<T>(work: impl Future<Output = Result<T>>) -> 
 /// end hooks to try again). `SKIP LOCKED`: any number of orchestrators sweep
 /// together, each saga is taken by one, and a saga being moved by a reply is left to it.
 ///
-/// A saga whose move fails for a reason no retry changes (its data, a command's
-/// payload, a bug) is `failed` with that reason, in a transaction of its own, and
-/// the sweep goes on: one such saga, taken first at every sweep, would otherwise hold
-/// back every other saga's deadline. An error that may pass (the database went
-/// away) ends the sweep, to be tried again.
+/// A saga whose move fails because of the saga itself (its data, a command's
+/// payload the database refuses, a payload builder that panics) is `failed` with
+/// that reason, in a transaction of its own, and the sweep goes on: one such saga,
+/// taken first at every sweep, would otherwise hold back every other saga's
+/// deadline. Any other error (the database went away, a deadlock, a missing
+/// migration) ends the sweep, to be tried again, and fails no saga.
 pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Result<Vec<Swept>> {
     let mut swept = Vec::new();
     let mut prefer_signals = false;
@@ -53,7 +54,7 @@ pub async fn sweep_due(pool: &PgPool, registry: &Registry, limit: usize) -> Resu
                 tx.commit().await?;
                 swept.push(one);
             }
-            Err(error) if error.is_transient() => return Err(error),
+            Err(error) if !error.is_the_sagas_own() => return Err(error),
             Err(error) => {
                 tx.rollback().await?;
                 swept.push(fail_unmovable(pool, due.saga_id(), &error).await?);

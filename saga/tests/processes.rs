@@ -413,9 +413,7 @@ fn trip_saga() -> Saga<Trip> {
 
 async fn book(pool: &PgPool, trip_id: i64) -> anyhow::Result<String> {
     let saga_id = format!("trip-{trip_id}");
-    let mut tx = pool.begin().await?;
-    txoutbox_saga::start(&mut tx, &trip_saga(), &saga_id, &Trip { trip_id }).await?;
-    tx.commit().await?;
+    common::start_saga(pool, &trip_saga(), &saga_id, &Trip { trip_id }).await?;
     Ok(saga_id)
 }
 

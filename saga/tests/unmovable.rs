@@ -1,6 +1,6 @@
 //! A saga that cannot be moved must fail alone, with its reason, while every other
-//! saga's deadline is still swept; and an end hook that hangs is a failed try, not
-//! a stuck orchestrator. Against a real PostgreSQL; the sweep is driven directly.
+//! saga's deadline is still swept; a database that refuses every move fails no saga;
+//! and an end hook that hangs is a failed try, not a stuck orchestrator. Against a real PostgreSQL; the sweep is driven directly.
 
 use std::time::Duration;
 
@@ -9,6 +9,8 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use txoutbox_inbox::BoxError;
 use txoutbox_saga::{Registry, Saga, SagaState, sweep_due};
+
+mod common;
 
 static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
 
@@ -43,9 +45,7 @@ fn fragile_saga() -> Saga<Order> {
 
 async fn start(pool: &PgPool, saga: &Saga<Order>, order_id: i64) -> anyhow::Result<String> {
     let saga_id = format!("order-{order_id}");
-    let mut tx = pool.begin().await?;
-    txoutbox_saga::start(&mut tx, saga, &saga_id, &Order { order_id }).await?;
-    tx.commit().await?;
+    common::start_saga(pool, saga, &saga_id, &Order { order_id }).await?;
     Ok(saga_id)
 }
 
@@ -108,6 +108,77 @@ async fn a_saga_whose_move_panics_fails_alone_and_the_sweep_goes_on(
 
     // Nothing is due on it any more: the next sweep does not take it again.
     assert!(sweep_due(&pool, &registry, 10).await?.is_empty());
+    Ok(())
+}
+
+/// The release payload of order 7 holds a NUL, which PostgreSQL's `jsonb` refuses:
+/// data the database will never take, however often the move is tried.
+fn nul_saga() -> Saga<Order> {
+    Saga::<Order>::define("nul", 1)
+        .step("reserve")
+        .action(
+            "inventory.reserve",
+            |o: &Order| json!({ "order_id": o.order_id }),
+        )
+        .compensate("inventory.release", |o: &Order| {
+            let note = if o.order_id == 7 { "\u{0}" } else { "" };
+            json!({ "order_id": o.order_id, "note": note })
+        })
+        .step("ship")
+        .action(
+            "shipping.schedule",
+            |o: &Order| json!({ "order_id": o.order_id }),
+        )
+        .build()
+        .expect("a valid definition")
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_saga_whose_command_the_database_refuses_fails_alone(pool: PgPool) -> anyhow::Result<()> {
+    let saga = nul_saga();
+    let registry = Registry::new().register(saga.clone());
+    let refused = start(&pool, &saga, 7).await?;
+    let other = start(&pool, &saga, 1).await?;
+    all_due(&pool, &refused).await?;
+    let swept = sweep_due(&pool, &registry, 10).await?;
+    assert_eq!(swept.len(), 2, "{swept:?}");
+    let (state, error) = state_and_error(&pool, &refused).await?;
+    assert_eq!(state, SagaState::Failed);
+    assert!(error.unwrap_or_default().contains("SQLSTATE 22"));
+    assert_eq!(
+        state_and_error(&pool, &other).await?.0,
+        SagaState::Compensating
+    );
+    Ok(())
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_database_that_refuses_every_move_fails_no_saga(pool: PgPool) -> anyhow::Result<()> {
+    let saga = fragile_saga();
+    let registry = Registry::new().register(saga.clone());
+    let saga_ids = [start(&pool, &saga, 1).await?, start(&pool, &saga, 2).await?];
+    all_due(&pool, &saga_ids[0]).await?;
+    // Not the sagas' fault (a migration undone, say): every compensation's INSERT
+    // into the outbox fails.
+    sqlx::query("ALTER TABLE outbox RENAME TO outbox_away")
+        .execute(&pool)
+        .await?;
+    let refused = sweep_due(&pool, &registry, 10).await;
+    assert!(refused.is_err(), "{refused:?}");
+    for saga_id in &saga_ids {
+        assert_eq!(state_and_error(&pool, saga_id).await?.0, SagaState::Running);
+    }
+    // Once the database takes them again, the next sweep moves both.
+    sqlx::query("ALTER TABLE outbox_away RENAME TO outbox")
+        .execute(&pool)
+        .await?;
+    assert_eq!(sweep_due(&pool, &registry, 10).await?.len(), 2);
+    for saga_id in &saga_ids {
+        assert_eq!(
+            state_and_error(&pool, saga_id).await?.0,
+            SagaState::Compensating
+        );
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use txoutbox_saga::{MAX_GROUP, Registry, Saga, SagaState};
 
 mod common;
 
-use common::{commands, failed, ok, reply_to, state, steps};
+use common::{commands, failed, ok, reply_to, start_saga, state, steps};
 
 type TestResult = anyhow::Result<()>;
 
@@ -41,9 +41,7 @@ fn wide() -> Saga<Fanout> {
 
 async fn start(pool: &PgPool, id: i64) -> anyhow::Result<String> {
     let saga_id = format!("wide-{id}");
-    let mut tx = pool.begin().await?;
-    txoutbox_saga::start(&mut tx, &wide(), &saga_id, &Fanout { id }).await?;
-    tx.commit().await?;
+    start_saga(pool, &wide(), &saga_id, &Fanout { id }).await?;
     Ok(saga_id)
 }
 

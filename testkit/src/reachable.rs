@@ -89,8 +89,13 @@ fn line(down: &[Down]) -> Option<String> {
 /// once its file handle budget is spent: each quorum queue reserves three handles, so
 /// with the default limit of 1024 open files some 300 quorum queues (tests' leftovers,
 /// say) are enough.
+/// Only a plain `amqp://` broker is asked: one behind TLS (`amqps://`) would wait for
+/// a TLS greeting, not answer the AMQP header.
 fn broker_silent() -> Option<String> {
     let url = servers::amqp_url();
+    if !url.starts_with("amqp://") {
+        return None;
+    }
     let address = servers::address(&url, AMQP_PORT)?;
     (!answers_amqp(&address)).then(|| {
         format!(

@@ -10,7 +10,23 @@ pub(crate) mod orders;
 
 use sqlx::PgPool;
 use txoutbox_saga::wire::{self, Reply};
-use txoutbox_saga::{Applied, Registry, SagaState};
+use txoutbox_saga::{Applied, Registry, Saga, SagaState};
+
+/// Starts saga `saga_id` of `saga` with `data`, in a transaction of its own.
+pub(crate) async fn start_saga<D>(
+    pool: &PgPool,
+    saga: &Saga<D>,
+    saga_id: &str,
+    data: &D,
+) -> anyhow::Result<()>
+where
+    D: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let mut tx = pool.begin().await?;
+    txoutbox_saga::start(&mut tx, saga, saga_id, data).await?;
+    tx.commit().await?;
+    Ok(())
+}
 
 /// The commands the saga sent, in order: (routing key, attempt header, payload).
 pub(crate) async fn commands(
