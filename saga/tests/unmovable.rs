@@ -19,21 +19,15 @@ struct Order {
     order_id: i64,
 }
 
-/// The payload builder of `ship` panics for order 13: a bug in the definition that
-/// shows only for some data, when the sweep moves that saga.
-fn fragile_saga() -> Saga<Order> {
-    Saga::<Order>::define("fragile", 1)
+/// reserve (undone by `release`'s payload) -> ship.
+fn reserve_then_ship(name: &str, release: fn(&Order) -> serde_json::Value) -> Saga<Order> {
+    Saga::<Order>::define(name, 1)
         .step("reserve")
         .action(
             "inventory.reserve",
             |o: &Order| json!({ "order_id": o.order_id }),
         )
-        .compensate("inventory.release", |o: &Order| {
-            if o.order_id == 13 {
-                panic!("no release payload for order 13");
-            }
-            json!({ "order_id": o.order_id })
-        })
+        .compensate("inventory.release", release)
         .step("ship")
         .action(
             "shipping.schedule",
@@ -41,6 +35,17 @@ fn fragile_saga() -> Saga<Order> {
         )
         .build()
         .expect("a valid definition")
+}
+
+/// The release payload builder panics for order 13: a bug in the definition that
+/// shows only for some data, when the sweep moves that saga.
+fn fragile_saga() -> Saga<Order> {
+    reserve_then_ship("fragile", |o| {
+        if o.order_id == 13 {
+            panic!("no release payload for order 13");
+        }
+        json!({ "order_id": o.order_id })
+    })
 }
 
 async fn start(pool: &PgPool, saga: &Saga<Order>, order_id: i64) -> anyhow::Result<String> {
@@ -114,23 +119,10 @@ async fn a_saga_whose_move_panics_fails_alone_and_the_sweep_goes_on(
 /// The release payload of order 7 holds a NUL, which PostgreSQL's `jsonb` refuses:
 /// data the database will never take, however often the move is tried.
 fn nul_saga() -> Saga<Order> {
-    Saga::<Order>::define("nul", 1)
-        .step("reserve")
-        .action(
-            "inventory.reserve",
-            |o: &Order| json!({ "order_id": o.order_id }),
-        )
-        .compensate("inventory.release", |o: &Order| {
-            let note = if o.order_id == 7 { "\u{0}" } else { "" };
-            json!({ "order_id": o.order_id, "note": note })
-        })
-        .step("ship")
-        .action(
-            "shipping.schedule",
-            |o: &Order| json!({ "order_id": o.order_id }),
-        )
-        .build()
-        .expect("a valid definition")
+    reserve_then_ship("nul", |o| {
+        let note = if o.order_id == 7 { "\u{0}" } else { "" };
+        json!({ "order_id": o.order_id, "note": note })
+    })
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
