@@ -13,3 +13,8 @@ say() { printf 'tools: %s\n' "$*" >&2; }
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     apt_install --no-install-recommends prometheus
 fi
+
+# The console's browser test drives a real headless Chromium over WebDriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install --no-install-recommends chromium chromium-driver
+fi

@@ -13,6 +13,7 @@ use txoutbox::nodes::Nodes;
 
 use crate::batch::{self, Prepared, Took};
 use crate::config::ConsumerConfig;
+use crate::dead_record::DeadLetterLog;
 use crate::decision::{Decision, Failure, decide};
 use crate::envelope::{attempts, decode};
 use crate::error::{ConsumerError, StartError};
@@ -59,6 +60,7 @@ pub struct Consumer {
     pub(crate) config: ConsumerConfig,
     routes: HashMap<String, Arc<dyn Route>>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) dead_letters: Arc<DeadLetterLog>,
 }
 
 impl Consumer {
@@ -74,6 +76,7 @@ impl Consumer {
     ) -> Self {
         let inbox = Inbox::new(consumer);
         let metrics = Arc::new(Metrics::new(inbox.consumer(), &config.queue));
+        let dead_letters = Arc::new(DeadLetterLog::new(pool.clone(), inbox.consumer()));
         Self {
             pool,
             amqp_url: amqp_url.into(),
@@ -81,6 +84,7 @@ impl Consumer {
             config,
             routes: HashMap::new(),
             metrics,
+            dead_letters,
         }
     }
 

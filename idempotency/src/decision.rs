@@ -62,11 +62,14 @@ pub(crate) enum Decision {
         delay: Duration,
         error: String,
     },
-    /// Give up: to the dead-letter queue, with `reason`.
+    /// Give up: to the dead-letter queue, with `reason`. `last_error` is the
+    /// handler's error when a handler ran and failed (its dead letter's record keeps
+    /// it apart from the reason, which may only summarise it).
     Dead {
         attempts: u32,
         reason: String,
         kind: DeadKind,
+        last_error: Option<String>,
     },
 }
 
@@ -156,6 +159,7 @@ pub(crate) fn decide(
             attempts: attempt,
             reason: format!("handler failed {attempt} times; last: {error}"),
             kind: DeadKind::AttemptsExhausted,
+            last_error: Some(error),
         };
     }
     Decision::Retry {
@@ -173,10 +177,14 @@ fn lost_a_conflict(error: &sqlx::Error) -> bool {
 }
 
 fn dead(kind: DeadKind, attempts: u32, failure: &Failure) -> Decision {
+    let reason = failure.to_string();
+    // Of these, only a rejection comes from a handler that ran.
+    let last_error = (kind == DeadKind::Rejected).then(|| reason.clone());
     Decision::Dead {
         attempts,
-        reason: failure.to_string(),
+        reason,
         kind,
+        last_error,
     }
 }
 
@@ -196,7 +204,12 @@ mod tests {
         let config = ConsumerConfig::new("q");
         let failure = Failure::Handler(Box::new(Reject::new("no such saga")));
         match decide(Err(failure), 1, &config) {
-            Decision::Dead { reason, .. } => assert_eq!(reason, "rejected: no such saga"),
+            Decision::Dead {
+                reason, last_error, ..
+            } => {
+                assert_eq!(reason, "rejected: no such saga");
+                assert_eq!(last_error.as_deref(), Some("rejected: no such saga"));
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -262,6 +275,11 @@ mod tests {
         ));
         assert_eq!(attempts, 3);
         assert_eq!(reason, "handler failed 3 times; last: declined");
+        let last = decide(Err(Failure::Handler("declined".into())), 3, &config());
+        assert!(
+            matches!(&last, Decision::Dead { last_error: Some(e), .. } if e == "declined"),
+            "the handler's own error, apart from the reason: {last:?}"
+        );
     }
 
     #[test]
@@ -317,6 +335,17 @@ mod tests {
             &config(),
         ));
         assert_eq!(attempts, 0, "the handler never ran");
+        let unknown = decide(Err(Failure::UnknownStep("x".into())), 1, &config());
+        assert!(
+            matches!(
+                unknown,
+                Decision::Dead {
+                    last_error: None,
+                    ..
+                }
+            ),
+            "no handler ran, so no handler's error: {unknown:?}"
+        );
         assert!(
             why.starts_with("payload does not fit the handler's type: invalid type"),
             "{why}"

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde::de::DeserializeOwned;
 use txoutbox::wire::{ATTEMPTS_HEADER, SAGA_ID_HEADER, STEP_HEADER, TRACEPARENT_HEADER};
 
@@ -92,33 +93,9 @@ pub(crate) enum DecodeError {
 /// The envelope of a delivery, or why it has none.
 pub(crate) fn decode(delivery: &Delivery) -> Result<Envelope, DecodeError> {
     let props = &delivery.properties;
-    let headers: BTreeMap<String, serde_json::Value> = props
-        .headers()
-        .as_ref()
-        .map(|table| {
-            table
-                .inner()
-                .iter()
-                .map(|(name, value)| (name.to_string(), json(value)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
-    // The AMQP property, else the header of the same meaning; empty is missing.
-    let either = |property: &Option<lapin::types::ShortString>, header: &str| {
-        property
-            .as_ref()
-            .map(|s| s.to_string())
-            .or_else(|| text(header))
-            .filter(|s| !s.is_empty())
-    };
-    let saga_id = either(props.correlation_id(), SAGA_ID_HEADER).ok_or(DecodeError::NoSagaId)?;
-    let step = either(props.kind(), STEP_HEADER).ok_or(DecodeError::NoStep)?;
+    let headers = headers(props);
+    let saga_id = saga_id(props, &headers).ok_or(DecodeError::NoSagaId)?;
+    let step = step(props, &headers).ok_or(DecodeError::NoStep)?;
     let message_id = props.message_id().as_ref().map(|s| s.to_string());
     // The key goes into the inbox table: a NUL would fail the statement, for this
     // message and the batch around it, on every try.
@@ -142,12 +119,61 @@ pub(crate) fn decode(delivery: &Delivery) -> Result<Envelope, DecodeError> {
         timestamp: props
             .timestamp()
             .map(|seconds| SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)),
-        traceparent: text(TRACEPARENT_HEADER),
+        traceparent: text(&headers, TRACEPARENT_HEADER),
         headers,
         payload,
         attempt: attempts(props.headers().as_ref()).saturating_add(1),
         redelivered: delivery.redelivered,
     })
+}
+
+/// Every AMQP header of a delivery, as JSON (see [`Envelope::headers`]).
+pub(crate) fn headers(props: &BasicProperties) -> BTreeMap<String, serde_json::Value> {
+    props
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .map(|(name, value)| (name.to_string(), json(value)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The saga id: the AMQP `correlation_id`, else the header; empty is missing.
+pub(crate) fn saga_id(
+    props: &BasicProperties,
+    headers: &BTreeMap<String, serde_json::Value>,
+) -> Option<String> {
+    either(props.correlation_id(), headers, SAGA_ID_HEADER)
+}
+
+/// The step: the AMQP `type`, else the header; empty is missing.
+pub(crate) fn step(
+    props: &BasicProperties,
+    headers: &BTreeMap<String, serde_json::Value>,
+) -> Option<String> {
+    either(props.kind(), headers, STEP_HEADER)
+}
+
+/// The AMQP property, else the header of the same meaning; empty is missing.
+fn either(
+    property: &Option<ShortString>,
+    headers: &BTreeMap<String, serde_json::Value>,
+    header: &str,
+) -> Option<String> {
+    property
+        .as_ref()
+        .map(|s| s.to_string())
+        .or_else(|| text(headers, header))
+        .filter(|s| !s.is_empty())
+}
+
+/// A header's value, if it is a string.
+fn text(headers: &BTreeMap<String, serde_json::Value>, name: &str) -> Option<String> {
+    headers.get(name)?.as_str().map(str::to_owned)
 }
 
 /// Attempts recorded on a delivery by earlier retries.

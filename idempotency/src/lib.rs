@@ -50,6 +50,11 @@
 //! then dead-lettered with its reason; a message no retry can fix (no saga id, not
 //! JSON, a payload that does not fit the handler's type, a step with no handler) is
 //! dead-lettered at once. Queue and header names are those of [`txoutbox::wire`].
+//! Each dead letter is also recorded in the consumer's database, in
+//! `inbox_dead_letter` (its reason, attempts, last error, headers and body), before
+//! its copy goes to `{queue}.dead`: a database that cannot take the row keeps the
+//! message in its queue, and `outbox-relay dead-letters` lists the rows and sends
+//! messages back.
 //! The queues are quorum queues (RabbitMQ 3.10 or later) unless
 //! [`ConsumerConfig::queue_type`] says [`QueueType::Classic`]; a queue that exists
 //! with another type stops the consumer with a [`DeclareError`] that names it.
@@ -66,6 +71,7 @@ mod batch;
 mod config;
 mod consumer;
 mod context;
+mod dead_record;
 mod decision;
 mod envelope;
 mod error;

@@ -19,6 +19,7 @@ use txoutbox::nodes::{Node, Nodes, Rotation};
 
 use crate::ack_window::{AckWindow, Acks};
 use crate::consumer::Consumer;
+use crate::dead_record::{DeadLetter, DeadLetterLog};
 use crate::decision::Decision;
 use crate::error::{ConsumerError, DeclareError};
 use crate::forming::{linger, linger_for, may_linger, others_done_or, take_ready};
@@ -193,6 +194,7 @@ async fn session(
                         channel: channel.clone(),
                         window: Arc::clone(&window),
                         metrics: Arc::clone(&consumer.metrics),
+                        dead_letters: Arc::clone(&consumer.dead_letters),
                     };
                     let consumer = Arc::clone(consumer);
                     handling.spawn(async move {
@@ -246,6 +248,7 @@ struct Settling {
     channel: Channel,
     window: Arc<Mutex<AckWindow>>,
     metrics: Arc<Metrics>,
+    dead_letters: Arc<DeadLetterLog>,
 }
 
 impl Settling {
@@ -295,7 +298,8 @@ impl Settling {
     }
 
     /// Publishes the copy a retry or a dead letter needs, confirmed; true if the
-    /// original may be acked.
+    /// original may be acked. A dead letter is recorded in the database first (see
+    /// [`crate::dead_record`]); if that fails, it is not moved.
     async fn hand_over(&self, delivery: &Delivery, decision: &Decision) -> lapin::Result<bool> {
         let (queue, publisher) = (&self.queue, &self.publisher);
         let (data, properties) = (&delivery.data, &delivery.properties);
@@ -305,8 +309,19 @@ impl Settling {
                 attempts,
                 reason,
                 kind,
+                last_error,
             } => {
                 tracing::error!(%queue, %reason, "dead-lettering a message");
+                let dead = DeadLetter {
+                    queue,
+                    attempts: *attempts,
+                    reason,
+                    kind: *kind,
+                    last_error: last_error.as_deref(),
+                };
+                if !self.dead_letters.record(delivery, &dead).await {
+                    return Ok(false);
+                }
                 let moved =
                     topology::dead_letter(publisher, queue, data, properties, *attempts, reason)
                         .await?;

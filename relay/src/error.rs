@@ -48,6 +48,15 @@ pub enum Error {
     #[error("no dead outbox row with id {0}")]
     NotFound(uuid::Uuid),
 
+    /// An operator's action was asked for without a reason; the audit needs one.
+    /// Nothing was done.
+    #[error("a reason is required: say why, for the audit")]
+    NoReason,
+
+    /// A dead letter cannot be sent back as asked; it stays in `{queue}.dead`.
+    #[error(transparent)]
+    DeadLetter(#[from] crate::dead_letters::Refusal),
+
     /// A task of the relay panicked: a bug in the relay, never a message's fault.
     #[error("a relay task panicked: {0}")]
     Panicked(String),
@@ -65,7 +74,12 @@ impl Error {
             | Error::ConnectTimeout(_)
             | Error::Unconfirmed => true,
             Error::Outbox(error) => error.is_transient(),
-            Error::Config(_) | Error::AmqpUrl(_) | Error::NotFound(_) | Error::Panicked(_) => false,
+            Error::Config(_)
+            | Error::AmqpUrl(_)
+            | Error::NotFound(_)
+            | Error::NoReason
+            | Error::DeadLetter(_)
+            | Error::Panicked(_) => false,
         }
     }
 }

@@ -4,8 +4,10 @@
 //! `docs/design/guarantees.md` of the repository.
 
 mod admin;
+pub mod audit;
 mod broker;
 mod config;
+pub mod dead_letters;
 mod envelope;
 mod error;
 mod http;

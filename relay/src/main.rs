@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod console;
 mod report;
 
 use std::io::Read;
@@ -54,6 +55,18 @@ impl From<anyhow::Error> for Failure {
 }
 
 async fn start(cli: Cli) -> Result<(), Failure> {
+    if let Some(Command::Console(args)) = &cli.command {
+        let settings = console_settings(args, &cli)?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| {
+                Failure::Config(format!(
+                    "cannot listen on --listen {}: {e}",
+                    settings.listen
+                ))
+            })?;
+        return Ok(console::serve(settings, listener).await?);
+    }
     let database = secret("DATABASE_URL", cli.global.database_url_file.as_deref())?;
     let not_postgres = || {
         Failure::Config(format!(
@@ -103,13 +116,64 @@ async fn start(cli: Cli) -> Result<(), Failure> {
             commands::inspect(pool, &saga_id, output.json).await?
         }
         Command::Dead { command } => commands::dead(pool, command).await?,
+        Command::Console(_) => unreachable!("served above, without DATABASE_URL"),
         Command::Saga { command } => commands::saga(pool, command).await?,
+
+        Command::DeadLetters { command } => {
+            // Only `send-back` talks to the broker; the others need no AMQP_URL.
+            let amqp = command
+                .needs_broker()
+                .then(|| secret("AMQP_URL", cli.global.amqp_url_file.as_deref()))
+                .transpose()?;
+            commands::dead_letters(pool, amqp, command).await?
+        }
         Command::Cleanup {
             retention,
             batch_size,
         } => commands::cleanup(pool, retention.0, batch_size).await?,
     }
     Ok(())
+}
+
+/// The console's databases (CONSOLE_DATABASES, its file, or DATABASE_URL alone), its
+/// token and the broker, each from the environment or a file; checked before it listens.
+fn console_settings(
+    args: &cli::ConsoleArgs,
+    cli: &Cli,
+) -> Result<console::settings::Settings, Failure> {
+    let configured =
+        args.databases_file.is_some() || std::env::var_os("CONSOLE_DATABASES").is_some();
+    let databases = if configured {
+        let text = secret("CONSOLE_DATABASES", args.databases_file.as_deref())?;
+        console::settings::parse_databases(&text).map_err(Failure::Config)?
+    } else {
+        let url = secret("DATABASE_URL", cli.global.database_url_file.as_deref())?;
+        let options = console::settings::parse_url(&url)
+            .map_err(|why| Failure::Config(format!("DATABASE_URL: {why}")))?;
+        vec![console::settings::ServiceDatabase {
+            name: "default".to_owned(),
+            options,
+        }]
+    };
+    let token_given = args.token_file.is_some() || std::env::var_os("CONSOLE_TOKEN").is_some();
+    let token = token_given
+        .then(|| secret("CONSOLE_TOKEN", args.token_file.as_deref()))
+        .transpose()?;
+    let amqp_given = cli.global.amqp_url_file.is_some() || std::env::var_os("AMQP_URL").is_some();
+    let amqp_url = amqp_given
+        .then(|| secret("AMQP_URL", cli.global.amqp_url_file.as_deref()))
+        .transpose()?;
+    let settings = console::settings::Settings {
+        listen: args.listen,
+        databases,
+        token,
+        amqp_url,
+        stuck_after: args.stuck_after.0,
+        lookback: args.lookback.0,
+        final_steps: args.final_steps.clone(),
+    };
+    settings.check().map_err(Failure::Config)?;
+    Ok(settings)
 }
 
 /// The most a secret file may hold: a URL, or the nodes of a cluster, fit easily.

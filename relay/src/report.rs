@@ -24,14 +24,14 @@ pub(crate) fn describe(error: &anyhow::Error) -> String {
 }
 
 /// What to do next, when PostgreSQL's refusal says this database lacks a table or
-/// function of ours (the outbox's, the relay's, the sagas'): a database never
-/// migrated, or migrated by an older release.
+/// function of ours (the outbox's, the relay's, the sagas', the inbox's dead letters):
+/// a database never migrated, or migrated by an older release.
 pub(crate) fn advice(error: &anyhow::Error) -> Option<&'static str> {
     let refusal = error
         .chain()
         .find_map(|cause| cause.downcast_ref::<sqlx::Error>()?.as_database_error())?;
     let missing = matches!(refusal.code().as_deref(), Some("42P01" | "42883"));
-    let ours = ["outbox", "saga"]
+    let ours = ["outbox", "saga", "inbox"]
         .iter()
         .any(|name| refusal.message().contains(name));
     (missing && ours).then_some(

@@ -316,7 +316,9 @@ fn every_outbox_relay_command_and_flag_named_exists() -> TestResult {
                 for word in bare.split([' ', '/', '=']).filter(|w| w.starts_with("--")) {
                     checked += 1;
                     if !every_flag.contains(&word[2..]) {
-                        problems.push(format!("{shown}: outbox-relay has no flag {word}"));
+                        problems.push(format!(
+                            "{shown}: outbox-relay has no flag {word:?} (in {bare:?})"
+                        ));
                     }
                 }
             }

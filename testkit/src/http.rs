@@ -18,7 +18,39 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// the answer and sends it without chunks. Fails after [`HTTP_TIMEOUT`], and on an
 /// answer that is not HTTP (a socket connected to itself echoes the request).
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    http_request(port, "GET", path, &[], "").await
+}
+
+/// Sends `POST path` with a form body (`application/x-www-form-urlencoded`) and the
+/// extra `headers`, as [`http_get`] sends a GET.
+pub async fn http_post_form(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    form: &str,
+) -> anyhow::Result<String> {
+    let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    http_request(port, "POST", path, &all, form).await
+}
+
+/// One HTTP/1.0 exchange: `method path` with `headers` and `body`.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<String> {
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.write_all(request.as_bytes()).await?;
@@ -29,11 +61,11 @@ pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
         .map_err(|_| {
-            anyhow::anyhow!("GET {path} on port {port}: no answer in {HTTP_TIMEOUT:?}")
+            anyhow::anyhow!("{method} {path} on port {port}: no answer in {HTTP_TIMEOUT:?}")
         })??;
     anyhow::ensure!(
         response.starts_with("HTTP/"),
-        "GET {path} on port {port}: not an HTTP answer: {:?}",
+        "{method} {path} on port {port}: not an HTTP answer: {:?}",
         response.chars().take(80).collect::<String>()
     );
     Ok(response)

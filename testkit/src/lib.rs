@@ -38,7 +38,7 @@ mod tools;
 mod wait;
 
 pub use drained::drain_headers;
-pub use http::{HTTP_TIMEOUT, body, http_get, serve_text};
+pub use http::{HTTP_TIMEOUT, body, http_get, http_post_form, http_request, serve_text};
 pub use proxy::FaultyProxy;
 pub use rabbit_cluster::{QuorumQueue, RabbitCluster};
 pub use rabbit_node::RabbitNode;

@@ -70,6 +70,15 @@ impl DemoDatabases {
         self.names.values().map(String::as_str)
     }
 
+    /// The console's list of the four databases (`name=url`, one a line): a secret,
+    /// since the URLs may hold a password.
+    pub fn console_entries(&self) -> String {
+        self.urls
+            .iter()
+            .map(|(service, url)| format!("{service}={url}\n"))
+            .collect()
+    }
+
     /// Drops the four databases.
     pub async fn drop_all(self) -> anyhow::Result<()> {
         for pool in self.pools.values() {

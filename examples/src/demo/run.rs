@@ -9,7 +9,7 @@ use super::cli::DemoArgs;
 use super::databases::DemoDatabases;
 use super::plan::{FaultKind, FaultPlan};
 use super::report::Report;
-use super::saga::Service;
+use super::saga::{Event, Service};
 use super::stage::{self, Stage};
 use super::verify::{self, Sources};
 use testkit::{RabbitCluster, RabbitNode};
@@ -80,12 +80,48 @@ async fn run_checked(args: DemoArgs) -> anyhow::Result<u8> {
             "kept the databases: {}",
             databases.names().collect::<Vec<_>>().join(", ")
         );
+        print_console_command(&databases, &prefix)?;
     } else {
         databases.drop_all().await?;
+        println!(
+            "to follow this run's orders in the console (outbox-relay console), run it again \
+             with --keep-databases"
+        );
     }
     cleaned?;
     outcome
 }
+
+/// Writes the console's database list to a file only its owner reads (the URLs may
+/// hold a password), and prints how to open the console on it.
+fn print_console_command(databases: &DemoDatabases, prefix: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(format!("{prefix}-console-databases"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?
+        .write_all(databases.console_entries().as_bytes())?;
+    let relay = stage::relay_program()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "outbox-relay".to_owned());
+    println!(
+        "open them in the console, then http://127.0.0.1:8480/ (add CONSOLE_TOKEN=<16+ characters> \
+         to act):\n  {relay} console --databases-file {} --final-step {}",
+        path.display(),
+        CHOREOGRAPHY_FINAL_STEPS.join(",")
+    );
+    Ok(())
+}
+
+/// The events that end a choreographed order: shipped, or its reservation released.
+const CHOREOGRAPHY_FINAL_STEPS: [&str; 2] = [
+    Event::ShipmentCreated.step(),
+    Event::InventoryReleased.step(),
+];
 
 async fn run_staged(
     args: &DemoArgs,

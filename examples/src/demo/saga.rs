@@ -93,7 +93,7 @@ pub enum Event {
 
 impl Event {
     /// The step name: AMQP `type`, and the second half of the inbox key.
-    pub fn step(self) -> &'static str {
+    pub const fn step(self) -> &'static str {
         match self {
             Self::OrderCreated => "OrderCreated",
             Self::InventoryReserved => "InventoryReserved",

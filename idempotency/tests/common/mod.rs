@@ -94,7 +94,7 @@ impl Sandbox {
     /// what they expect first): each message's dead reason, and the handler runs it
     /// had (-1 without the header).
     pub(crate) async fn dead_letters(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let dead = drain_headers(&self.channel, &dead_queue(&self.queue)).await?;
+        let dead = self.dead_headers().await?;
         Ok(dead
             .iter()
             .map(|headers| {
@@ -106,6 +106,12 @@ impl Sandbox {
                 (reason, attempts)
             })
             .collect())
+    }
+
+    /// Everything in the dead-letter queue now, without waiting: each message's
+    /// headers.
+    pub(crate) async fn dead_headers(&self) -> anyhow::Result<Vec<FieldTable>> {
+        drain_headers(&self.channel, &dead_queue(&self.queue)).await
     }
 
     pub(crate) async fn remove(self) -> anyhow::Result<()> {

@@ -82,6 +82,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: SagaCommand,
     },
+    /// Consumers' dead letters, as their database records them: list them, show
+    /// one, send them back to their queue.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+    /// Serve the console: one business transaction across every service's database, in a browser.
+    Console(Box<ConsoleArgs>),
     /// Delete sent rows older than the retention, in bounded batches.
     Cleanup {
         /// Keep sent rows this long (e.g. 7d, 12h, 30m).
@@ -312,5 +320,96 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+/// `outbox-relay console`. The databases' URLs hold passwords: they come from a file
+/// or the environment, never from these flags.
+#[derive(Args, Clone)]
+#[command(
+    after_help = "Databases, each named: CONSOLE_DATABASES or the file of --databases-file holds\n  \
+                  entries `name=postgres://...`, separated by spaces or new lines (# starts a comment).\n  \
+                  With neither, DATABASE_URL is the one service, named `default`.\n\
+                  Actions (abort, retry, send back) are off unless a token is set: CONSOLE_TOKEN or\n  \
+                  the file of --token-file. Sending a dead letter back also needs AMQP_URL."
+)]
+pub(crate) struct ConsoleArgs {
+    /// Where the console listens. Any address but loopback needs a token.
+    #[arg(long, env = "CONSOLE_LISTEN", default_value = "127.0.0.1:8480")]
+    pub(crate) listen: SocketAddr,
+    /// A file of `name=postgres://...` entries, one per service database.
+    #[arg(long, env = "CONSOLE_DATABASES_FILE")]
+    pub(crate) databases_file: Option<PathBuf>,
+    /// A file holding the token that unlocks actions (instead of CONSOLE_TOKEN).
+    #[arg(long, env = "CONSOLE_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// A choreographed saga quiet for this long, whose last step is not final, is stuck.
+    #[arg(long, env = "CONSOLE_STUCK_AFTER", default_value = "15m", value_parser = parse_duration)]
+    pub(crate) stuck_after: Human,
+    /// How far back the home page looks for stuck sagas.
+    #[arg(long, env = "CONSOLE_LOOKBACK", default_value = "1d", value_parser = parse_duration)]
+    pub(crate) lookback: Human,
+    /// A step that ends a choreographed saga (repeat it, or separate with commas).
+    #[arg(
+        long = "final-step",
+        env = "CONSOLE_FINAL_STEPS",
+        value_delimiter = ','
+    )]
+    pub(crate) final_steps: Vec<String>,
+}
+
+/// Operators' commands for the dead letters an inbox consumer records in its
+/// database (`DATABASE_URL`, the consumer's); `send-back` also moves messages
+/// through the broker (`AMQP_URL`).
+#[derive(Subcommand)]
+pub(crate) enum DeadLettersCommand {
+    /// Dead letters waiting in their queue's `.dead`, newest first.
+    List {
+        /// Only those of this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only those of this saga.
+        #[arg(long)]
+        saga_id: Option<String>,
+        /// Only those of this consumer (its inbox name).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Those already sent back too.
+        #[arg(long)]
+        all: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// One dead letter whole: every field, its headers and its payload.
+    Show {
+        /// The dead letter's id (the first column of `list`).
+        id: i64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Move dead letters back to their queue with a fresh set of attempts; each move
+    /// is recorded with the reason.
+    SendBack {
+        /// The dead letter's id.
+        #[arg(required_unless_present = "all_of", conflicts_with = "all_of")]
+        id: Option<i64>,
+        /// Every message in QUEUE.dead instead, with a record or not.
+        #[arg(long, value_name = "QUEUE")]
+        all_of: Option<String>,
+        /// Why, for the audit (required, not empty).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+impl DeadLettersCommand {
+    /// Whether it moves messages, and so needs `AMQP_URL`.
+    pub(crate) fn needs_broker(&self) -> bool {
+        matches!(self, DeadLettersCommand::SendBack { .. })
     }
 }

@@ -8,8 +8,10 @@ use txoutbox_relay::{Relay, RelayConfig};
 
 use crate::cli::DeadCommand;
 
+mod dead_letters;
 mod saga;
 
+pub(crate) use self::dead_letters::dead_letters;
 pub(crate) use self::saga::saga;
 
 pub(crate) async fn run(
@@ -39,7 +41,7 @@ pub(crate) async fn run(
 }
 
 /// SIGTERM (orchestrators) and SIGINT (Ctrl-C) both mean: drain and stop.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn cancel_on_signal(shutdown: CancellationToken) {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

@@ -5,6 +5,8 @@
 mod alarm;
 mod claim_plan;
 mod cluster;
+mod console;
+mod dead_letters;
 mod doorbell;
 mod failures;
 mod instance_id;
