@@ -54,5 +54,6 @@ CREATE INDEX txoutbox_audit_by_saga ON txoutbox_audit (saga_id, id);
 
 -- One saga's inbox records (the primary key leads with the consumer), and a saga id
 -- by its prefix, whatever the database's collation.
-CREATE INDEX inbox_by_saga ON inbox (saga_id text_pattern_ops);
-CREATE INDEX saga_instance_by_prefix ON saga_instance (saga_id text_pattern_ops);
+-- IF NOT EXISTS: a large inbox may have had it built beforehand, CONCURRENTLY.
+CREATE INDEX IF NOT EXISTS inbox_by_saga ON inbox (saga_id text_pattern_ops);
+CREATE INDEX IF NOT EXISTS saga_instance_by_prefix ON saga_instance (saga_id text_pattern_ops);

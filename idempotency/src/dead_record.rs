@@ -8,9 +8,10 @@
 //! between the two makes the broker redeliver the original, which is dead-lettered
 //! again, and the row's unique index (`queue`, `message_id` while `dead`) keeps that
 //! to one row. A database that cannot take the row keeps the message where it was
-//! (it goes back to its queue), as when the broker refuses the copy; a database
-//! migrated by an older release, without the table, gets a warning and the message
-//! moves to `.dead` as it did before the table existed.
+//! (it goes back to its queue, after a pause), as when the broker refuses the copy;
+//! a database that will never take the row (no privilege, a value it refuses) and a
+//! database migrated by an older release, without the table, get a logged error or
+//! warning and the message moves to `.dead` unrecorded, as before the table existed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,6 +39,10 @@ pub(crate) struct DeadLetterLog {
     /// Set once the missing table was reported: once per consumer is enough.
     told_no_table: AtomicBool,
 }
+
+/// How long a dead letter whose row could not be written waits before it goes back to
+/// its queue.
+const RECORD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// PostgreSQL's `undefined_table`: migrations older than the table.
 const UNDEFINED_TABLE: &str = "42P01";
@@ -68,9 +73,23 @@ impl DeadLetterLog {
                 }
                 true
             }
+            Err(error) if never_takes_it(&error) => {
+                let error = txoutbox::postgres::describe(&error);
+                tracing::error!(
+                    queue = %dead.queue,
+                    consumer = %self.consumer,
+                    %error,
+                    "this database refuses dead-letter rows (grant the consumer's role INSERT on \
+                     inbox_dead_letter): the message goes to the dead-letter queue unrecorded"
+                );
+                true
+            }
             Err(error) => {
                 let error = txoutbox::postgres::describe(&error);
                 tracing::warn!(queue = %dead.queue, %error, "could not record a dead letter; the message goes back to its queue");
+                // Back to the queue at once would come straight back: the database is
+                // down or busy, so give it a moment.
+                tokio::time::sleep(RECORD_RETRY_PAUSE).await;
                 false
             }
         }
@@ -115,6 +134,14 @@ impl DeadLetterLog {
         .await?;
         Ok(())
     }
+}
+
+/// A refusal no retry changes: no privilege (42501), or a value or constraint the row
+/// breaks (classes 22 and 23). Anything else (the database down, a failover, a
+/// deadlock) may pass.
+fn never_takes_it(error: &sqlx::Error) -> bool {
+    let code = error.as_database_error().and_then(|error| error.code());
+    code.is_some_and(|code| code == "42501" || code.starts_with("22") || code.starts_with("23"))
 }
 
 fn is_undefined_table(error: &sqlx::Error) -> bool {

@@ -67,24 +67,35 @@ impl Browser {
         })
     }
 
+    /// The element `css` selects, once the page has one: a click that submits a form
+    /// returns before the next page is there, so each step looks for an element only
+    /// that page has, until it appears.
+    async fn element(&self, css: &str) -> anyhow::Result<fantoccini::elements::Element> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(element) => return Ok(element),
+                Err(error) if std::time::Instant::now() >= deadline => return Err(error.into()),
+                // Not there yet (fantoccini's own wait gives up at the first miss here).
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     /// The text of the element `css` selects.
     pub(crate) async fn text(&self, css: &str) -> anyhow::Result<String> {
-        Ok(self.client.find(Locator::Css(css)).await?.text().await?)
+        Ok(self.element(css).await?.text().await?)
     }
 
     /// Types `text` into the field `css` selects.
     pub(crate) async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
-        self.client
-            .find(Locator::Css(css))
-            .await?
-            .send_keys(text)
-            .await?;
+        self.element(css).await?.send_keys(text).await?;
         Ok(())
     }
 
     /// Clicks what `css` selects.
     pub(crate) async fn click(&self, css: &str) -> anyhow::Result<()> {
-        self.client.find(Locator::Css(css)).await?.click().await?;
+        self.element(css).await?.click().await?;
         Ok(())
     }
 

@@ -147,9 +147,21 @@ async fn browse(
     let console =
         RunningConsole::start(&databases, TOKEN, "ShipmentCreated,InventoryReleased").await?;
     let browser = Browser::start().await?;
-    let outcome = in_the_browser(&browser, &console, lab, demo, open).await;
+    let mut outcome = in_the_browser(&browser, &console, lab, demo, open).await;
+    if outcome.is_err() {
+        // What the browser saw when it failed, for the one reading the failure.
+        let _ = browser.screenshot(&screenshots().join("failure.png")).await;
+        if let Ok(source) = browser.client.source().await {
+            let _ = std::fs::write(screenshots().join("failure.html"), source);
+        }
+    }
     let _ = browser.client.close().await;
     let log = console.stop().await?;
+    if let Err(error) = outcome {
+        outcome = Err(error.context(format!(
+            "the page is in target/console-screenshots/failure.html; the console logged:\n{log}"
+        )));
+    }
     anyhow::ensure!(!log.contains(TOKEN), "the console logged its token:\n{log}");
     anyhow::ensure!(
         !log.contains("postgres://"),
@@ -213,6 +225,7 @@ async fn in_the_browser(
     b.client.goto(&console.url("/login")).await?;
     b.fill("#token", TOKEN).await?;
     b.click("#log-in").await?;
+    b.text("#service-approvals").await?; // back on the home page, logged in
 
     // Abort the running orchestrated order, with a reason; see it compensated.
     b.client.goto(&console.url("/saga?id=order-4")).await?;

@@ -120,6 +120,9 @@ pub(crate) enum DeadCommand {
         /// Retry every dead row.
         #[arg(long)]
         all: bool,
+        /// Why, for the audit (`txoutbox_audit`).
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
     },
 }
 
@@ -155,13 +158,16 @@ pub(crate) enum SagaCommand {
     Retry {
         /// The saga's id.
         saga_id: String,
+        /// Why, for the audit (`txoutbox_audit`).
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
     },
     /// Ask the orchestrators to abort a pending or running saga: its steps are
     /// compensated, last first.
     Abort {
         /// The saga's id.
         saga_id: String,
-        /// Why, for the saga's history.
+        /// Why, for the saga's history and the audit (`txoutbox_audit`).
         #[arg(long, default_value = "no reason given")]
         reason: String,
     },

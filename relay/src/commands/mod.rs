@@ -4,6 +4,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use txoutbox_relay::audit::Action;
 use txoutbox_relay::{Relay, RelayConfig};
 
 use crate::cli::DeadCommand;
@@ -56,6 +57,23 @@ pub(crate) async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown requested: no new claims; waiting for outstanding confirms");
     shutdown.cancel();
+}
+
+/// Records an operator's action done from the command line. The action is done
+/// whatever becomes of its record: a database without the audit table (an older
+/// schema) gets a warning, not a failed command.
+pub(crate) async fn audit(
+    pool: &PgPool,
+    action: Action,
+    target: &str,
+    saga_id: Option<&str>,
+    reason: &str,
+) {
+    let recorded =
+        txoutbox_relay::audit::record(pool, action, target, saga_id, reason, "cli").await;
+    if let Err(error) = recorded {
+        eprintln!("outbox-relay: done, but not recorded in txoutbox_audit: {error}");
+    }
 }
 
 pub(crate) async fn migrate(pool: PgPool) -> anyhow::Result<()> {
@@ -183,13 +201,34 @@ pub(crate) async fn dead(pool: PgPool, command: DeadCommand) -> anyhow::Result<(
                 );
             }
         }
-        DeadCommand::Retry { id: Some(id), .. } => {
+        DeadCommand::Retry {
+            id: Some(id),
+            reason,
+            ..
+        } => {
+            let saga_id: Option<String> =
+                sqlx::query_scalar("SELECT saga_id FROM outbox WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await?;
             txoutbox_relay::retry_dead(&pool, id).await?;
             println!("{id} will be published again");
+            let target = id.to_string();
+            audit(
+                &pool,
+                Action::OutboxRetry,
+                &target,
+                saga_id.as_deref(),
+                &reason,
+            )
+            .await;
         }
-        DeadCommand::Retry { id: None, .. } => {
+        DeadCommand::Retry {
+            id: None, reason, ..
+        } => {
             let count = txoutbox_relay::retry_all_dead(&pool).await?;
             println!("{count} dead row(s) will be published again");
+            audit(&pool, Action::OutboxRetry, "all", None, &reason).await;
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use txoutbox_relay::audit::Action;
 use txoutbox_saga::admin::{HistoryEntry, SagaSummary, SagaView};
 
 use crate::cli::SagaCommand;
@@ -39,8 +40,9 @@ pub(crate) async fn saga(pool: PgPool, command: SagaCommand) -> anyhow::Result<(
             }
             print_show(&view);
         }
-        SagaCommand::Retry { saga_id } => {
+        SagaCommand::Retry { saga_id, reason } => {
             txoutbox_saga::admin::request_retry(&pool, &saga_id).await?;
+            super::audit(&pool, Action::SagaRetry, &saga_id, Some(&saga_id), &reason).await;
             println!(
                 "retry of saga {saga_id} requested: the next orchestrator sweep resumes its compensation \
                  (follow it with `outbox-relay saga show {saga_id}`)"
@@ -48,6 +50,7 @@ pub(crate) async fn saga(pool: PgPool, command: SagaCommand) -> anyhow::Result<(
         }
         SagaCommand::Abort { saga_id, reason } => {
             txoutbox_saga::admin::request_abort(&pool, &saga_id, &reason).await?;
+            super::audit(&pool, Action::SagaAbort, &saga_id, Some(&saga_id), &reason).await;
             println!(
                 "abort of saga {saga_id} requested: the next orchestrator sweep compensates its steps \
                  (follow it with `outbox-relay saga show {saga_id}`)"

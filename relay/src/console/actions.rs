@@ -71,11 +71,11 @@ pub(crate) async fn act(
     };
     let (status, ok, message) = match outcome {
         Ok(message) => {
-            tracing::info!(%action, service = %target.service, %message, reason = %form.reason.trim(), "console action");
+            tracing::info!(?action, service = ?target.service, %message, reason = ?form.reason.trim(), "console action");
             (StatusCode::OK, true, message)
         }
         Err((status, message)) => {
-            tracing::warn!(%action, service = %target.service, %message, "console action refused");
+            tracing::warn!(?action, service = ?target.service, %message, "console action refused");
             (status, false, message)
         }
     };
@@ -112,10 +112,7 @@ async fn carry_out(console: &Console, action: &str, target: &Target, reason: &st
                     .map_err(|e| refused(&e))?;
                 Action::SagaRetry
             };
-            txoutbox_relay::audit::record(pool, kind, saga_id, Some(saga_id), reason, ACTOR)
-                .await
-                .map_err(|e| refused(&e))?;
-            Ok(format!(
+            let done = format!(
                 "{} of saga {saga_id} requested in {}: the next orchestrator sweep carries it out",
                 if kind == Action::SagaAbort {
                     "abort"
@@ -123,7 +120,11 @@ async fn carry_out(console: &Console, action: &str, target: &Target, reason: &st
                     "retry"
                 },
                 service.name
-            ))
+            );
+            let recorded =
+                txoutbox_relay::audit::record(pool, kind, saga_id, Some(saga_id), reason, ACTOR)
+                    .await;
+            Ok(audited(recorded, done))
         }
         "outbox-retry" => {
             let id: uuid::Uuid = target.id.as_deref().and_then(|id| id.parse().ok()).ok_or((
@@ -139,20 +140,21 @@ async fn carry_out(console: &Console, action: &str, target: &Target, reason: &st
             txoutbox_relay::retry_dead(pool, id)
                 .await
                 .map_err(|e| refused(&e))?;
-            txoutbox_relay::audit::record(
+            let done = format!(
+                "parked row {id} of {} has a fresh set of attempts",
+                service.name
+            );
+            let target = id.to_string();
+            let recorded = txoutbox_relay::audit::record(
                 pool,
                 Action::OutboxRetry,
-                &id.to_string(),
+                &target,
                 saga_id.as_deref(),
                 reason,
                 ACTOR,
             )
-            .await
-            .map_err(|e| refused(&e))?;
-            Ok(format!(
-                "parked row {id} of {} has a fresh set of attempts",
-                service.name
-            ))
+            .await;
+            Ok(audited(recorded, done))
         }
         "dead-letter-send-back" => {
             let Some(amqp_url) = console.amqp_url.as_deref() else {
@@ -198,9 +200,21 @@ async fn carry_out(console: &Console, action: &str, target: &Target, reason: &st
     }
 }
 
+/// An action's answer once it is done: its record in the audit failing does not undo
+/// it, so the page says both.
+fn audited(recorded: txoutbox_relay::Result<i64>, done: String) -> String {
+    match recorded {
+        Ok(_) => done,
+        Err(error) => format!("{done}; but it is not recorded in txoutbox_audit: {error}"),
+    }
+}
+
 /// Where "Back" leads: a path of this console, never another site.
 fn safe_return(return_to: &str) -> String {
-    if return_to.starts_with('/') && !return_to.starts_with("//") && !return_to.contains('\\') {
+    let plain = !return_to
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\');
+    if plain && return_to.starts_with('/') && !return_to.starts_with("//") {
         return_to.to_owned()
     } else {
         "/".to_owned()
@@ -217,5 +231,7 @@ mod tests {
         assert_eq!(safe_return("//evil.example/"), "/");
         assert_eq!(safe_return("https://evil.example/"), "/");
         assert_eq!(safe_return("/\\evil.example"), "/");
+        assert_eq!(safe_return("/\t/evil.example"), "/");
+        assert_eq!(safe_return("/\n/evil.example"), "/");
     }
 }

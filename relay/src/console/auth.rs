@@ -21,6 +21,9 @@ struct Session {
 /// The token, and the sessions of those who gave it.
 pub(crate) struct Gate {
     token: Option<String>,
+    /// Beyond loopback every page needs a login, not only the actions: the pages show
+    /// payloads and headers.
+    reads_need_login: bool,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
@@ -31,11 +34,30 @@ pub(crate) struct Login {
 }
 
 impl Gate {
-    pub(crate) fn new(token: Option<String>) -> Self {
+    pub(crate) fn new(token: Option<String>, reads_need_login: bool) -> Self {
         Self {
             token,
+            reads_need_login,
             sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// True when a page may be read: on loopback by anyone who reaches it; beyond
+    /// loopback by a session, or a script that sends `Authorization: Bearer <token>`.
+    pub(crate) fn may_read(
+        &self,
+        cookie_header: Option<&str>,
+        authorization: Option<&str>,
+    ) -> bool {
+        if !self.reads_need_login {
+            return true;
+        }
+        let bearer = authorization.and_then(|a| a.strip_prefix("Bearer "));
+        let by_token = match (self.token.as_deref(), bearer) {
+            (Some(token), Some(given)) => same(token.as_bytes(), given.trim().as_bytes()),
+            _ => false,
+        };
+        by_token || self.login(cookie_header).is_some()
     }
 
     /// True when a token is configured, so actions can be unlocked at all.
@@ -113,7 +135,7 @@ mod tests {
 
     #[test]
     fn only_the_token_opens_a_session_and_only_its_csrf_token_acts() {
-        let gate = Gate::new(Some("the-token-of-the-test".into()));
+        let gate = Gate::new(Some("the-token-of-the-test".into()), false);
         assert!(gate.log_in("the-token-of-the-tesT").is_none());
         assert!(gate.log_in("").is_none());
         let id = gate.log_in("the-token-of-the-test").expect("a session");
@@ -127,8 +149,19 @@ mod tests {
     }
 
     #[test]
+    fn beyond_loopback_reading_needs_a_session_or_the_token() {
+        let gate = Gate::new(Some("the-token-of-the-test".into()), true);
+        assert!(!gate.may_read(None, None));
+        assert!(!gate.may_read(None, Some("Bearer wrong")));
+        assert!(gate.may_read(None, Some("Bearer the-token-of-the-test")));
+        let id = gate.log_in("the-token-of-the-test").expect("a session");
+        assert!(gate.may_read(Some(&format!("{COOKIE}={id}")), None));
+        assert!(Gate::new(None, false).may_read(None, None));
+    }
+
+    #[test]
     fn without_a_token_nobody_logs_in() {
-        let gate = Gate::new(None);
+        let gate = Gate::new(None, false);
         assert!(!gate.actions_enabled());
         assert!(gate.log_in("").is_none());
     }

@@ -14,6 +14,7 @@ mod services;
 pub(crate) mod settings;
 mod state;
 mod views;
+mod watch;
 
 use std::sync::Arc;
 
@@ -34,14 +35,17 @@ pub(crate) async fn serve(settings: Settings, listener: TcpListener) -> anyhow::
     );
     let console = Arc::new(Console {
         services: services::open(&settings.databases),
-        gate: auth::Gate::new(settings.token),
+        loopback: settings.listen.ip().is_loopback(),
+        gate: auth::Gate::new(settings.token, !settings.listen.ip().is_loopback()),
         amqp_url: settings.amqp_url,
         stuck_after: settings.stuck_after,
         lookback: settings.lookback,
         final_steps: settings.final_steps,
+        stuck: tokio::sync::RwLock::new(None),
     });
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(crate::commands::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(watch::stuck_sagas(Arc::clone(&console), shutdown.clone()));
     axum::serve(listener, routes::router(console))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

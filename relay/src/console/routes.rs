@@ -2,15 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::Request;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderName, HeaderValue};
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::Redirect;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
 
-use super::state::Console;
+use super::state::{Console, cookie};
 use super::{actions, login, views};
 
 /// Nothing runs but what the binary serves: no script at all, styles from
@@ -41,12 +43,55 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/logout", post(login::log_out))
         .route("/actions/{action}", post(actions::act))
         .route("/console.css", get(style))
+        .layer(middleware::from_fn_with_state(Arc::clone(&console), guard))
         .layer(middleware::from_fn(secure_headers))
         .with_state(console)
 }
 
 async fn style() -> Response {
     ([(CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+/// Refuses what the console must not answer: on loopback, a request naming another
+/// host (a web page that rebound its name to 127.0.0.1); beyond loopback, a page
+/// asked for without a login (the login form and the style excepted).
+async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if console.loopback && !names_loopback(headers.get(HOST).and_then(|h| h.to_str().ok())) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this console answers only to localhost, 127.0.0.1 or [::1]",
+        )
+            .into_response();
+    }
+    let path = request.uri().path();
+    let open = matches!(path, "/login" | "/console.css");
+    let authorization = headers.get(AUTHORIZATION).and_then(|h| h.to_str().ok());
+    if open || console.gate.may_read(cookie(headers), authorization) {
+        return next.run(request).await;
+    }
+    if path.starts_with("/api/") {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "log in: send Authorization: Bearer <token>" })),
+        )
+            .into_response()
+    } else {
+        Redirect::to("/login").into_response()
+    }
+}
+
+/// True when the `Host` header names this machine's loopback, with any port.
+fn names_loopback(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "::1"
+    )
 }
 
 async fn secure_headers(request: Request, next: Next) -> Response {
@@ -65,4 +110,31 @@ async fn secure_headers(request: Request, next: Next) -> Response {
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_loopback;
+
+    #[test]
+    fn only_loopback_names_reach_a_loopback_console() {
+        for host in [
+            "localhost",
+            "localhost:8480",
+            "127.0.0.1:8480",
+            "[::1]:8480",
+            "LOCALHOST",
+        ] {
+            assert!(names_loopback(Some(host)), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8480",
+            "127.0.0.1.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!names_loopback(Some(host)), "{host}");
+        }
+        assert!(!names_loopback(None));
+    }
 }

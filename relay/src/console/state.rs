@@ -8,16 +8,21 @@ use axum::http::header::COOKIE;
 
 use super::auth::Gate;
 use super::pages::layout::Viewer;
+use super::read::stuck::StuckReport;
 use super::services::Service;
 
 /// The console's state.
 pub(crate) struct Console {
     pub(crate) services: Vec<Service>,
     pub(crate) gate: Gate,
+    /// Listening on loopback only: a request must name a loopback host (DNS rebinding).
+    pub(crate) loopback: bool,
     pub(crate) amqp_url: Option<String>,
     pub(crate) stuck_after: Duration,
     pub(crate) lookback: Duration,
     pub(crate) final_steps: Vec<String>,
+    /// Found in the background ([`super::watch`]); None until the first look ends.
+    pub(crate) stuck: tokio::sync::RwLock<Option<StuckReport>>,
 }
 
 impl Console {

@@ -15,7 +15,7 @@ use super::pages;
 use super::pages::dead_letters::Listed;
 use super::pages::layout::saga_link;
 use super::read::position::{self, Rules};
-use super::read::stuck::{self, StuckRules};
+use super::read::stuck::StuckReport;
 use super::read::{home, search, timeline, trace};
 use super::services::unreadable;
 use super::state::Console;
@@ -25,21 +25,18 @@ type Shared = State<Arc<Console>>;
 /// Parked rows and dead letters listed per service.
 const LISTED: i64 = 200;
 
-async fn home_data(console: &Console) -> (Vec<home::ServiceSummary>, Vec<stuck::StuckSaga>) {
-    let summaries = futures_util::future::join_all(console.services.iter().map(home::summary));
-    let rules = StuckRules {
-        stuck_after: console.stuck_after,
-        lookback: console.lookback,
-        final_steps: &console.final_steps,
-    };
-    let stuck = stuck::find(&console.services, &rules);
-    tokio::join!(summaries, stuck)
+async fn home_data(console: &Console) -> (Vec<home::ServiceSummary>, Option<StuckReport>) {
+    let summaries =
+        futures_util::future::join_all(console.services.iter().map(home::summary)).await;
+    (summaries, console.stuck.read().await.clone())
 }
 
 pub(crate) async fn home(State(console): Shared, headers: HeaderMap) -> Html<String> {
     let (summaries, stuck) = home_data(&console).await;
     let viewer = console.viewer(&headers);
-    Html(pages::home::render(&viewer, &summaries, &stuck, console.stuck_after).into_string())
+    Html(
+        pages::home::render(&viewer, &summaries, stuck.as_ref(), console.stuck_after).into_string(),
+    )
 }
 
 pub(crate) async fn home_json(State(console): Shared) -> Json<Value> {
@@ -62,20 +59,20 @@ pub(crate) async fn search(
     if q.is_empty() {
         return Redirect::to("/").into_response();
     }
-    let matches = search::by_prefix(&console.services, q).await;
-    if matches.len() == 1 && matches[0].saga_id == q {
+    let (matches, errors) = search::by_prefix(&console.services, q).await;
+    if matches.len() == 1 && matches[0].saga_id == q && errors.is_empty() {
         return Redirect::to(&saga_link(q)).into_response();
     }
     let viewer = console.viewer(&headers);
-    Html(pages::other::search(&viewer, q, &matches).into_string()).into_response()
+    Html(pages::other::search(&viewer, q, &matches, &errors).into_string()).into_response()
 }
 
 pub(crate) async fn search_json(
     State(console): Shared,
     Query(query): Query<SearchQuery>,
 ) -> Json<Value> {
-    let matches = search::by_prefix(&console.services, query.q.trim()).await;
-    Json(json!({ "matches": matches }))
+    let (matches, errors) = search::by_prefix(&console.services, query.q.trim()).await;
+    Json(json!({ "matches": matches, "errors": errors }))
 }
 
 #[derive(Deserialize)]
@@ -202,6 +199,9 @@ async fn dead_letter_data(
             })),
             Err(txoutbox_relay::Error::Database(error))
                 if super::read::is_missing_table(&error) => {}
+            Err(txoutbox_relay::Error::Database(error)) => {
+                errors.push(format!("{}: {}", service.name, unreadable(&error)))
+            }
             Err(error) => errors.push(format!("{}: {error}", service.name)),
         }
     }

@@ -24,11 +24,21 @@ struct Console {
 
 impl Console {
     async fn start(databases: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(databases, token, "127.0.0.1", &[]).await
+    }
+
+    async fn start_with(
+        databases: &str,
+        token: Option<&str>,
+        address: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let log = std::env::temp_dir().join(format!("console-http-{port}.log"));
-        let mut command = console_command(&["--listen", &format!("127.0.0.1:{port}")]);
+        let mut command = console_command(&["--listen", &format!("{address}:{port}")]);
+        command.args(args);
         command
             .env("CONSOLE_DATABASES", databases)
             .stdout(std::fs::File::create(&log)?)
@@ -338,5 +348,170 @@ async fn a_read_only_role_is_enough_to_view(pool: PgPool) -> TestResult {
             "{path}:\n{page}"
         );
     }
+    Ok(())
+}
+
+/// A dead letter whose every field a sender controls holds markup.
+async fn hostile_dead_letter(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        r#"INSERT INTO inbox_dead_letter
+               (consumer, queue, message_id, saga_id, step, reason, kind, attempts, last_error, headers, body)
+           VALUES ('pay<script>', 'q<script>', '<script>m</script>', '<script>s</script>',
+                   '<script>step</script>', 'rejected: <script>alert(1)</script>', 'rejected', 1,
+                   '<script>alert(2)</script>', '{"<script>": "<script>alert(3)</script>"}',
+                   convert_to('{"note": "<script>alert(4)</script>"}', 'UTF8'))
+           RETURNING id"#,
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_dead_letter_full_of_markup_renders_as_text(pool: PgPool) -> TestResult {
+    let id = hostile_dead_letter(&pool).await?;
+    let console = Console::start(&format!("orders={}", database_url_of(&pool)), None).await?;
+    for path in [
+        format!("/dead-letters/orders/{id}"),
+        "/dead-letters".to_owned(),
+        "/dead-letters?saga_id=%3Cscript%3Es%3C%2Fscript%3E".to_owned(),
+        "/saga?id=%3Cscript%3Es%3C%2Fscript%3E".to_owned(),
+        "/search?q=%3Cscript".to_owned(),
+        "/".to_owned(),
+    ] {
+        let page = console.get(&path).await?;
+        assert!(page.contains(" 200 "), "{path}:\n{page}");
+        assert!(!page.contains("<script"), "markup reached {path}:\n{page}");
+    }
+    let shown = console.get(&format!("/dead-letters/orders/{id}")).await?;
+    assert!(
+        shown.contains("&lt;script&gt;alert(4)"),
+        "the payload is not shown:\n{shown}"
+    );
+    console.stop().await?;
+    Ok(())
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_csrf_token_of_another_session_and_a_foreign_host_are_refused(
+    pool: PgPool,
+) -> TestResult {
+    let message =
+        Message::builder("order-1", "order.created", "orders").payload(&serde_json::json!({}))?;
+    let id = txoutbox::enqueue(&pool, &message).await?;
+    sqlx::query("UPDATE outbox SET state = 'dead'")
+        .execute(&pool)
+        .await?;
+    let databases = format!("orders={}", database_url_of(&pool));
+    let console = Console::start(&databases, Some(TOKEN)).await?;
+    let (cookie, _) = console.log_in().await?;
+    let (_, other_csrf) = console.log_in().await?;
+    let retry = format!("/actions/outbox-retry?service=orders&id={id}");
+    let answer = console
+        .post(
+            &retry,
+            Some(&cookie),
+            &format!("csrf={other_csrf}&reason=r"),
+        )
+        .await?;
+    assert!(answer.contains(" 403 "), "{answer}");
+
+    // A web page that rebound its own name to 127.0.0.1 names itself in Host.
+    let rebound = raw_get(console.port, "/api/home", "evil.example:8480").await?;
+    assert!(rebound.contains(" 421 "), "{rebound}");
+    let state: String = sqlx::query_scalar("SELECT state FROM outbox")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(state, "dead");
+    console.stop().await?;
+    Ok(())
+}
+
+/// A GET whose only Host header is `host`.
+async fn raw_get(port: u16, path: &str, host: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await??;
+    Ok(answer)
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn beyond_loopback_every_page_needs_a_login(pool: PgPool) -> TestResult {
+    // A parked row, so that its saga's page has an action form for `log_in` to read.
+    let message =
+        Message::builder("order-1", "order.created", "orders").payload(&serde_json::json!({}))?;
+    txoutbox::enqueue(&pool, &message).await?;
+    sqlx::query("UPDATE outbox SET state = 'dead'")
+        .execute(&pool)
+        .await?;
+    let databases = format!("orders={}", database_url_of(&pool));
+    let console = Console::start_with(&databases, Some(TOKEN), "0.0.0.0", &[]).await?;
+    let page = console.get("/").await?;
+    assert!(
+        page.contains(" 303 ") && page.to_lowercase().contains("location: /login"),
+        "{page}"
+    );
+    let api = console.get("/api/home").await?;
+    assert!(api.contains(" 401 "), "{api}");
+    assert!(console.get("/login").await?.contains(" 200 "));
+    let bearer = format!("Bearer {TOKEN}");
+    let with_token = testkit::http_request(
+        console.port,
+        "GET",
+        "/api/home",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await?;
+    assert!(with_token.contains(" 200 "), "{with_token}");
+    let (cookie, _) = console.log_in().await?;
+    let logged_in = http_request_with_cookie(console.port, "/", &cookie).await?;
+    assert!(logged_in.contains(" 200 "), "{logged_in}");
+    console.stop().await?;
+    Ok(())
+}
+
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_quiet_saga_not_at_a_final_step_is_stuck(pool: PgPool) -> TestResult {
+    sqlx::query(
+        "INSERT INTO inbox (consumer, saga_id, step, processed_at) VALUES
+             ('c', 'quiet-1', 'Reserved', now() - interval '1 hour'),
+             ('c', 'done-1', 'Reserved', now() - interval '2 hours'),
+             ('c', 'done-1', 'Shipped', now() - interval '1 hour'),
+             ('c', 'busy-1', 'Reserved', now() - interval '1 hour'),
+             ('c', 'fresh-1', 'Reserved', now())",
+    )
+    .execute(&pool)
+    .await?;
+    // busy-1 wrote a message a moment ago: quiet in the inbox, busy in the outbox.
+    let busy = Message::builder("busy-1", "Charged", "orders").payload(&serde_json::json!({}))?;
+    txoutbox::enqueue(&pool, &busy).await?;
+    let databases = format!("orders={}", database_url_of(&pool));
+    let args = ["--stuck-after", "10m", "--final-step", "Shipped"];
+    let console = Console::start_with(&databases, None, "127.0.0.1", &args).await?;
+    let stuck = std::sync::Mutex::new(serde_json::Value::Null);
+    wait_until(
+        Duration::from_secs(20),
+        "the first look for stuck sagas ends",
+        async || {
+            let home = console.get("/api/home").await?;
+            let value: serde_json::Value = serde_json::from_str(testkit::body(&home))?;
+            let found = !value["stuck"].is_null();
+            *stuck.lock().unwrap() = value["stuck"].clone();
+            Ok(found)
+        },
+    )
+    .await?;
+    let stuck = stuck.into_inner().unwrap();
+    let ids: Vec<&str> = stuck["sagas"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["saga_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["quiet-1"], "{stuck}");
+    let page = console.get("/saga?id=quiet-1").await?;
+    assert!(page.contains("STUCK"), "{page}");
+    console.stop().await?;
     Ok(())
 }

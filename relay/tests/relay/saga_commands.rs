@@ -152,6 +152,15 @@ async fn saga_abort_and_retry_are_requests_an_orchestrator_carries_out(pool: PgP
     assert!(abort.status.success(), "{said}");
     assert!(said.contains("abort of saga order-7 requested"), "{said}");
     assert_eq!(state(&pool, "order-7").await?, "running", "only requested");
+    let audit: (String, String, String) = sqlx::query_as(
+        "SELECT action, reason, actor FROM txoutbox_audit WHERE saga_id = 'order-7'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(
+        audit,
+        ("saga_abort".into(), "customer called".into(), "cli".into())
+    );
 
     // The next orchestrator sweep carries it out; the participant's release succeeds.
     assert_eq!(

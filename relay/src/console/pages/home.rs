@@ -4,12 +4,12 @@ use maud::{Markup, html};
 
 use super::layout::{Viewer, page, query_value, saga_link, span, when, when_or_dash};
 use crate::console::read::home::ServiceSummary;
-use crate::console::read::stuck::StuckSaga;
+use crate::console::read::stuck::{StuckReport, StuckSaga};
 
 pub(crate) fn render(
     viewer: &Viewer,
     services: &[ServiceSummary],
-    stuck: &[StuckSaga],
+    stuck: Option<&StuckReport>,
     stuck_after: std::time::Duration,
 ) -> Markup {
     let body = html! {
@@ -18,10 +18,23 @@ pub(crate) fn render(
             @for s in services { (card(s)) }
         }
         h2 id="stuck" { "Stuck choreographed sagas (quiet for over " (span(stuck_after.as_secs_f64())) ", last step not final)" }
+        @match stuck {
+            None => p.muted { "Looking: the first look at every service's inbox has not ended yet." },
+            Some(report) => {
+                p.muted { "As of " (when(report.checked_at)) " (looked at every 30 s)." }
+                (stuck_table(&report.sagas))
+            }
+        }
+    };
+    page("Home", viewer, body)
+}
+
+fn stuck_table(stuck: &[StuckSaga]) -> Markup {
+    html! {
         @if stuck.is_empty() {
-            p.muted { "None." }
+            p.muted id="no-stuck" { "None." }
         } @else {
-            table {
+            table id="stuck-sagas" {
                 tr { th { "saga id" } th { "last step" } th { "in service" } th { "last activity" } }
                 @for s in stuck {
                     tr.trouble {
@@ -33,8 +46,7 @@ pub(crate) fn render(
                 }
             }
         }
-    };
-    page("Home", viewer, body)
+    }
 }
 
 fn card(s: &ServiceSummary) -> Markup {

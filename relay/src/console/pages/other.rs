@@ -22,9 +22,10 @@ pub(crate) fn login(viewer: &Viewer, failed: bool) -> Markup {
     page("Log in", viewer, body)
 }
 
-pub(crate) fn search(viewer: &Viewer, query: &str, matches: &[Match]) -> Markup {
+pub(crate) fn search(viewer: &Viewer, query: &str, matches: &[Match], errors: &[String]) -> Markup {
     let body = html! {
         h1 { "Sagas matching " (query) }
+        @for e in errors { p.bad { (e) } }
         @if matches.is_empty() {
             p.muted { "No service has a saga id starting with this." }
         } @else {

@@ -62,6 +62,9 @@ pub(crate) fn render(viewer: &Viewer, p: &SagaPage<'_>) -> Markup {
             }
         }
         h2 { "Timeline (" (p.timeline.len()) " records, oldest first)" }
+        @if p.traces.iter().any(|t| t.cut) {
+            p.bad { "Only the latest " (crate::console::read::records::PER_KIND_LIMIT) " records of each kind per service are shown." }
+        }
         table id="timeline" {
             tr { th { "time" } th { "service" } th { "what" } th { "step" } th { "state" } th { "detail" } }
             @for e in p.timeline {

@@ -1,5 +1,5 @@
 //! What the console reads from the service databases. Every query here is read-only
-//! and bounded; `docs/operations/console.md` names the index each one uses.
+//! and bounded; `docs/guide/console.md` names the index each one uses.
 
 pub(crate) mod home;
 mod missing;

@@ -49,7 +49,7 @@ pub(crate) fn locate(
         .iter()
         .find_map(|t| t.orchestrated.as_ref().map(|v| (&t.service, v)))
     {
-        return orchestrated(service, view, last_activity_at, quiet_seconds, now);
+        return orchestrated(service, view, last_activity_at, now);
     }
     let Some(last) = last else {
         return Position {
@@ -64,7 +64,6 @@ pub(crate) fn locate(
         };
     };
     let step = last.step.clone().unwrap_or_else(|| "-".to_owned());
-    let finished = rules.final_steps.contains(&step);
     let unsent: Vec<String> = traces
         .iter()
         .flat_map(|t| {
@@ -90,6 +89,9 @@ pub(crate) fn locate(
                 })
         })
         .collect();
+    // A final step ends the saga only once nothing of it waits: no message unsent or
+    // parked, no dead letter.
+    let finished = rules.final_steps.contains(&step) && unsent.is_empty() && dead.is_empty();
     let next = if !dead.is_empty() {
         format!(
             "a consumer gave up: {} (send it back once the cause is fixed)",
@@ -118,10 +120,11 @@ fn orchestrated(
     service: &str,
     view: &SagaView,
     last_activity_at: Option<DateTime<Utc>>,
-    quiet_seconds: Option<f64>,
     now: DateTime<Utc>,
 ) -> Position {
     let i = &view.instance;
+    let last_activity_at = last_activity_at.max(Some(i.updated_at));
+    let quiet_seconds = last_activity_at.map(|at| (now - at).num_milliseconds() as f64 / 1000.0);
     let finished = i.state.is_terminal();
     let overdue = !finished && i.deadline_at.is_some_and(|d| d < now);
     let deadline = i
@@ -153,7 +156,7 @@ fn orchestrated(
             "{} at step {} ({} v{})",
             i.state, i.current_step, i.saga_type, i.definition_version
         ),
-        last_activity_at: last_activity_at.max(Some(i.updated_at)),
+        last_activity_at,
         quiet_seconds,
         next: if overdue {
             format!("overdue: {next}")
@@ -184,6 +187,7 @@ mod tests {
             inbox,
             dead_letters: Vec::new(),
             audit: Vec::new(),
+            cut: false,
         }
     }
 
@@ -256,6 +260,17 @@ mod tests {
             next.contains("not sent yet: ShipmentCreated from shipping (retry)"),
             "{next}"
         );
+    }
+
+    #[test]
+    fn a_final_step_with_a_parked_row_is_not_finished() {
+        let finals = ["PaymentCharged".to_owned()];
+        let mut parked = sent("PaymentCharged", 2);
+        parked.sent_at = None;
+        parked.state = "dead".to_owned();
+        let traces = [trace("payment", vec![parked], vec![])];
+        let here = locate_at(&traces, 59, &finals);
+        assert!(!here.finished && here.stuck, "{here:?}");
     }
 
     #[test]

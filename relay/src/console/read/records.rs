@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use super::missing::or_none;
 
-/// A saga page lists at most this many records of each kind per service.
+/// A saga page lists at most this many records of each kind per service: the latest.
 pub(crate) const PER_KIND_LIMIT: i64 = 2_000;
 
 /// A message the service wrote to its outbox.
@@ -63,12 +63,12 @@ pub(crate) struct AuditRecord {
     pub(crate) actor: String,
 }
 
-/// The saga's outbox rows, in write order (`outbox_by_saga`).
+/// The saga's latest outbox rows, newest first (`outbox_by_saga`).
 pub(crate) async fn outbox(pool: &PgPool, saga_id: &str) -> sqlx::Result<Vec<OutboxRecord>> {
     or_none(
         sqlx::query_as(
             "SELECT id, step, routing_key, state, attempts, last_error, created_at, available_at, sent_at
-             FROM outbox WHERE saga_id = $1 ORDER BY seq LIMIT $2",
+             FROM outbox WHERE saga_id = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(saga_id)
         .bind(PER_KIND_LIMIT)
@@ -77,12 +77,12 @@ pub(crate) async fn outbox(pool: &PgPool, saga_id: &str) -> sqlx::Result<Vec<Out
     )
 }
 
-/// The saga's inbox records (`inbox_by_saga`).
+/// The saga's latest inbox records, newest first (`inbox_by_saga`).
 pub(crate) async fn inbox(pool: &PgPool, saga_id: &str) -> sqlx::Result<Vec<InboxRecord>> {
     or_none(
         sqlx::query_as(
             "SELECT consumer, step, message_id, processed_at, duplicates, last_duplicate_at
-             FROM inbox WHERE saga_id = $1 ORDER BY processed_at LIMIT $2",
+             FROM inbox WHERE saga_id = $1 ORDER BY processed_at DESC LIMIT $2",
         )
         .bind(saga_id)
         .bind(PER_KIND_LIMIT)
@@ -91,7 +91,7 @@ pub(crate) async fn inbox(pool: &PgPool, saga_id: &str) -> sqlx::Result<Vec<Inbo
     )
 }
 
-/// The saga's dead letters (`inbox_dead_letter_by_saga`).
+/// The saga's latest dead letters, newest first (`inbox_dead_letter_by_saga`).
 pub(crate) async fn dead_letters(
     pool: &PgPool,
     saga_id: &str,
@@ -100,7 +100,7 @@ pub(crate) async fn dead_letters(
         sqlx::query_as(
             "SELECT id, consumer, queue, message_id, step, reason, attempts, last_error, dead_at,
                     state, sent_back_at
-             FROM inbox_dead_letter WHERE saga_id = $1 ORDER BY id LIMIT $2",
+             FROM inbox_dead_letter WHERE saga_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(saga_id)
         .bind(PER_KIND_LIMIT)
@@ -109,12 +109,12 @@ pub(crate) async fn dead_letters(
     )
 }
 
-/// The operators' actions on the saga (`txoutbox_audit_by_saga`).
+/// The latest operators' actions on the saga, newest first (`txoutbox_audit_by_saga`).
 pub(crate) async fn audit(pool: &PgPool, saga_id: &str) -> sqlx::Result<Vec<AuditRecord>> {
     or_none(
         sqlx::query_as(
             "SELECT at, action, target, reason, actor
-             FROM txoutbox_audit WHERE saga_id = $1 ORDER BY id LIMIT $2",
+             FROM txoutbox_audit WHERE saga_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(saga_id)
         .bind(PER_KIND_LIMIT)

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::missing::or_none;
-use crate::console::services::Service;
+use crate::console::services::{Service, unreadable};
 
 /// Ids listed for a prefix.
 pub(crate) const MATCHES_SHOWN: i64 = 50;
@@ -24,26 +24,30 @@ pub(crate) struct Match {
 }
 
 /// The saga ids starting with `prefix` (an exact id is its own first match), each
-/// with the services that have a record of it.
-pub(crate) async fn by_prefix(services: &[Service], prefix: &str) -> Vec<Match> {
-    let reads = services.iter().map(|service| async move {
-        // A database that cannot be read finds nothing; the home page says why.
-        (
-            service,
-            ids_in(&service.pool, prefix).await.unwrap_or_default(),
-        )
-    });
+/// with the services that have a record of it; and the services that could not be
+/// read, so that "no match" is not mistaken for "not there".
+pub(crate) async fn by_prefix(services: &[Service], prefix: &str) -> (Vec<Match>, Vec<String>) {
+    let reads = services
+        .iter()
+        .map(|service| async move { (service, ids_in(&service.pool, prefix).await) });
     let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut errors = Vec::new();
     for (service, ids) in futures_util::future::join_all(reads).await {
-        for id in ids {
-            found.entry(id).or_default().push(service.name.clone());
+        match ids {
+            Ok(ids) => {
+                for id in ids {
+                    found.entry(id).or_default().push(service.name.clone());
+                }
+            }
+            Err(error) => errors.push(format!("{}: {}", service.name, unreadable(&error))),
         }
     }
-    found
+    let matches = found
         .into_iter()
         .take(MATCHES_SHOWN as usize)
         .map(|(saga_id, services)| Match { saga_id, services })
-        .collect()
+        .collect();
+    (matches, errors)
 }
 
 /// The ids one service knows that start with `prefix`, the exact one included.

@@ -2,10 +2,12 @@
 //! longer than the threshold, and the last step any service saw is not one the
 //! configuration names as final. Orchestrated sagas have deadlines instead (overdue).
 //!
-//! Bounded work whatever the tables' size: the candidates are the sagas of the latest
-//! inbox records that are older than the threshold and within the lookback
-//! (`inbox_by_processed_at`); each candidate's latest record is then read in every
-//! service by its saga id (`inbox_by_saga`, `outbox_by_saga`).
+//! Each service names the sagas whose latest inbox record in the lookback is older
+//! than the threshold (`inbox_by_processed_at`, then grouped by saga: work in
+//! proportion to the records of the lookback, which is why the console does this in
+//! the background, not per page load); each candidate's latest record is then read in
+//! every service by its saga id (`inbox_by_saga`, `outbox_by_saga`), so that a saga
+//! quiet in one service but busy in another is not stuck.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,8 +20,8 @@ use sqlx::postgres::types::PgInterval;
 use super::missing::or_none;
 use crate::console::services::Service;
 
-/// Inbox records per service read for candidates.
-const CANDIDATE_RECORDS: i64 = 500;
+/// Candidate sagas per service, the longest quiet first.
+const CANDIDATES: i64 = 1_000;
 /// Stuck sagas the home page lists.
 const SHOWN: usize = 50;
 
@@ -30,6 +32,13 @@ pub(crate) struct StuckSaga {
     pub(crate) last_step: String,
     pub(crate) service: String,
     pub(crate) last_activity_at: DateTime<Utc>,
+}
+
+/// The stuck sagas as last found, and when.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StuckReport {
+    pub(crate) checked_at: DateTime<Utc>,
+    pub(crate) sagas: Vec<StuckSaga>,
 }
 
 /// What decides "stuck".
@@ -90,14 +99,15 @@ pub(crate) async fn find(services: &[Service], rules: &StuckRules<'_>) -> Vec<St
 async fn candidates_in(pool: &PgPool, rules: &StuckRules<'_>) -> sqlx::Result<Vec<String>> {
     or_none(
         sqlx::query_scalar(
-            "SELECT DISTINCT saga_id FROM (
-                 SELECT saga_id FROM inbox
-                 WHERE processed_at > now() - $1 AND processed_at < now() - $2
-                 ORDER BY processed_at DESC LIMIT $3) recent",
+            "SELECT saga_id FROM inbox
+             WHERE processed_at > now() - $1
+             GROUP BY saga_id
+             HAVING max(processed_at) < now() - $2
+             ORDER BY max(processed_at) LIMIT $3",
         )
         .bind(interval(rules.lookback))
         .bind(interval(rules.stuck_after))
-        .bind(CANDIDATE_RECORDS)
+        .bind(CANDIDATES)
         .fetch_all(pool)
         .await,
     )
@@ -115,7 +125,7 @@ async fn latest_in(
             "SELECT DISTINCT ON (saga_id) saga_id, step, at FROM (
                  SELECT saga_id, step, processed_at AS at FROM inbox WHERE saga_id = ANY($1)
                  UNION ALL
-                 SELECT saga_id, step, created_at FROM outbox WHERE saga_id = ANY($1)
+                 SELECT saga_id, step, coalesce(sent_at, created_at) FROM outbox WHERE saga_id = ANY($1)
              ) records ORDER BY saga_id, at DESC",
         )
         .bind(candidates)

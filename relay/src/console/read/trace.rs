@@ -20,6 +20,8 @@ pub(crate) struct ServiceTrace {
     pub(crate) inbox: Vec<InboxRecord>,
     pub(crate) dead_letters: Vec<DeadLetterRecord>,
     pub(crate) audit: Vec<AuditRecord>,
+    /// Some kind of record had more than the page shows: only the latest are listed.
+    pub(crate) cut: bool,
 }
 
 impl ServiceTrace {
@@ -46,6 +48,7 @@ pub(crate) async fn read(services: &[Service], saga_id: &str) -> Vec<ServiceTrac
                 inbox: Vec::new(),
                 dead_letters: Vec::new(),
                 audit: Vec::new(),
+                cut: false,
             },
         }
     });
@@ -54,13 +57,22 @@ pub(crate) async fn read(services: &[Service], saga_id: &str) -> Vec<ServiceTrac
 
 async fn read_one(service: &Service, saga_id: &str) -> sqlx::Result<ServiceTrace> {
     let pool = &service.pool;
-    let (orchestrated, outbox, inbox, dead_letters, audit) = tokio::try_join!(
+    let (orchestrated, mut outbox, mut inbox, mut dead_letters, mut audit) = tokio::try_join!(
         orchestrated(service, saga_id),
         records::outbox(pool, saga_id),
         records::inbox(pool, saga_id),
         records::dead_letters(pool, saga_id),
         records::audit(pool, saga_id),
     )?;
+    let limit = records::PER_KIND_LIMIT as usize;
+    let cut = [outbox.len(), inbox.len(), dead_letters.len(), audit.len()]
+        .iter()
+        .any(|&n| n >= limit);
+    // Read newest first, so that a cut keeps the latest; shown oldest first.
+    outbox.reverse();
+    inbox.reverse();
+    dead_letters.reverse();
+    audit.reverse();
     Ok(ServiceTrace {
         service: service.name.clone(),
         error: None,
@@ -69,6 +81,7 @@ async fn read_one(service: &Service, saga_id: &str) -> sqlx::Result<ServiceTrace
         inbox,
         dead_letters,
         audit,
+        cut,
     })
 }
 
