@@ -224,10 +224,12 @@ async fn a_database_without_the_table_still_moves_the_message(pool: PgPool) -> T
 }
 
 #[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
-async fn a_dead_letter_the_database_refuses_is_not_moved_by_the_consumer(
+async fn a_dead_letter_the_database_will_never_take_is_moved_unrecorded(
     pool: PgPool,
 ) -> TestResult {
-    // Every row refused, as by a database that fails the statement.
+    // Every row refused by a constraint (SQLSTATE 23514): no retry changes that, so
+    // the consumer moves the message to `.dead` itself, with its reason, and says so,
+    // rather than giving it back to its queue until the broker's delivery limit.
     sqlx::query("ALTER TABLE inbox_dead_letter ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
         .execute(&pool)
         .await?;
@@ -238,22 +240,24 @@ async fn a_dead_letter_the_database_refuses_is_not_moved_by_the_consumer(
     sandbox
         .publish_with(message("m-4", "order-4", "Ship"), b"{}")
         .await?;
-    // The consumer gives it back to its queue each time; after the queue's delivery
-    // limit (20) the broker itself moves it to `.dead`, with `x-death` and without
-    // the consumer's `x-dead-reason`.
-    wait_until(WAIT, "the broker dead-letters it", async || {
+    wait_until(WAIT, "the consumer dead-letters it", async || {
         Ok(dead_count(&sandbox).await? == 1)
     })
     .await?;
     consumer.shutdown().await?;
     let copies = sandbox.dead_headers().await?;
     assert_eq!(copies.len(), 1);
-    assert!(
-        !copies[0].inner().contains_key(DEAD_REASON_HEADER),
-        "the consumer moved a dead letter it could not record: {:?}",
+    assert_eq!(
+        header_text(&copies[0], DEAD_REASON_HEADER),
+        "rejected: no such order",
+        "{:?}",
         copies[0]
     );
-    assert!(copies[0].inner().contains_key("x-death"), "{:?}", copies[0]);
+    assert!(
+        !copies[0].inner().contains_key("x-death"),
+        "given back to its queue until the broker moved it: {:?}",
+        copies[0]
+    );
     assert!(rows(&pool).await?.is_empty());
     sandbox.remove().await
 }

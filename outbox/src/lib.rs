@@ -16,6 +16,7 @@ mod migrate;
 pub mod nodes;
 pub mod panic;
 pub mod postgres;
+pub mod reach;
 mod stored;
 #[cfg(feature = "opentelemetry")]
 pub mod trace;

@@ -79,15 +79,18 @@ async fn start(cli: Cli) -> Result<(), Failure> {
         return Err(not_postgres());
     }
     let options: PgConnectOptions = database.parse().map_err(|_| not_postgres())?;
+    let options_for_pool = options.clone();
     let pool = PgPoolOptions::new()
         .max_connections(5)
         // Kept open while idle: a new TLS connection costs ~90 ms (see
         // `txoutbox::postgres::open_ahead`).
         .min_connections(5)
         .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
-        .connect_lazy_with(options);
+        .connect_lazy_with(options_for_pool);
 
-    match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
+    let command = cli.command.unwrap_or(Command::Run(Box::new(cli.run)));
+    check_reachable(&options, &command).await?;
+    match command {
         Command::Run(args) => {
             let amqp = secret("AMQP_URL", cli.global.amqp_url_file.as_deref())?;
             // One URL, or the nodes of one cluster separated by commas.
@@ -174,6 +177,38 @@ fn console_settings(
     };
     settings.check().map_err(Failure::Config)?;
     Ok(settings)
+}
+
+/// How long the first connection may take before a command says the server does not
+/// answer.
+const REACH_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens one connection first, so that a command that cannot work says at once which
+/// server and why (refused, unknown host, authentication, no such database,
+/// read-only), not "pool timed out" ten seconds later. The relay stops only where
+/// its configuration is wrong (authentication, no such database); for the rest it
+/// says so and keeps trying, as it does whenever the database goes away.
+async fn check_reachable(options: &PgConnectOptions, command: &Command) -> Result<(), Failure> {
+    let writes = match command {
+        Command::Run(_) | Command::Migrate | Command::Cleanup { .. } => true,
+        Command::Dead { command } => matches!(command, cli::DeadCommand::Retry { .. }),
+        Command::Saga { command } => {
+            matches!(
+                command,
+                cli::SagaCommand::Retry { .. } | cli::SagaCommand::Abort { .. }
+            )
+        }
+        Command::DeadLetters { command } => command.needs_broker(),
+        Command::Status(_) | Command::Inspect { .. } | Command::Console(_) => false,
+    };
+    let Err(unreachable) = txoutbox::reach::reach(options, writes, REACH_WITHIN).await else {
+        return Ok(());
+    };
+    if matches!(command, Command::Run(_)) && !unreachable.cause.is_final() {
+        tracing::warn!(%unreachable, "the relay starts and keeps trying");
+        return Ok(());
+    }
+    Err(Failure::Run(anyhow::Error::new(unreachable)))
 }
 
 /// The most a secret file may hold: a URL, or the nodes of a cluster, fit easily.

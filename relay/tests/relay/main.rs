@@ -16,4 +16,5 @@ mod publishing;
 mod refusals;
 mod saga_commands;
 mod support;
+mod unreachable;
 mod warm_pool;
