@@ -89,7 +89,11 @@ async fn start(cli: Cli) -> Result<(), Failure> {
         .connect_lazy_with(options_for_pool);
 
     let command = cli.command.unwrap_or(Command::Run(Box::new(cli.run)));
-    check_reachable(&options, &command).await?;
+    let writes = writes(&command);
+    // The relay checks its whole configuration first (exit code 2), then the database.
+    if !matches!(command, Command::Run(_)) {
+        check_reachable(&options, writes, false).await?;
+    }
     match command {
         Command::Run(args) => {
             let amqp = secret("AMQP_URL", cli.global.amqp_url_file.as_deref())?;
@@ -111,6 +115,7 @@ async fn start(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| {
                     Failure::Config(format!("cannot listen on --http-addr {}: {e}", http_addr))
                 })?;
+            check_reachable(&options, writes, true).await?;
             commands::run(pool, amqp, config, migrate, listener).await?
         }
         Command::Migrate => commands::migrate(pool).await?,
@@ -188,8 +193,24 @@ const REACH_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// read-only), not "pool timed out" ten seconds later. The relay stops only where
 /// its configuration is wrong (authentication, no such database); for the rest it
 /// says so and keeps trying, as it does whenever the database goes away.
-async fn check_reachable(options: &PgConnectOptions, command: &Command) -> Result<(), Failure> {
-    let writes = match command {
+async fn check_reachable(
+    options: &PgConnectOptions,
+    writes: bool,
+    relay: bool,
+) -> Result<(), Failure> {
+    let Err(unreachable) = txoutbox::reach::reach(options, writes, REACH_WITHIN).await else {
+        return Ok(());
+    };
+    if relay && !unreachable.cause.is_final() {
+        tracing::warn!(%unreachable, "the relay starts and keeps trying");
+        return Ok(());
+    }
+    Err(Failure::Run(anyhow::Error::new(unreachable)))
+}
+
+/// Whether `command` writes to the database, so that a read-only one cannot serve it.
+fn writes(command: &Command) -> bool {
+    match command {
         Command::Run(_) | Command::Migrate | Command::Cleanup { .. } => true,
         Command::Dead { command } => matches!(command, cli::DeadCommand::Retry { .. }),
         Command::Saga { command } => {
@@ -200,15 +221,7 @@ async fn check_reachable(options: &PgConnectOptions, command: &Command) -> Resul
         }
         Command::DeadLetters { command } => command.needs_broker(),
         Command::Status(_) | Command::Inspect { .. } | Command::Console(_) => false,
-    };
-    let Err(unreachable) = txoutbox::reach::reach(options, writes, REACH_WITHIN).await else {
-        return Ok(());
-    };
-    if matches!(command, Command::Run(_)) && !unreachable.cause.is_final() {
-        tracing::warn!(%unreachable, "the relay starts and keeps trying");
-        return Ok(());
     }
-    Err(Failure::Run(anyhow::Error::new(unreachable)))
 }
 
 /// The most a secret file may hold: a URL, or the nodes of a cluster, fit easily.
