@@ -183,11 +183,28 @@ async fn a_relay_at_work_gives_its_doorbell_locks_back(pool: PgPool) -> TestResu
     let sandbox = Sandbox::new("#").await?;
     let relay = Relay::new(pool.clone(), amqp_url(), fast_config(&sandbox.exchange)).spawn();
     first_idle(&pool).await?;
-    let ids = fill(&pool, 20, 1000, "orders.bulk").await?;
+    // One transaction: the whole backlog appears at once. Written in many, it was
+    // mostly drained before the last commit, and the sampling window below was gone.
+    let mut writer = pool.begin().await?;
+    let mut ids = std::collections::HashSet::new();
+    for chunk in 0..20 {
+        let batch = (0..1000)
+            .map(|n| {
+                Message::builder(
+                    format!("saga-{n}"),
+                    format!("step-{chunk}-{n}"),
+                    "orders.bulk",
+                )
+                .payload(&n)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let written = txoutbox::enqueue_batch(&mut *writer, &batch).await?;
+        ids.extend(written.iter().map(|id| id.to_string()));
+    }
+    writer.commit().await?;
     let total = i64::try_from(ids.len())?;
     // Sampled from the relay's first sent row until the tail of the drain (where it
-    // may rightly go back to sleep), however fast it drains: a wait for "500 sent"
-    // polled too slowly for a fast drain missed the whole window.
+    // may rightly go back to sleep), however fast it drains.
     let mut samples = Vec::new();
     let started = std::time::Instant::now();
     loop {
