@@ -41,7 +41,13 @@ pub(crate) fn locate(
     rules: &Rules<'_>,
     now: DateTime<Utc>,
 ) -> Position {
-    let last = timeline.iter().rev().find(|e| e.kind != Kind::Operator);
+    // The step the saga reached: what a service wrote or took. A "sent" is the relay
+    // noting the broker's confirm, which may come after the next service already took
+    // the message; an operator's action is no step.
+    let last = timeline
+        .iter()
+        .rev()
+        .find(|e| !matches!(e.kind, Kind::Operator | Kind::Sent));
     let last_activity_at = timeline.last().map(|e| e.at);
     let quiet_seconds = last_activity_at.map(|at| (now - at).num_milliseconds() as f64 / 1000.0);
     let quiet_too_long = quiet_seconds.is_some_and(|s| s > rules.stuck_after.as_secs_f64());
@@ -242,6 +248,23 @@ mod tests {
         assert!(here.now.starts_with("PaymentCharged"), "{}", here.now);
         assert!(!here.stuck, "quiet for 3 minutes only");
         assert!(locate_at(&traces, 30, &[]).stuck, "quiet for 28 minutes");
+    }
+
+    #[test]
+    fn a_confirm_noted_late_is_not_where_the_saga_is() {
+        // payment's row is marked sent after shipping took it and wrote its own.
+        let mut charged = sent("PaymentCharged", 1);
+        charged.sent_at = Some(Utc.with_ymd_and_hms(2026, 12, 7, 2, 4, 0).unwrap());
+        let traces = [
+            trace("payment", vec![charged], vec![]),
+            trace(
+                "shipping",
+                vec![sent("ShipmentCreated", 3)],
+                vec![taken("PaymentCharged", 2)],
+            ),
+        ];
+        let here = locate_at(&traces, 5, &[]);
+        assert!(here.now.starts_with("ShipmentCreated"), "{}", here.now);
     }
 
     #[test]
