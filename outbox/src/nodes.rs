@@ -154,6 +154,12 @@ impl Nodes {
                     url: node.shown,
                 });
             }
+            if node.uri.query.heartbeat == Some(0) {
+                return Err(InvalidNodes::HeartbeatOff {
+                    position,
+                    url: node.shown,
+                });
+            }
             nodes.push(node);
         }
         Ok(Self { nodes })
@@ -231,6 +237,19 @@ pub enum InvalidNodes {
         url: String,
         /// What differs.
         what: &'static str,
+    },
+    /// `heartbeat=0`: no heartbeats, so a broker that hangs instead of dying (a frozen
+    /// VM, a long pause) keeps its connections open and is never noticed.
+    #[error(
+        "node {position} ({url}) sets heartbeat=0, which turns heartbeats off: a broker that \
+         hangs would never be noticed; leave it out (the broker's default, 60 s) or set \
+         5 to 60 seconds"
+    )]
+    HeartbeatOff {
+        /// Its place in the list.
+        position: usize,
+        /// The node, redacted.
+        url: String,
     },
     /// A host and port named twice.
     #[error("node {position} ({url}) repeats node {first}")]
@@ -390,6 +409,22 @@ mod tests {
                 "{list} leaked a password: {said}"
             );
         }
+    }
+
+    #[test]
+    fn heartbeats_turned_off_are_refused_without_the_password() {
+        let error = Nodes::parse("amqp://guest:hunter2@mq/%2f?heartbeat=0").unwrap_err();
+        assert!(
+            matches!(error, InvalidNodes::HeartbeatOff { position: 1, .. }),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        let later = Nodes::parse("amqp://mq-1?heartbeat=0,amqp://mq-2?heartbeat=0").unwrap_err();
+        assert!(
+            matches!(later, InvalidNodes::HeartbeatOff { position: 1, .. }),
+            "{later:?}"
+        );
+        assert!(Nodes::parse("amqp://mq/%2f?heartbeat=5").is_ok());
     }
 
     #[test]

@@ -50,6 +50,11 @@ async fn bad_configuration_is_a_clear_message_and_exit_code_2() -> TestResult {
             "has another virtual host than node 1",
         ),
         (
+            vec!["run"],
+            vec![db, ("AMQP_URL", "amqp://guest:hunter2@mq/%2f?heartbeat=0")],
+            "heartbeat=0, which turns heartbeats off",
+        ),
+        (
             vec!["status"],
             vec![("DATABASE_URL", "mysql://root:hunter2@db/x")],
             "not a PostgreSQL URL",
