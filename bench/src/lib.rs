@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 /// Drops and recreates `name` on the server of `DATABASE_URL`, migrates it, and
 /// returns a pool of `connections` to it. Checks both servers first, so that a bench
 /// with one down stops at once with one line saying which to start.
-pub async fn fresh_database(name: &'static str, connections: u32) -> anyhow::Result<PgPool> {
+pub async fn fresh_database(name: &str, connections: u32) -> anyhow::Result<PgPool> {
     testkit::require_servers();
     let server: PgConnectOptions = testkit::database_url().parse()?;
     let admin = PgPoolOptions::new()

@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
                 .connect_with(server.clone().database(&name))
                 .await?
         } else {
-            let pool = fresh(&server, &name).await?;
+            let pool = bench::fresh_database(&name, 2).await?;
             fill(&pool, args.rows, index == 0, args.sagas).await?;
             pool
         };
@@ -139,27 +139,6 @@ async fn main() -> anyhow::Result<()> {
         percentile(&saga, 0.5) / percentile(&baseline, 0.5)
     );
     Ok(())
-}
-
-async fn fresh(server: &PgConnectOptions, name: &str) -> anyhow::Result<PgPool> {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(server.clone())
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(server.clone().database(name))
-        .await?;
-    txoutbox::migrate(&pool).await?;
-    Ok(pool)
 }
 
 /// `rows` sent outbox rows and inbox records over 100,000 other sagas, the measured

@@ -17,7 +17,7 @@ use super::pages::layout::saga_link;
 use super::read::position::{self, Rules};
 use super::read::stuck::StuckReport;
 use super::read::{home, search, timeline, trace};
-use super::services::unreadable;
+use super::services::{Service, unreadable};
 use super::state::Console;
 
 type Shared = State<Arc<Console>>;
@@ -178,33 +178,16 @@ async fn dead_letter_data(
         include_sent_back: query.all.is_some(),
         limit: LISTED,
     };
-    let chosen = console
-        .services
-        .iter()
-        .filter(|s| wanted.as_ref().is_none_or(|w| *w == s.name));
     let filter = &filter;
-    let reads = chosen.map(|service| async move {
-        (
-            service,
-            txoutbox_relay::dead_letters::list(&service.pool, filter).await,
-        )
+    let reads = chosen(console, wanted.as_deref()).map(|service| async move {
+        let found = txoutbox_relay::dead_letters::list(&service.pool, filter).await;
+        (service, found)
     });
-    let mut rows = Vec::new();
-    let mut errors = Vec::new();
-    for (service, read) in futures_util::future::join_all(reads).await {
-        match read {
-            Ok(found) => rows.extend(found.iter().map(|row| Listed {
-                service: service.name.clone(),
-                row: serde_json::to_value(row).unwrap_or(Value::Null),
-            })),
-            Err(txoutbox_relay::Error::Database(error))
-                if super::read::is_missing_table(&error) => {}
-            Err(txoutbox_relay::Error::Database(error)) => {
-                errors.push(format!("{}: {}", service.name, unreadable(&error)))
-            }
-            Err(error) => errors.push(format!("{}: {error}", service.name)),
-        }
-    }
+    let (rows, errors) = rows_and_errors(futures_util::future::join_all(reads).await);
+    let rows = rows
+        .into_iter()
+        .map(|(service, row)| Listed { service, row })
+        .collect();
     (rows, errors)
 }
 
@@ -286,25 +269,36 @@ async fn parked_data(
     query: &ParkedQuery,
 ) -> (Vec<(String, Value)>, Vec<String>) {
     let wanted = given(&query.service);
-    let chosen = console
-        .services
-        .iter()
-        .filter(|s| wanted.as_ref().is_none_or(|w| *w == s.name));
-    let reads = chosen.map(|service| async move {
+    let reads = chosen(console, wanted.as_deref()).map(|service| async move {
         (
             service,
             txoutbox_relay::dead_rows(&service.pool, LISTED).await,
         )
     });
+    rows_and_errors(futures_util::future::join_all(reads).await)
+}
+
+/// The services a list reads: all, or the one `wanted`.
+fn chosen<'a>(console: &'a Console, wanted: Option<&'a str>) -> impl Iterator<Item = &'a Service> {
+    console
+        .services
+        .iter()
+        .filter(move |s| wanted.is_none_or(|w| w == s.name))
+}
+
+/// What each service's read found, as JSON rows with their service's name; and the
+/// services that could not be read. A service without the table has no rows, not an
+/// error.
+fn rows_and_errors<T: serde::Serialize>(
+    found: Vec<(&Service, txoutbox_relay::Result<Vec<T>>)>,
+) -> (Vec<(String, Value)>, Vec<String>) {
     let mut rows = Vec::new();
     let mut errors = Vec::new();
-    for (service, read) in futures_util::future::join_all(reads).await {
+    for (service, read) in found {
         match read {
-            Ok(found) => rows.extend(found.iter().map(|r| {
-                (
-                    service.name.clone(),
-                    serde_json::to_value(r).unwrap_or(Value::Null),
-                )
+            Ok(found) => rows.extend(found.iter().map(|row| {
+                let row = serde_json::to_value(row).unwrap_or(Value::Null);
+                (service.name.clone(), row)
             })),
             Err(txoutbox_relay::Error::Database(error))
                 if super::read::is_missing_table(&error) => {}
