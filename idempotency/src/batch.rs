@@ -98,6 +98,11 @@ pub(crate) async fn run(
         }
         ended = transaction(pool, consumer, &batch, &others, &mut outcomes, true).await;
     }
+    if let Err(error) = &ended
+        && let Some(unreachable) = txoutbox::reach::explain(pool, error).await
+    {
+        tracing::warn!(%unreachable, %consumer, "the inbox's database cannot be used; the batch goes back to its queue");
+    }
     outcomes
         .into_iter()
         .map(|outcome| match (outcome, &ended) {

@@ -18,6 +18,11 @@ use testkit::{FaultyProxy, amqp_url, wait_until};
 use txoutbox::wire::dead_queue;
 use txoutbox_inbox::{BoxError, Consumer, ConsumerHandle, Context};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator =
+    testkit::CheckedMigrator::new(&txoutbox_inbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -122,7 +127,7 @@ async fn first_run_transactions(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
     .await?)
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_failing_handler_in_a_batch_takes_nothing_of_the_others_with_it(
     pool: PgPool,
 ) -> TestResult {
@@ -170,7 +175,7 @@ async fn a_failing_handler_in_a_batch_takes_nothing_of_the_others_with_it(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_batch_cut_off_between_its_commit_and_its_ack_comes_back_as_duplicates(
     pool: PgPool,
 ) -> TestResult {
@@ -212,7 +217,7 @@ async fn a_batch_cut_off_between_its_commit_and_its_ack_comes_back_as_duplicates
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -260,7 +265,7 @@ async fn the_same_key_twice_in_a_batch_takes_effect_once(pool: PgPool) -> TestRe
 /// its slot (`HOLD`), which keeps the second one lingering.
 const LINGER: Duration = Duration::from_secs(1);
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_batch_beside_a_busy_one_lingers_for_what_arrives_next(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;

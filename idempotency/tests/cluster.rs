@@ -11,6 +11,11 @@ use sqlx::PgPool;
 use testkit::{RabbitCluster, RabbitNode, wait_until};
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator =
+    testkit::CheckedMigrator::new(&txoutbox_inbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -73,7 +78,7 @@ async fn wait_for_effects(pool: &PgPool, count: i64) -> TestResult {
     wait_until(WAIT, &what, async || Ok(effects(pool).await?.1 >= count)).await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_lost_node_and_a_stopped_leader_cost_no_message_and_no_second_effect(
     pool: PgPool,
 ) -> TestResult {

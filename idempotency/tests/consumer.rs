@@ -20,6 +20,11 @@ mod common;
 
 use common::{Sandbox, config, effects};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator =
+    testkit::CheckedMigrator::new(&txoutbox_inbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 /// How long a test waits for the consumer to get somewhere.
@@ -130,7 +135,7 @@ async fn stall_once(
     record(ctx, payload).await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -173,7 +178,7 @@ async fn acks_after_commit_and_a_duplicate_takes_no_effect(pool: PgPool) -> Test
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn the_same_message_to_two_consumers_at_once_takes_effect_once(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -198,7 +203,7 @@ async fn the_same_message_to_two_consumers_at_once_takes_effect_once(pool: PgPoo
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_failing_handler_is_retried_later_not_at_once(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -234,7 +239,7 @@ async fn a_failing_handler_is_retried_later_not_at_once(pool: PgPool) -> TestRes
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -271,7 +276,7 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_with_its_reason(pool: PgP
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
     pool: PgPool,
 ) -> TestResult {
@@ -335,7 +340,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_rest_go_on(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
     pool: PgPool,
 ) -> TestResult {
@@ -393,7 +398,7 @@ async fn malformed_messages_are_dead_lettered_at_once_and_the_consumer_goes_on(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_consumer_cut_off_between_commit_and_ack_sees_a_duplicate_next_time(
     pool: PgPool,
 ) -> TestResult {
@@ -454,7 +459,7 @@ fn named(pool: &PgPool, application_name: &str) -> PgConnectOptions {
         .application_name(application_name)
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn database_connections_dropped_mid_stream_lose_nothing(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let sandbox = Sandbox::new().await?;
@@ -519,7 +524,7 @@ async fn reserve(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<u32, BoxErro
     Ok(cmd.quantity)
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_payload_that_does_not_fit_the_handler_is_dead_lettered_at_once(
     pool: PgPool,
 ) -> TestResult {
@@ -610,7 +615,7 @@ async fn forward(mut ctx: Context<'_>, cmd: ReserveStock) -> Result<Observed, Bo
     })
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn emit_carries_the_saga_id_and_the_traceparent_and_commits_with_the_key(
     pool: PgPool,
 ) -> TestResult {
@@ -727,7 +732,7 @@ async fn a_config_that_cannot_work_is_an_error_before_connecting() -> TestResult
 /// would wait that long. The consumer opens one per batch in flight before it
 /// consumes. Without that, one message processed leaves one connection open (it
 /// failed so: 1 of 4).
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn the_consumer_opens_a_connection_per_batch_in_flight_before_it_consumes(
     pool: PgPool,
 ) -> TestResult {

@@ -16,6 +16,11 @@ mod common;
 
 use common::{Sandbox, config, uuid_like};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator =
+    testkit::CheckedMigrator::new(&txoutbox_inbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 /// How long a test waits for the consumer to get somewhere.
@@ -77,7 +82,7 @@ async fn dead_count(sandbox: &Sandbox) -> anyhow::Result<u32> {
     sandbox.waiting(&dead_queue(&sandbox.queue)).await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_rejected_message_is_recorded_whole_and_its_copy_is_in_dead(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new().await?;
     let consumer = Consumer::new(pool.clone(), amqp_url(), "shipping", config(&sandbox.queue))
@@ -122,7 +127,7 @@ async fn a_rejected_message_is_recorded_whole_and_its_copy_is_in_dead(pool: PgPo
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_handler_that_fails_every_attempt_is_recorded_with_its_last_error(
     pool: PgPool,
 ) -> TestResult {
@@ -156,7 +161,7 @@ async fn a_handler_that_fails_every_attempt_is_recorded_with_its_last_error(
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_dead_letter_that_comes_twice_makes_one_row(pool: PgPool) -> TestResult {
     let sandbox = Sandbox::new().await?;
     // As after a crash between the row and the ack: the same message again.
@@ -188,7 +193,7 @@ async fn a_dead_letter_that_comes_twice_makes_one_row(pool: PgPool) -> TestResul
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_database_without_the_table_still_moves_the_message(pool: PgPool) -> TestResult {
     sqlx::query("DROP TABLE inbox_dead_letter")
         .execute(&pool)
@@ -223,7 +228,7 @@ async fn a_database_without_the_table_still_moves_the_message(pool: PgPool) -> T
     sandbox.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_dead_letter_the_database_will_never_take_is_moved_unrecorded(
     pool: PgPool,
 ) -> TestResult {

@@ -6,6 +6,11 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use txoutbox_inbox::{Error, Inbox, InboxKey, Outcome, cleanup};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator =
+    testkit::CheckedMigrator::new(&txoutbox_inbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 const KEY: InboxKey<'static> = InboxKey {
@@ -34,7 +39,7 @@ async fn charge(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_redelivered_message_takes_no_second_effect(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -70,7 +75,7 @@ async fn a_redelivered_message_takes_no_second_effect(pool: PgPool) -> TestResul
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn the_same_message_delivered_at_the_same_moment_takes_effect_once(
     pool: PgPool,
 ) -> TestResult {
@@ -102,7 +107,7 @@ async fn the_same_message_delivered_at_the_same_moment_takes_effect_once(
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_failing_handler_leaves_neither_effect_nor_key(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -129,7 +134,7 @@ async fn a_failing_handler_leaves_neither_effect_nor_key(pool: PgPool) -> TestRe
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn each_consumer_processes_a_message_once(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     for consumer in ["payments", "audit"] {
@@ -145,7 +150,7 @@ async fn each_consumer_processes_a_message_once(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn replies_commit_with_the_effect_and_are_not_sent_twice(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -166,7 +171,7 @@ async fn replies_commit_with_the_effect_and_are_not_sent_twice(pool: PgPool) -> 
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_message_without_a_key_is_refused_and_nothing_is_written(pool: PgPool) -> TestResult {
     with_charges(&pool).await?;
     let inbox = Inbox::new("payments");
@@ -194,7 +199,7 @@ async fn a_message_without_a_key_is_refused_and_nothing_is_written(pool: PgPool)
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn keys_past_the_retention_go_and_their_duplicates_take_effect_again(
     pool: PgPool,
 ) -> TestResult {

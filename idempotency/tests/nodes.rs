@@ -13,6 +13,11 @@ use testkit::{FaultyProxy, amqp_url, wait_until};
 use txoutbox::nodes::InvalidNodes;
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, ConsumerError, Context, StartError};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator =
+    testkit::CheckedMigrator::new(&txoutbox_inbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -109,7 +114,7 @@ async fn wait_for_connection(proxy: &FaultyProxy, name: &str) -> anyhow::Result<
     wait_until(WAIT, &what, async || Ok(proxy.open_connections() == 1)).await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_dead_first_node_is_skipped(pool: PgPool) -> TestResult {
     with_effects(&pool).await?;
     let queue = Queue::new().await?;
@@ -130,7 +135,7 @@ async fn a_dead_first_node_is_skipped(pool: PgPool) -> TestResult {
     queue.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_lost_node_is_left_for_the_next_and_every_message_takes_effect_once(
     pool: PgPool,
 ) -> TestResult {

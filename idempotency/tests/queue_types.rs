@@ -21,6 +21,11 @@ use txoutbox_inbox::{
     QueueType,
 };
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator =
+    testkit::CheckedMigrator::new(&txoutbox_inbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 /// How long a test waits for the consumer to get somewhere.
@@ -277,7 +282,7 @@ async fn queues_are_classic_by_config_as_before() -> TestResult {
     broker.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_queue_of_another_type_stops_the_consumer_with_an_error_naming_both(
     pool: PgPool,
 ) -> TestResult {
@@ -421,14 +426,14 @@ async fn retried_then_dead_lettered(pool: PgPool, queue_type: QueueType) -> Test
     broker.remove().await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_failing_handler_is_retried_through_quorum_queues_then_dead_lettered(
     pool: PgPool,
 ) -> TestResult {
     retried_then_dead_lettered(pool, QueueType::Quorum).await
 }
 
-#[sqlx::test(migrator = "txoutbox_inbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_failing_handler_is_retried_through_classic_queues_then_dead_lettered(
     pool: PgPool,
 ) -> TestResult {

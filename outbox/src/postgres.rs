@@ -7,8 +7,17 @@ use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 
 /// True when the same statement may succeed if tried again: the connection or the
-/// pool failed, not the statement (a violated constraint, a missing table).
+/// pool failed, not the statement (a violated constraint, a missing table). The
+/// server's own refusals count when they are about the server, not the statement:
+/// a connection exception (class 08), a shutdown or a start under way (57P01-57P03:
+/// a failover in progress), and a read-only server (25006: a standby not promoted
+/// yet).
 pub fn is_transient(error: &sqlx::Error) -> bool {
+    if let Some(refusal) = error.as_database_error() {
+        let code = refusal.code().unwrap_or_default();
+        return code.starts_with("08")
+            || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006");
+    }
     matches!(
         error,
         sqlx::Error::Io(_)

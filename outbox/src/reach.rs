@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 /// Why a PostgreSQL server cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +120,26 @@ pub async fn reach(
         Ok(Err(cause)) => Err(unreachable(cause)),
         Err(_) => Err(unreachable(Cause::NoAnswer(within))),
     }
+}
+
+/// How long [`explain`] waits for its one connection.
+const EXPLAIN_WITHIN: Duration = Duration::from_secs(5);
+
+/// Why `pool`'s server cannot be used, when `error` says only that it could not be
+/// reached or went away (a pool that timed out, a broken connection, a server
+/// shutting down or read-only): one connection is opened to find the cause
+/// [`reach`] names. `None` when the error is about a statement, or when the server
+/// answers now (the error was a moment's).
+///
+/// A running relay, consumer or orchestrator logs this in place of "pool timed out
+/// while waiting for an open connection", which is all a pool knows.
+pub async fn explain(pool: &PgPool, error: &sqlx::Error) -> Option<Unreachable> {
+    if !crate::postgres::is_transient(error) {
+        return None;
+    }
+    reach(&pool.connect_options(), true, EXPLAIN_WITHIN)
+        .await
+        .err()
 }
 
 /// The cause a connection attempt failed with.

@@ -63,6 +63,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The database's own error, when this is one.
+    pub(crate) fn database(&self) -> Option<&sqlx::Error> {
+        match self {
+            Error::Database(error) | Error::Outbox(txoutbox::Error::Database(error)) => Some(error),
+            _ => None,
+        }
+    }
+
     /// True when trying again later can help: a connection failed or timed out,
     /// rather than a query being wrong (say, the tables were never migrated).
     pub fn is_transient(&self) -> bool {

@@ -264,8 +264,11 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,lapin::returned_messages=off")
         });
+    // Colours only for a person at a terminal: a log collector or a file would keep
+    // the escape codes as text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -145,6 +145,9 @@ impl Relay {
             match self.shared.leases.heartbeat().await {
                 Ok(report) => return Ok(Some(report)),
                 Err(error) if error.is_transient() => {
+                    if let Some(database) = error.database() {
+                        explain(&self.shared.pool, database).await;
+                    }
                     let pause = backoff.next().unwrap_or(RECONNECT_MAX);
                     tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "database unreachable at start");
                     tokio::select! {
@@ -179,9 +182,12 @@ impl Relay {
             if connected_at.is_some() {
                 lost_while_idle = matches!(error, Error::BrokerLostWhileIdle(_));
             }
-            if matches!(error, Error::Database(_)) {
-                shared.metrics.failed(FailureReason::Database, 1);
-                shared.metrics.set_database_ok(false);
+            if let Some(database) = error.database() {
+                if matches!(error, Error::Database(_)) {
+                    shared.metrics.failed(FailureReason::Database, 1);
+                    shared.metrics.set_database_ok(false);
+                }
+                explain(&shared.pool, database).await;
             }
             let pause = match connected_at {
                 Some(at) => rotation.session_ended(at.elapsed()),
@@ -284,6 +290,9 @@ async fn lease_loop(shared: Arc<Shared>, stop: CancellationToken) {
             Err(error) => {
                 shared.metrics.set_database_ok(false);
                 tracing::warn!(%error, "lease heartbeat failed; leases expire unless the next one succeeds");
+                if let Some(database) = error.database() {
+                    explain(&shared.pool, database).await;
+                }
             }
         }
     }
@@ -328,5 +337,14 @@ impl RelayHandle {
     /// leases expire and another instance publishes what it left unconfirmed.
     pub fn abort(self) {
         self.task.abort();
+    }
+}
+
+/// Says which server cannot be used and why, when `error` tells only that the
+/// database could not be reached ("pool timed out"): the operator's next step
+/// depends on the cause (a server down, a password, a standby not promoted).
+async fn explain(pool: &PgPool, error: &sqlx::Error) {
+    if let Some(unreachable) = txoutbox::reach::explain(pool, error).await {
+        tracing::warn!(%unreachable, "the database cannot be used; the relay keeps trying");
     }
 }

@@ -85,6 +85,14 @@ impl Error {
         }
     }
 
+    /// The database's own error, when this is one.
+    pub(crate) fn database(&self) -> Option<&sqlx::Error> {
+        match self {
+            Error::Database(error) | Error::Outbox(txoutbox::Error::Database(error)) => Some(error),
+            _ => None,
+        }
+    }
+
     /// True when the saga itself is why its move failed, so that trying again
     /// cannot help: its data does not fit, a payload builder panicked, PostgreSQL
     /// refused the data it was to write (SQLSTATE class 22, a data exception, or 23,

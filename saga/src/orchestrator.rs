@@ -231,6 +231,11 @@ async fn sweep(
             Err(error) => {
                 let pause = backoff.next().unwrap_or(txoutbox::backoff::RECONNECT_MAX);
                 tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "saga sweep failed");
+                if let Some(database) = error.database()
+                    && let Some(unreachable) = txoutbox::reach::explain(&pool, database).await
+                {
+                    tracing::warn!(%unreachable, "the orchestrator's database cannot be used; the sweep keeps trying");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = shutdown.cancelled() => return,

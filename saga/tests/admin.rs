@@ -9,6 +9,10 @@ use sqlx::PgPool;
 use txoutbox_saga::admin::{self, AdminError, ListFilter, OperatorRequest};
 use txoutbox_saga::{Event, Incoming, Outcome, Phase, Registry, Saga, SagaState};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,7 +64,7 @@ async fn state_of(pool: &PgPool, saga_id: &str) -> anyhow::Result<SagaState> {
     Ok(view.instance.state)
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn list_and_show_answer_where_a_saga_is(pool: PgPool) -> TestResult {
     start(&pool, "order-1").await?;
     start(&pool, "order-2").await?;
@@ -127,7 +131,7 @@ async fn list_and_show_answer_where_a_saga_is(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn an_abort_is_requested_then_carried_out_by_the_next_sweep(pool: PgPool) -> TestResult {
     start(&pool, "order-7").await?;
     admin::request_abort(&pool, "order-7", "customer called").await?;
@@ -188,7 +192,7 @@ async fn an_abort_is_requested_then_carried_out_by_the_next_sweep(pool: PgPool) 
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_retry_applies_only_to_a_failed_saga(pool: PgPool) -> TestResult {
     start(&pool, "order-8").await?;
     let Err(error) = admin::request_retry(&pool, "order-8").await else {
@@ -243,7 +247,7 @@ async fn a_retry_applies_only_to_a_failed_saga(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn an_unknown_saga_is_a_clear_error(pool: PgPool) -> TestResult {
     for result in [
         admin::request_retry(&pool, "order-404").await,
@@ -259,7 +263,7 @@ async fn an_unknown_saga_is_a_clear_error(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn overdue_sagas_are_listed_and_counted(pool: PgPool) -> TestResult {
     start(&pool, "order-late").await?;
     start(&pool, "order-on-time").await?;

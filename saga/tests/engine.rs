@@ -14,6 +14,10 @@ mod common;
 use common::{commands, expire, failed, ok, reply_to, state, steps};
 use txoutbox_saga::{Applied, Event, Incoming, Registry, Saga, SagaState};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,7 +89,7 @@ async fn reply(
     reply_to(pool, &registry(), saga_id, command, reply).await
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn the_happy_path_sends_each_command_after_the_last_reply_and_merges_results(
     pool: PgPool,
 ) -> TestResult {
@@ -132,7 +136,7 @@ async fn the_happy_path_sends_each_command_after_the_last_reply_and_merges_resul
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_failed_step_compensates_the_earlier_ones_once_in_reverse(pool: PgPool) -> TestResult {
     start(&pool, "order-2").await?;
     reply(
@@ -178,7 +182,7 @@ async fn a_failed_step_compensates_the_earlier_ones_once_in_reverse(pool: PgPool
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_timed_out_step_is_compensated_and_its_late_reply_changes_nothing(
     pool: PgPool,
 ) -> TestResult {
@@ -223,7 +227,7 @@ async fn a_timed_out_step_is_compensated_and_its_late_reply_changes_nothing(
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_compensation_that_keeps_failing_leaves_the_saga_failed_until_retried(
     pool: PgPool,
 ) -> TestResult {
@@ -281,7 +285,7 @@ async fn a_compensation_that_keeps_failing_leaves_the_saga_failed_until_retried(
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn two_replies_at_once_apply_once(pool: PgPool) -> TestResult {
     start(&pool, "order-5").await?;
     let (a, b) = tokio::join!(
@@ -301,7 +305,7 @@ async fn two_replies_at_once_apply_once(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_saga_of_an_unregistered_version_fails_with_its_reason(pool: PgPool) -> TestResult {
     let mut tx = pool.begin().await?;
     txoutbox_saga::start(
@@ -327,7 +331,7 @@ async fn a_saga_of_an_unregistered_version_fails_with_its_reason(pool: PgPool) -
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn unknown_sagas_commands_and_second_starts_are_errors(pool: PgPool) -> TestResult {
     start(&pool, "order-7").await?;
     let unknown = reply(&pool, "order-404", "inventory.reserve", 1, ok(None)).await;
@@ -349,7 +353,7 @@ async fn unknown_sagas_commands_and_second_starts_are_errors(pool: PgPool) -> Te
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn an_abort_compensates_a_running_saga(pool: PgPool) -> TestResult {
     start(&pool, "order-8").await?;
     reply(&pool, "order-8", "inventory.reserve", 1, ok(None)).await?;

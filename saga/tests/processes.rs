@@ -16,6 +16,10 @@ mod common;
 use common::orders::{CREATE_ORDERS, Order, cancelled, place};
 use common::{commands, expire, failed, ok, reply_to, state, steps};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 /// The service's `orders` table, and the switches of the hooks that fail on purpose.
@@ -126,7 +130,7 @@ async fn signals(pool: &PgPool, saga_id: &str) -> anyhow::Result<Vec<(String, Op
     )
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn an_event_that_came_early_is_taken_when_its_step_starts_and_the_hook_commits_with_the_end(
     pool: PgPool,
 ) -> TestResult {
@@ -179,7 +183,7 @@ async fn an_event_that_came_early_is_taken_when_its_step_starts_and_the_hook_com
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_failing_end_hook_rolls_its_move_back_is_tried_again_then_fails_until_retried(
     pool: PgPool,
 ) -> TestResult {
@@ -239,7 +243,7 @@ async fn a_failing_end_hook_rolls_its_move_back_is_tried_again_then_fails_until_
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_panicking_end_hook_is_a_failed_try_not_a_crash(pool: PgPool) -> TestResult {
     with_orders(&pool).await?;
     let saga = Saga::<Order>::define("order", 1)
@@ -264,7 +268,7 @@ async fn a_panicking_end_hook_is_a_failed_try_not_a_crash(pool: PgPool) -> TestR
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_wait_that_times_out_compensates_and_on_compensated_gets_why(pool: PgPool) -> TestResult {
     with_orders(&pool).await?;
     let saga_id = place(&pool, &order_saga(), 4).await?;
@@ -298,7 +302,7 @@ async fn a_wait_that_times_out_compensates_and_on_compensated_gets_why(pool: PgP
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn events_that_cannot_be_taken_are_recorded_with_why_and_the_saga_waits_on(
     pool: PgPool,
 ) -> TestResult {
@@ -351,7 +355,7 @@ async fn events_that_cannot_be_taken_are_recorded_with_why_and_the_saga_waits_on
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn an_event_payload_that_is_not_an_object_or_is_too_big_is_refused_and_nothing_written(
     pool: PgPool,
 ) -> TestResult {
@@ -417,7 +421,7 @@ async fn book(pool: &PgPool, trip_id: i64) -> anyhow::Result<String> {
     Ok(saga_id)
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_parallel_group_sends_together_goes_on_when_all_answered_and_undoes_all_but_the_declined(
     pool: PgPool,
 ) -> TestResult {
@@ -499,7 +503,7 @@ async fn a_parallel_group_sends_together_goes_on_when_all_answered_and_undoes_al
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn sagas_started_on_version_one_finish_on_it_when_version_two_adds_a_group_and_a_wait(
     pool: PgPool,
 ) -> TestResult {
@@ -559,7 +563,7 @@ async fn sagas_started_on_version_one_finish_on_it_when_version_two_adds_a_group
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_definition_changed_under_a_running_saga_fails_it_with_the_reason(
     pool: PgPool,
 ) -> TestResult {
@@ -600,7 +604,7 @@ async fn cancelled_on_the_second_try(
     cancelled(conn, order, why).await
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_retried_end_hook_gets_why_the_saga_ended_not_its_own_error(pool: PgPool) -> TestResult {
     with_orders(&pool).await?;
     let saga = Saga::<Order>::define("order", 1)

@@ -10,6 +10,10 @@ mod common;
 
 use common::{commands, failed, ok, reply_to, start_saga, state, steps};
 
+/// The schema, after a check that the servers are up; it also captures the logs of
+/// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
+static MIGRATOR: testkit::CheckedMigrator = testkit::CheckedMigrator::new(&txoutbox::MIGRATOR);
+
 type TestResult = anyhow::Result<()>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +49,7 @@ async fn start(pool: &PgPool, id: i64) -> anyhow::Result<String> {
     Ok(saga_id)
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_group_of_sixty_four_goes_on_once_every_step_answered(pool: PgPool) -> TestResult {
     let registry = Registry::new().register(wide());
     let saga_id = start(&pool, 1).await?;
@@ -65,7 +69,7 @@ async fn a_group_of_sixty_four_goes_on_once_every_step_answered(pool: PgPool) ->
     Ok(())
 }
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_decline_of_the_sixty_fourth_step_undoes_the_other_sixty_three(
     pool: PgPool,
 ) -> TestResult {

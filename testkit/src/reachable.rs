@@ -133,7 +133,8 @@ fn accepts(address: &str) -> bool {
 }
 
 /// A migrator for `#[sqlx::test(migrator = "...")]` that first calls
-/// [`require_servers`].
+/// [`require_servers`], then [`crate::capture_logs`]: the test's logs are shown when it
+/// fails.
 ///
 /// `#[sqlx::test]` connects to `DATABASE_URL` before the test body runs, and a refused
 /// connection makes it retry for 30 seconds and then panic, in every test. It reads its
@@ -163,6 +164,7 @@ impl Deref for CheckedMigrator {
 
     fn deref(&self) -> &Migrator {
         require_servers();
+        crate::capture_logs();
         self.0
     }
 }

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 const CLAIM: &str = "SELECT count(*) FROM outbox_ready_batch(
     'relay', ARRAY(SELECT generate_series(0, 63)::smallint), 0, 500, 4194304)";
 
-#[sqlx::test(migrator = "txoutbox::MIGRATOR")]
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
 async fn a_claim_planned_on_an_empty_outbox_reads_a_backlog_through_its_indexes(
     pool: PgPool,
 ) -> anyhow::Result<()> {

@@ -112,22 +112,25 @@ pub(crate) fn fast_config(exchange: &str) -> txoutbox_relay::RelayConfig {
     config
 }
 
-/// Starts the `outbox-relay` binary with fast failover settings and `extra` flags.
+/// Starts the `outbox-relay` binary with fast failover settings and `extra` flags, its
+/// logs kept with the test's output.
 pub(crate) fn spawn_relay(
     database_url: &str,
     amqp_url: &str,
     exchange: &str,
     extra: &[&str],
 ) -> anyhow::Result<Child> {
-    let child = relay_command(database_url, amqp_url, exchange, "127.0.0.1:0")
+    let mut child = relay_command(database_url, amqp_url, exchange, "127.0.0.1:0")
         .args(extra)
         .spawn()?;
+    testkit::forward_stderr(&mut child);
     Ok(child)
 }
 
 /// `outbox-relay run` with fast failover settings and its HTTP endpoints on
-/// `http_addr`, logging warnings to the test's stderr; add flags, or change the
-/// environment and where output goes, before spawning it.
+/// `http_addr`, its logs (from `info`) piped for the test to read or pass on with
+/// `testkit::forward_stderr`; add flags, or change the environment and where output
+/// goes, before spawning it.
 pub(crate) fn relay_command(
     database_url: &str,
     amqp_url: &str,
@@ -155,10 +158,10 @@ pub(crate) fn relay_command(
         ])
         .env("DATABASE_URL", database_url)
         .env("AMQP_URL", amqp_url)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info,lapin::returned_messages=off")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     command
 }

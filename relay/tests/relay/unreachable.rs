@@ -3,13 +3,18 @@
 //! "pool timed out" ten seconds later, and never the password.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
 const PASSWORD: &str = "hunter2-never-printed";
+
+/// How long a relay may take to publish or to say what it sees: many times what it needs.
+const WAIT: Duration = Duration::from_secs(60);
 
 async fn status_of(url: &str) -> anyhow::Result<(Option<i32>, String)> {
     let output = relay_cli(&["status"], &[("DATABASE_URL", url)]).await?;
@@ -101,4 +106,76 @@ async fn a_read_only_server_is_named_as_such(pool: PgPool) -> TestResult {
     .execute(&pool)
     .await?;
     Ok(())
+}
+
+/// Sets or resets `default_transaction_read_only` for `database`, from a connection to
+/// the server's main database (one to `database` itself would be read-only too), and
+/// ends every other session on `database` so that its clients connect anew.
+async fn read_only(database: &str, on: bool) -> TestResult {
+    let mut admin = sqlx::PgConnection::connect(&testkit::database_url()).await?;
+    let setting = if on {
+        "SET default_transaction_read_only = on"
+    } else {
+        "RESET default_transaction_read_only"
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{database}\" {setting}"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(database)
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+/// A database that turns read-only under a running relay (a failover to a standby
+/// not promoted yet looks the same) is named with its cause in the relay's log, and
+/// the relay goes on publishing once it takes writes again.
+#[sqlx::test(migrator = "crate::support::MIGRATOR")]
+async fn a_running_relay_names_a_read_only_database_and_goes_on(pool: PgPool) -> TestResult {
+    let sandbox = Sandbox::new("#").await?;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await?;
+    let mut relay = relay_command(
+        &database_url_of(&pool),
+        &amqp_url(),
+        &sandbox.exchange,
+        "127.0.0.1:0",
+    )
+    .spawn()?;
+    let logs = Arc::new(Mutex::new(String::new()));
+    let mut lines = BufReader::new(relay.stderr.take().expect("piped")).lines();
+    let kept = Arc::clone(&logs);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[relay] {line}");
+            kept.lock()
+                .expect("never poisoned")
+                .push_str(&(line + "\n"));
+        }
+    });
+    let before = fill(&pool, 4, 10, "read-only").await?;
+    sandbox.wait_for_all(&before, WAIT).await?;
+
+    read_only(&database, true).await?;
+    let named = format!(
+        "PostgreSQL at {}",
+        txoutbox::reach::server_of(&pool.connect_options())
+    );
+    let said = async || {
+        let logs = logs.lock().expect("never poisoned");
+        Ok(logs.contains(&named) && logs.contains("read-only (transaction_read_only = on)"))
+    };
+    testkit::wait_until(WAIT, "the relay names the read-only server", said).await?;
+
+    read_only(&database, false).await?;
+    let after = fill(&pool, 4, 10, "read-only").await?;
+    sandbox.wait_for_all(&after, WAIT).await?;
+    assert_eq!(relay.try_wait()?, None, "the relay ran on throughout");
+    let logs = logs.lock().expect("never poisoned").clone();
+    assert!(!logs.contains("pool timed out"), "{logs}");
+    sandbox.remove().await
 }
