@@ -2,7 +2,8 @@
 //! servers are, a check that they are up, a broker sandbox that records what arrives,
 //! polling waits, messages taken from a queue (a dead-letter queue) with their headers,
 //! a TCP proxy that injects network faults, SIGTERM for a child,
-//! RabbitMQ nodes and clusters of a test's own to stop, kill and start again, and
+//! RabbitMQ nodes and clusters of a test's own to stop, kill and start again,
+//! PostgreSQL primaries and standbys of a test's own to stop and promote, and
 //! plain HTTP to read a `/metrics` or serve one.
 //!
 //! ```rust,no_run
@@ -26,6 +27,7 @@
 
 mod drained;
 mod http;
+mod postgres_node;
 mod proxy;
 mod rabbit_cluster;
 mod rabbit_node;
@@ -39,6 +41,7 @@ mod wait;
 
 pub use drained::drain_headers;
 pub use http::{HTTP_TIMEOUT, body, http_get, http_post_form, http_request, serve_text};
+pub use postgres_node::{PostgresNode, Replication};
 pub use proxy::FaultyProxy;
 pub use rabbit_cluster::{QuorumQueue, RabbitCluster};
 pub use rabbit_node::RabbitNode;
