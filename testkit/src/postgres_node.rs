@@ -183,7 +183,13 @@ impl PostgresNode {
             .await?)
         };
         let streaming = format!("{} streams from {}", standby.name, self.name);
-        wait_until(TIMEOUT, &streaming, async || Ok(state().await?.is_some())).await?;
+        let waited = wait_until(TIMEOUT, &streaming, async || Ok(state().await?.is_some())).await;
+        if waited.is_err() {
+            // Its log says why: dropping it leaves it.
+            standby.keep_dir = true;
+        }
+        let log = standby.dir.join(SERVER_LOG);
+        waited.with_context(|| format!("see {}", log.display()))?;
         if replication == Replication::Synchronous {
             let names = format!(
                 "ALTER SYSTEM SET synchronous_standby_names = '\"{}\"'",
