@@ -18,3 +18,9 @@ fi
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt_install --no-install-recommends chromium chromium-driver
 fi
+
+# The PostgreSQL failover test makes a primary and a standby of its own: it needs the
+# server programs (initdb, pg_ctl, pg_basebackup), not only a server on 5432.
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install --no-install-recommends postgresql
+fi

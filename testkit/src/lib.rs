@@ -2,9 +2,10 @@
 //! servers are, a check that they are up, a broker sandbox that records what arrives,
 //! polling waits, messages taken from a queue (a dead-letter queue) with their headers,
 //! a TCP proxy that injects network faults, SIGTERM for a child,
-//! RabbitMQ nodes and clusters of a test's own to stop, kill and start again, and
-//! plain HTTP to read a `/metrics` or serve one, and the logs of what a test starts
-//! kept with its output.
+//! RabbitMQ nodes and clusters of a test's own to stop, freeze, kill and start again,
+//! PostgreSQL primaries and standbys of a test's own to stop and promote, plain HTTP
+//! to read a `/metrics` or serve one, and the logs of what a test starts kept with its
+//! output.
 //!
 //! ```rust,no_run
 //! use std::time::Duration;
@@ -28,6 +29,7 @@
 mod drained;
 mod http;
 mod logs;
+mod postgres_node;
 mod proxy;
 mod rabbit_cluster;
 mod rabbit_node;
@@ -42,6 +44,7 @@ mod wait;
 pub use drained::drain_headers;
 pub use http::{HTTP_TIMEOUT, body, http_get, http_post_form, http_request, serve_text};
 pub use logs::{capture_logs, forward_stderr};
+pub use postgres_node::{PostgresNode, Replication};
 pub use proxy::FaultyProxy;
 pub use rabbit_cluster::{QuorumQueue, RabbitCluster};
 pub use rabbit_node::RabbitNode;

@@ -1,8 +1,9 @@
-//! A TCP proxy that can cut or stall every connection through it, or refuse new ones.
+//! A TCP proxy that can cut or stall every connection through it, refuse new ones, or
+//! send new ones elsewhere (a failover).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,11 +13,14 @@ use crate::servers::{self, AMQP_PORT};
 
 /// A TCP proxy in front of a server (RabbitMQ, PostgreSQL) that the test controls: it can cut every
 /// connection through it, stall them (a black hole: nothing moves, nothing closes), or
-/// refuse new ones (a node that went away). Two proxies in front of one broker make two
-/// "nodes" of a cluster.
+/// refuse new ones (a node that went away), or move to another server
+/// ([`FaultyProxy::switch_to`]: a virtual IP or a proxy after a failover). Two proxies in
+/// front of one broker make two "nodes" of a cluster.
 pub struct FaultyProxy {
     /// The local port to connect to instead of the server's.
     pub port: u16,
+    /// Where new connections go.
+    upstream: Arc<Mutex<SocketAddr>>,
     cut: broadcast::Sender<()>,
     stalled: Arc<AtomicBool>,
     refusing: Arc<AtomicBool>,
@@ -56,6 +60,8 @@ impl FaultyProxy {
         let open_count = Arc::clone(&open);
         let refused = Arc::new(AtomicUsize::new(0));
         let refused_count = Arc::clone(&refused);
+        let upstream = Arc::new(Mutex::new(upstream));
+        let current = Arc::clone(&upstream);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if refusing_flag.load(Ordering::SeqCst) {
@@ -63,7 +69,10 @@ impl FaultyProxy {
                     refused_count.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
+                // Subscribed before the upstream is read: a switch in between cuts
+                // this connection, so none stays on the old server.
                 let mut cut_rx = cut_tx.subscribe();
+                let upstream = *current.lock().unwrap_or_else(|e| e.into_inner());
                 let stalled = Arc::clone(&stalled_flag);
                 let open = Arc::clone(&open_count);
                 tokio::spawn(async move {
@@ -87,6 +96,7 @@ impl FaultyProxy {
         });
         Ok(Self {
             port,
+            upstream,
             cut,
             stalled,
             refusing,
@@ -109,6 +119,20 @@ impl FaultyProxy {
     /// stall held back are dropped with them, even if the stall ends right after.
     pub fn cut_all(&self) {
         let _ = self.cut.send(());
+    }
+
+    /// Sends every new connection to `upstream` from now on, and cuts those through to
+    /// the old one, as a virtual IP moved to a promoted standby, or a proxy told of
+    /// it, would: clients reconnect and find the new server at the same address.
+    pub fn switch_to(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(|e| e.into_inner()) = upstream;
+        self.cut_all();
+    }
+
+    /// Where new connections go: the server given at the start, or the last
+    /// [`FaultyProxy::switch_to`].
+    pub fn upstream(&self) -> SocketAddr {
+        *self.upstream.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The local port the proxy listens on.

@@ -14,7 +14,7 @@ use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-mod host;
+pub(crate) mod host;
 
 use host::{alive, free_ports, kill_group, read_pid, signal, sweep, vm_of};
 

@@ -44,3 +44,30 @@ async fn bytes_held_by_a_stall_are_dropped_with_the_cut() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_switch_cuts_the_old_server_off_and_sends_new_connections_to_the_new_one()
+-> anyhow::Result<()> {
+    let old = TcpListener::bind("127.0.0.1:0").await?;
+    let new = TcpListener::bind("127.0.0.1:0").await?;
+    let proxy = FaultyProxy::start(old.local_addr()?).await?;
+    let mut before = TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    let (mut on_old, _) = old.accept().await?;
+    before.write_all(b"hi").await?;
+    let mut buf = [0u8; 2];
+    on_old.read_exact(&mut buf).await?;
+
+    proxy.switch_to(new.local_addr()?);
+    assert_eq!(proxy.upstream(), new.local_addr()?);
+    let read = tokio::time::timeout(Duration::from_secs(10), before.read(&mut buf)).await?;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the old connection is cut: {read:?}"
+    );
+    let mut after = TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    let (mut on_new, _) = tokio::time::timeout(Duration::from_secs(10), new.accept()).await??;
+    after.write_all(b"yo").await?;
+    on_new.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"yo");
+    Ok(())
+}

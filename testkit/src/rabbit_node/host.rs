@@ -12,7 +12,7 @@ use super::{HOST, OWNER_FILE, PID_FILE, POLL};
 /// outgoing connection can take one while the node is down between a kill and a
 /// start again (a client retrying a closed local port inside the range can even
 /// connect to itself and hold the port).
-pub(super) fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -88,7 +88,7 @@ pub(super) fn kill_group(group: Option<u32>, vm: Option<u32>) {
 }
 
 /// SIGKILL to `pid`, and a short wait (at most 5 s) until it is gone.
-pub(super) fn kill_and_wait(pid: u32) {
+pub(crate) fn kill_and_wait(pid: u32) {
     signal(&pid.to_string(), "-KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) && Instant::now() < deadline {
@@ -98,7 +98,7 @@ pub(super) fn kill_and_wait(pid: u32) {
 
 /// `kill <signal> -- <target>`: `kill(1)` rather than `libc::kill`, as the workspace
 /// forbids `unsafe`. A negative target is a process group.
-pub(super) fn signal(target: &str, signal: &str) -> bool {
+pub(crate) fn signal(target: &str, signal: &str) -> bool {
     std::process::Command::new("kill")
         .args([signal, "--", target])
         .stdout(Stdio::null())
@@ -108,7 +108,7 @@ pub(super) fn signal(target: &str, signal: &str) -> bool {
 }
 
 /// Whether `pid` runs: a zombie does not (no one may reap it in a container).
-pub(super) fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit_once(") ")
@@ -118,6 +118,6 @@ pub(super) fn alive(pid: u32) -> bool {
     }
 }
 
-pub(super) fn read_pid(file: &Path) -> Option<u32> {
+pub(crate) fn read_pid(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
