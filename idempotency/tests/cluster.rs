@@ -1,9 +1,10 @@
 //! A consumer with an inbox on a three-node RabbitMQ cluster (`testkit::RabbitCluster`),
 //! draining a quorum queue: the node it is connected to is killed with -9, then the
-//! queue's leader is stopped, and every message still takes effect exactly once.
+//! queue's leader is stopped, and every message still takes effect exactly once; or
+//! the leader's node, the consumer's own, is frozen (SIGSTOP) for a minute and thawed.
 //! Skipped, with a note, where `rabbitmq-server` is not installed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -137,5 +138,72 @@ async fn lose_nodes(pool: &PgPool, cluster: &mut RabbitCluster) -> TestResult {
         (2_000, 2_000),
         "each message took effect once"
     );
+    Ok(())
+}
+
+/// The heartbeat the frozen-node test asks for, in seconds: lapin gives a silent
+/// connection up after two heartbeats.
+const HEARTBEAT: u64 = 5;
+/// How long the node stays frozen.
+const FREEZE: Duration = Duration::from_secs(60);
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_frozen_leader_costs_no_message_and_no_second_effect(pool: PgPool) -> TestResult {
+    if !RabbitNode::installed() {
+        eprintln!("skipped: rabbitmq-server is not installed, so no cluster can run here");
+        return Ok(());
+    }
+    sqlx::query("CREATE TABLE effects (saga_id text NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let mut cluster = RabbitCluster::start("consumer-frozen", 3).await?;
+    let outcome = freeze_the_leader(&pool, &mut cluster).await;
+    cluster.remove().await?;
+    outcome
+}
+
+async fn freeze_the_leader(pool: &PgPool, cluster: &mut RabbitCluster) -> TestResult {
+    let mut config = ConsumerConfig::new(format!("test-frozen-{}", uuid::Uuid::now_v7()));
+    config.retry_base = Duration::from_millis(100);
+    config.retry_max = Duration::from_millis(400);
+    let queue = config.queue.clone();
+    let (connection, channel) = publisher(&cluster.node(0).amqp_url()).await?;
+    config.declare(&channel).await?;
+    let _ = connection.close(200, "declared".into()).await;
+    let Some(leader) = cluster.queue_leader(&queue, "/").await? else {
+        anyhow::bail!("no leader for {queue}");
+    };
+    let publishing = (leader + 2) % 3;
+    let (connection, channel) = publisher(&cluster.node(publishing).amqp_url()).await?;
+    publish(&channel, &queue, 0..1_500).await?;
+
+    // The consumer starts on the leader's node, which is frozen mid-drain.
+    let node = |i: usize| format!("{}?heartbeat={HEARTBEAT}", cluster.node(i).amqp_url());
+    let urls = [leader, (leader + 1) % 3, publishing].map(node).join(",");
+    let consumer = Consumer::new(pool.clone(), urls, "inventory", config)
+        .on("Reserve", reserve)
+        .spawn()?;
+    wait_for_effects(pool, 300).await?;
+    cluster.node_mut(leader).freeze()?;
+    let frozen_at = Instant::now();
+    publish(&channel, &queue, 1_500..2_000).await?;
+    let what = "every message took effect while the leader was frozen";
+    let all = async || Ok(effects(pool).await?.1 >= 2_000);
+    wait_until(Duration::from_secs(120), what, all).await?;
+    let all_in_after = frozen_at.elapsed();
+
+    tokio::time::sleep(FREEZE.saturating_sub(frozen_at.elapsed())).await;
+    cluster.node_mut(leader).thaw()?;
+    cluster.wait_until_running().await?;
+    publish(&channel, &queue, 2_000..2_200).await?;
+    wait_for_effects(pool, 2_200).await?;
+    let _ = connection.close(200, "published".into()).await;
+    consumer.shutdown().await?;
+    assert_eq!(
+        effects(pool).await?,
+        (2_200, 2_200),
+        "each message took effect once"
+    );
+    eprintln!("frozen leader: every message took effect {all_in_after:?} after the freeze");
     Ok(())
 }

@@ -101,6 +101,8 @@ pub struct RabbitNode {
 struct Running {
     server: Option<Child>,
     vm: u32,
+    /// Stopped by [`RabbitNode::freeze`]: it cannot answer a graceful stop.
+    frozen: bool,
 }
 
 /// A start under way: dropped before it is defused (by an error, or with the future of
@@ -226,7 +228,11 @@ impl RabbitNode {
         };
         let (node, port, dist_port) =
             read().with_context(|| format!("reading {}", file.display()))?;
-        let running = vm_of(dir, &node).map(|vm| Running { server: None, vm });
+        let running = vm_of(dir, &node).map(|vm| Running {
+            server: None,
+            vm,
+            frozen: false,
+        });
         Ok(Self {
             node,
             port,
@@ -317,6 +323,41 @@ impl RabbitNode {
         Ok(())
     }
 
+    /// Freezes the node's Erlang VM with SIGSTOP, as a long garbage-collection pause, a
+    /// frozen VM or a disk that stops answering would: its sockets stay open and its
+    /// clients' writes are taken by the kernel, but nothing answers, and nothing
+    /// closes. Only heartbeats (and timeouts of the clients' own) notice. Undo with
+    /// [`RabbitNode::thaw`]; a frozen node is still killed when dropped.
+    pub fn freeze(&mut self) -> anyhow::Result<()> {
+        let Some(running) = &mut self.running else {
+            anyhow::bail!("{} is not running", self.node);
+        };
+        anyhow::ensure!(
+            signal(&running.vm.to_string(), "-STOP"),
+            "{}: SIGSTOP to VM {} failed",
+            self.node,
+            running.vm
+        );
+        running.frozen = true;
+        Ok(())
+    }
+
+    /// Lets a node frozen by [`RabbitNode::freeze`] run on (SIGCONT): it finds its
+    /// peers and its clients' sockets as the time in between left them.
+    pub fn thaw(&mut self) -> anyhow::Result<()> {
+        let Some(running) = &mut self.running else {
+            anyhow::bail!("{} is not running", self.node);
+        };
+        anyhow::ensure!(
+            signal(&running.vm.to_string(), "-CONT"),
+            "{}: SIGCONT to VM {} failed",
+            self.node,
+            running.vm
+        );
+        running.frozen = false;
+        Ok(())
+    }
+
     /// Starts the stopped or killed node again, on the same ports and data: durable
     /// queues and persistent messages are back. Returns once it accepts AMQP.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
@@ -340,6 +381,7 @@ impl RabbitNode {
         self.running = Some(Running {
             server: Some(server),
             vm,
+            frozen: false,
         });
         Ok(())
     }
@@ -370,9 +412,12 @@ impl RabbitNode {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Stops the node (kills it if it does not stop) and removes its directory.
+    /// Stops the node (kills it if it does not stop, or at once if it is frozen) and
+    /// removes its directory.
     pub async fn remove(mut self) -> anyhow::Result<()> {
-        if self.running.is_some() && self.stop().await.is_err() {
+        let frozen = self.running.as_ref().is_some_and(|running| running.frozen);
+        // `||` short-circuits: a frozen node is not asked to stop.
+        if self.running.is_some() && (frozen || self.stop().await.is_err()) {
             self.kill().await?;
         }
         std::fs::remove_dir_all(&self.dir)
@@ -540,6 +585,13 @@ fn cookie() -> &'static str {
     COOKIE.get_or_init(|| uuid::Uuid::now_v7().simple().to_string().to_uppercase())
 }
 
+/// Every node's `rabbitmq.conf`. A node that was frozen past the cluster's
+/// `net_ticktime` (60 s: its peers give it up after 45-75 s) comes back to find itself
+/// partitioned from them; with the default handling (`ignore`) it stays apart until
+/// restarted by hand. `autoheal` restarts the losing side once the nodes see each other
+/// again, so the node rejoins by itself, as in production clusters that set it.
+const CONFIG: &str = "cluster_partition_handling = autoheal\n";
+
 /// The node's directory: its owner, its name and ports, its cookie (in `HOME`,
 /// readable by its owner alone, as Erlang requires), and configuration of its own that
 /// overrides the machine's (whose `rabbitmq.conf` here binds 5672, and whose env file
@@ -561,7 +613,7 @@ fn prepare(place: &Place) -> anyhow::Result<()> {
         .open(dir.join(".erlang.cookie"))?
         .write_all(cookie().as_bytes())?;
     std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
-    std::fs::write(dir.join("rabbitmq.conf"), "")?;
+    std::fs::write(dir.join("rabbitmq.conf"), CONFIG)?;
     std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
     Ok(())
 }
