@@ -30,5 +30,10 @@ for run in $(seq 1 "$times"); do
     echo "run $run: FAILED in $(($(date +%s) - started)) s (output: $folder/run-$run.log)"
   fi
 done
-echo "$failed of $times runs failed${failed:+; their output is in $folder}"
+if [ "$failed" -gt 0 ]; then
+  echo "$failed of $times runs failed; their output is in $folder"
+else
+  rmdir "$folder"
+  echo "all $times runs passed"
+fi
 [ "$failed" -eq 0 ]

@@ -247,9 +247,26 @@ async fn wait_for(pool: &PgPool, saga_id: &str, state: SagaState) -> anyhow::Res
         let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'sent'")
             .fetch_one(pool)
             .await?;
+        let outbox: Vec<String> = sqlx::query_scalar(
+            "SELECT created_at::text || ' ' || step || ' -> ' || routing_key || ' ' || state
+                    || ' attempts ' || attempts || ' ' || coalesce(last_error, '')
+             FROM outbox WHERE saga_id = $1 ORDER BY seq",
+        )
+        .bind(saga_id)
+        .fetch_all(pool)
+        .await?;
+        let inbox: Vec<String> = sqlx::query_scalar(
+            "SELECT processed_at::text || ' ' || consumer || ' took ' || step FROM inbox
+             WHERE saga_id = $1 ORDER BY processed_at",
+        )
+        .bind(saga_id)
+        .fetch_all(pool)
+        .await?;
         eprintln!(
-            "{saga_id}: {unsent} outbox rows unsent; history:\n  {}",
-            history.join("\n  ")
+            "{saga_id}: {unsent} outbox rows unsent; history:\n  {}\noutbox rows kept:\n  {}\ninbox:\n  {}",
+            history.join("\n  "),
+            outbox.join("\n  "),
+            inbox.join("\n  ")
         );
     }
     reached
