@@ -162,8 +162,9 @@ pub fn verdict(check: &Check) -> String {
                 })
                 .collect();
             let rule = format!(
-                "median of the last {WINDOW} samples against the median of the {WINDOW} from \
-                 {} s on; more than {:.0}% (and, for counts, more than 2) fails",
+                "the peak of the last third of the samples from {} s on (at least {WINDOW}) \
+                 against the peak of the first third; more than {:.0}% (and, for counts, more \
+                 than 2) fails",
                 SETTLE.as_secs(),
                 LIMIT * 100.0
             );
@@ -290,8 +291,8 @@ mod tests {
 
     #[test]
     fn a_failure_names_the_role_and_figure() {
-        let samples: Vec<Sample> = (1..=12)
-            .map(|i| sample(10 * i, Some(if i > 9 { 3_000 } else { 2_000 })))
+        let samples: Vec<Sample> = (1..=15)
+            .map(|i| sample(10 * i, Some(if i > 12 { 3_000 } else { 2_000 })))
             .collect();
         let said = verdict(&check(&samples));
         assert!(
