@@ -213,6 +213,15 @@ impl DemoBroker {
         true
     }
 
+    /// What the soak's sampler needs to count the run's connections and channels.
+    pub fn counter(&self) -> BrokerCounter {
+        BrokerCounter {
+            rabbit: self.rabbit.clone(),
+            vhost: self.vhost.clone(),
+            restarting: Arc::clone(&self.restarting),
+        }
+    }
+
     async fn connect(&self) -> anyhow::Result<Connection> {
         Ok(Connection::connect(self.url.as_str(), ConnectionProperties::default()).await?)
     }
@@ -298,7 +307,9 @@ impl DemoBroker {
             Owned::Shared => {}
         }
         if let Some(vhost) = &self.vhost {
-            return rabbitmqctl(&Owned::Shared, &["delete_vhost", vhost]).await;
+            return rabbitmqctl(&Owned::Shared, &["delete_vhost", vhost])
+                .await
+                .map(drop);
         }
         let connection = self.connect().await?;
         let channel = connection.create_channel().await?;
@@ -318,6 +329,41 @@ impl DemoBroker {
     }
 }
 
+/// Counts the connections and channels in the run's vhost, off the run's loop.
+#[derive(Clone)]
+pub struct BrokerCounter {
+    rabbit: Owned,
+    vhost: Option<String>,
+    restarting: Arc<AtomicBool>,
+}
+
+impl BrokerCounter {
+    /// Connections and channels in the run's vhost (`rabbitmqctl list_connections`);
+    /// `None` without a vhost of the run's own, while a node restarts, or when the tool
+    /// does not answer within 5 s.
+    pub async fn connections_and_channels(&self) -> Option<(u64, u64)> {
+        let vhost = self.vhost.as_deref()?;
+        if self.restarting.load(Ordering::SeqCst) {
+            return None;
+        }
+        let args = [
+            "list_connections",
+            "--quiet",
+            "--no-table-headers",
+            "--vhost",
+            vhost,
+            "channels",
+        ];
+        let listed = tokio::time::timeout(Duration::from_secs(5), rabbitmqctl(&self.rabbit, &args));
+        let output = listed.await.ok()?.ok()?;
+        let channels: Vec<u64> = output
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect();
+        Some((channels.len() as u64, channels.iter().sum()))
+    }
+}
+
 /// The run's node or cluster, once no restart holds it any more: a restart still under
 /// way (a run cut short) finishes first.
 async fn node_of_its_own<T>(mut shared: Arc<Mutex<T>>) -> anyhow::Result<T> {
@@ -334,21 +380,15 @@ async fn node_of_its_own<T>(mut shared: Arc<Mutex<T>>) -> anyhow::Result<T> {
 async fn make_vhost(rabbit: &Owned, vhost: &str, user: &str) -> anyhow::Result<()> {
     rabbitmqctl(rabbit, &["add_vhost", vhost]).await?;
     let permissions = ["set_permissions", "--vhost", vhost, user, ".*", ".*", ".*"];
-    rabbitmqctl(rabbit, &permissions).await
+    rabbitmqctl(rabbit, &permissions).await.map(drop)
 }
 
 /// `rabbitmqctl` against the run's node, a running node of its cluster, or the
-/// machine's default node.
-async fn rabbitmqctl(rabbit: &Owned, args: &[&str]) -> anyhow::Result<()> {
+/// machine's default node; its output.
+async fn rabbitmqctl(rabbit: &Owned, args: &[&str]) -> anyhow::Result<String> {
     match rabbit {
-        Owned::Node(node) => {
-            node.lock().await.rabbitmqctl(args).await?;
-            return Ok(());
-        }
-        Owned::Cluster(cluster) => {
-            cluster.lock().await.rabbitmqctl(args).await?;
-            return Ok(());
-        }
+        Owned::Node(node) => return node.lock().await.rabbitmqctl(args).await,
+        Owned::Cluster(cluster) => return cluster.lock().await.rabbitmqctl(args).await,
         Owned::Shared => {}
     }
     let output = Command::new("rabbitmqctl")
@@ -367,5 +407,5 @@ async fn rabbitmqctl(rabbit: &Owned, args: &[&str]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

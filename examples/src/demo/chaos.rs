@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::broker::DemoBroker;
+use super::cli::DemoArgs;
 use super::databases::DemoDatabases;
 use super::plan::{Fault, FaultKind, FaultPlan};
 use super::progress::Progress;
 use super::saga::SagaMode;
+use super::soak::Sampler;
 use super::stage::Stage;
 
 /// How a run's loop ended.
@@ -36,16 +38,17 @@ pub struct Chaos {
     pub elapsed: Duration,
 }
 
-/// Drives the run until it completes, times out or is interrupted.
+/// Drives the run until it completes, times out or is interrupted, sampling for a
+/// soak when given a sampler.
 pub async fn drive(
     stage: &mut Stage,
     databases: &DemoDatabases,
     broker: &DemoBroker,
     mut plan: FaultPlan,
-    orders: u32,
-    mode: SagaMode,
-    timeout: Duration,
+    args: &DemoArgs,
+    mut sampler: Option<&mut Sampler>,
 ) -> anyhow::Result<Chaos> {
+    let (orders, mode, timeout) = (args.orders(), args.saga, args.timeout());
     let start = Instant::now();
     let mut chaos = Chaos {
         ending: Ending::TimedOut,
@@ -111,6 +114,9 @@ pub async fn drive(
         }
         for (_, name) in take_due(&mut unstalls, now) {
             stage.proxies[&name].stall(false);
+        }
+        if let Some(sampler) = sampler.as_deref_mut() {
+            sampler.tick(stage);
         }
         for (name, status) in stage.fleet.exited() {
             chaos.unexpected_exits += 1;

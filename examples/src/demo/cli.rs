@@ -40,9 +40,15 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = SagaMode::Choreography)]
     pub saga: SagaMode,
     /// Orders to place [default: 500; 100 with --short].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000), conflicts_with = "soak")]
     pub orders: Option<u32>,
-    /// Orders placed per second [default: 50; 10 with --short].
+    /// A soak run: place orders steadily for this long (`30s`, `10m`, `2h`; a bare number
+    /// is seconds; 10 s to 24 h), with faults throughout, sampling every process's memory
+    /// and file descriptors, PostgreSQL connections and broker connections and channels
+    /// every 10 s; then verify, and fail if any of them grew after the first minute.
+    #[arg(long, value_parser = super::soak::parse_duration, conflicts_with = "short")]
+    pub soak: Option<std::time::Duration>,
+    /// Orders placed per second [default: 50; 20 with --soak; 10 with --short].
     #[arg(long, value_parser = positive)]
     pub order_rate: Option<f64>,
     /// Share of payments that fail, from 0 to 1; those orders are compensated.
@@ -86,14 +92,38 @@ pub struct DemoArgs {
 
 impl DemoArgs {
     /// Orders to place.
+    /// Orders to place: with `--soak`, as many as the rate places in its duration.
     pub fn orders(&self) -> u32 {
+        if let Some(soak) = self.soak {
+            let orders = (soak.as_secs_f64() * self.order_rate()).ceil();
+            return orders.clamp(1.0, f64::from(MAX_ORDERS)) as u32;
+        }
         self.orders.unwrap_or(if self.short { 100 } else { 500 })
     }
 
     /// Orders placed per second.
     pub fn order_rate(&self) -> f64 {
-        self.order_rate
-            .unwrap_or(if self.short { 10.0 } else { 50.0 })
+        let default = match (self.short, self.soak.is_some()) {
+            (true, _) => 10.0,
+            (false, true) => 20.0,
+            (false, false) => 50.0,
+        };
+        self.order_rate.unwrap_or(default)
+    }
+
+    /// Why the flags cannot run together, if they cannot: a soak whose rate and
+    /// duration would place more orders than a run may.
+    pub fn refusal(&self) -> Option<String> {
+        let soak = self.soak?;
+        let orders = soak.as_secs_f64() * self.order_rate();
+        (orders > f64::from(MAX_ORDERS)).then(|| {
+            format!(
+                "--soak {} s at {}/s would place {orders:.0} orders, more than {MAX_ORDERS}; \
+                 lower --order-rate or the duration",
+                soak.as_secs(),
+                self.order_rate()
+            )
+        })
     }
 
     /// Faults per second.
@@ -110,12 +140,14 @@ impl DemoArgs {
         std::time::Duration::from_secs_f64(seconds.min(3_600.0))
     }
 
-    /// How long the saga may take.
+    /// How long the saga may take: with `--soak`, its duration and then 300 s more
+    /// (or `--timeout-secs`) for the last sagas to finish.
     pub fn timeout(&self) -> std::time::Duration {
         let seconds = self
             .timeout_secs
             .unwrap_or(if self.short { 180 } else { 300 });
-        std::time::Duration::from_secs(seconds)
+        let soak = self.soak.unwrap_or_default();
+        soak + std::time::Duration::from_secs(seconds)
     }
 }
 
@@ -150,6 +182,9 @@ pub struct ServiceArgs {
     #[arg(long, default_value_t = 5_000)]
     pub step_timeout_ms: u64,
 }
+
+/// The most orders one run places.
+const MAX_ORDERS: u32 = 1_000_000;
 
 fn number(text: &str) -> Result<f64, String> {
     text.parse::<f64>()
@@ -212,9 +247,38 @@ mod tests {
             ["--step-timeout-secs", "0"],
             ["--saga", "sideways"],
             ["--cluster", "--shared-broker"],
+            ["--soak", "0"],
+            ["--soak", "0m"],
+            ["--soak", "25h"],
+            ["--soak", "5"],
+            ["--soak", "ten"],
+            ["--soak", "3x"],
         ] {
             let parsed = Cli::try_parse_from(["exactly-once-demo", bad[0], bad[1]]);
             assert!(parsed.is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_soak_places_orders_for_its_duration() {
+        let cli = Cli::try_parse_from(["exactly-once-demo", "--soak", "10m"]).unwrap();
+        assert_eq!(cli.demo.soak, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(cli.demo.order_rate(), 20.0);
+        assert_eq!(cli.demo.orders(), 12_000);
+        assert_eq!(cli.demo.timeout().as_secs(), 900);
+        assert!(cli.demo.refusal().is_none());
+        let cli = Cli::try_parse_from(["exactly-once-demo", "--soak", "30", "--order-rate", "3"])
+            .unwrap();
+        assert_eq!(cli.demo.orders(), 90);
+        let cli = Cli::try_parse_from(["exactly-once-demo", "--soak", "24h", "--order-rate", "50"])
+            .unwrap();
+        assert!(cli.demo.refusal().is_some());
+        for clash in [
+            &["--soak", "1m", "--short"][..],
+            &["--soak", "1m", "--orders", "5"][..],
+        ] {
+            let argv = std::iter::once("exactly-once-demo").chain(clash.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{clash:?} was accepted");
         }
     }
 }

@@ -65,6 +65,11 @@ impl DemoDatabases {
         &self.pools[&service]
     }
 
+    /// A service's database's name.
+    pub fn name(&self, service: Service) -> &str {
+        &self.names[&service]
+    }
+
     /// The databases' names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.values().map(String::as_str)

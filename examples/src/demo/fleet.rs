@@ -100,6 +100,14 @@ impl Fleet {
         Ok(())
     }
 
+    /// Each process's name and pid; `None` while it is down.
+    pub fn pids(&self) -> Vec<(String, Option<u32>)> {
+        self.processes
+            .iter()
+            .map(|(name, m)| (name.clone(), m.child.as_ref().and_then(Child::id)))
+            .collect()
+    }
+
     /// Names of processes that exited without being asked to (they are left down;
     /// the caller decides).
     pub fn exited(&mut self) -> Vec<(String, String)> {

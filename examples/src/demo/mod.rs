@@ -20,6 +20,7 @@ pub mod run;
 pub mod saga;
 pub mod schema;
 pub mod services;
+pub mod soak;
 pub mod stage;
 pub mod verify;
 

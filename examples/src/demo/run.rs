@@ -10,6 +10,7 @@ use super::databases::DemoDatabases;
 use super::plan::{FaultKind, FaultPlan};
 use super::report::Report;
 use super::saga::{Event, Service};
+use super::soak::{self, Sampler};
 use super::stage::{self, Stage};
 use super::verify::{self, Sources};
 use testkit::{RabbitCluster, RabbitNode};
@@ -32,6 +33,9 @@ async fn run_checked(args: DemoArgs) -> anyhow::Result<u8> {
     })?;
     let amqp_url =
         std::env::var("AMQP_URL").map_err(|_| anyhow::anyhow!("set AMQP_URL to RabbitMQ"))?;
+    if let Some(refusal) = args.refusal() {
+        anyhow::bail!("{refusal}");
+    }
     let relay_program = stage::relay_program()?;
     if args.cluster && !RabbitNode::installed() {
         anyhow::bail!(
@@ -51,6 +55,14 @@ async fn run_checked(args: DemoArgs) -> anyhow::Result<u8> {
         args.fault_rate(),
         args.seed
     );
+    if let Some(duration) = args.soak {
+        println!(
+            "soak: orders placed for {} s, every process, PostgreSQL and the broker sampled every \
+             {} s",
+            duration.as_secs(),
+            soak::EVERY.as_secs()
+        );
+    }
 
     let databases = DemoDatabases::create(&database_url, &prefix).await?;
     let rabbit = match own_rabbit(&args, &prefix).await {
@@ -143,16 +155,10 @@ async fn run_staged(
         kinds.clone(),
         args.step_timeout(),
     );
-    let chaos = chaos::drive(
-        &mut stage,
-        databases,
-        broker,
-        plan,
-        args.orders(),
-        args.saga,
-        args.timeout(),
-    )
-    .await;
+    let mut sampler = args
+        .soak
+        .map(|duration| Sampler::new(duration, databases, broker));
+    let chaos = chaos::drive(&mut stage, databases, broker, plan, args, sampler.as_mut()).await;
     stage.unstall_all();
     stage.fleet.stop_all(Duration::from_secs(10)).await;
     let chaos = chaos?;
@@ -183,12 +189,34 @@ async fn run_staged(
         elapsed: chaos.elapsed,
     };
     report.print();
+    let grew = match sampler {
+        Some(sampler) => soak_report(sampler, &stage.logs).await?,
+        None => false,
+    };
     println!("logs of every process: {}", stage.logs.display());
-    Ok(if report.passed() && chaos.ending == Ending::Complete {
-        0
-    } else {
-        1
-    })
+    Ok(
+        if report.passed() && chaos.ending == Ending::Complete && !grew {
+            0
+        } else {
+            1
+        },
+    )
+}
+
+/// Writes the soak's series into the run's folder, prints its summary, and says
+/// whether a figure grew past the rule.
+async fn soak_report(sampler: Sampler, folder: &std::path::Path) -> anyhow::Result<bool> {
+    let samples = sampler.finish().await;
+    let check = soak::rule::check(&samples);
+    soak::table::write(folder, &samples, &check)?;
+    println!();
+    println!("{}", soak::table::summary(&samples, &check));
+    println!(
+        "soak series: {} and {}",
+        folder.join("soak.csv").display(),
+        folder.join("soak.md").display()
+    );
+    Ok(!check.failures().is_empty())
 }
 
 /// A three-node cluster of the run's own with `--cluster` (the run stops if it does not
