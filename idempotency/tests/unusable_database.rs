@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use testkit::{amqp_url, wait_until};
 use txoutbox_inbox::{BoxError, Consumer, Context};
 
@@ -57,28 +57,6 @@ async fn record(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxErr
     Ok(())
 }
 
-/// Sets or resets `default_transaction_read_only` for `database`, from a connection to
-/// the server's main database, and ends every session on `database`, so that its
-/// clients connect anew under the setting.
-async fn read_only(database: &str, on: bool) -> TestResult {
-    let mut admin = sqlx::PgConnection::connect(&testkit::database_url()).await?;
-    let setting = if on {
-        "SET default_transaction_read_only = on"
-    } else {
-        "RESET default_transaction_read_only"
-    };
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{database}\" {setting}"
-    )))
-    .execute(&mut admin)
-    .await?;
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(database)
-        .execute(&mut admin)
-        .await?;
-    Ok(())
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_read_only_database_is_named_and_costs_the_message_nothing(pool: PgPool) -> TestResult {
     sqlx::query("CREATE TABLE effects (saga_id text NOT NULL)")
@@ -102,7 +80,7 @@ async fn a_read_only_database_is_named_and_costs_the_message_nothing(pool: PgPoo
         .on("Reserve", record)
         .spawn()?;
 
-    read_only(&database, true).await?;
+    testkit::set_read_only(&database, true).await?;
     sandbox.publish(Some("order-1"), "Reserve", b"{}").await?;
     let named = format!(
         "PostgreSQL at {}",
@@ -116,7 +94,7 @@ async fn a_read_only_database_is_named_and_costs_the_message_nothing(pool: PgPoo
     // Retried many times over by now, and still not dead: no attempt was spent.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    read_only(&database, false).await?;
+    testkit::set_read_only(&database, false).await?;
     let effects = async || {
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
             .fetch_one(&pool)

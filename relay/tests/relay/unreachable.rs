@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
@@ -108,28 +108,6 @@ async fn a_read_only_server_is_named_as_such(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-/// Sets or resets `default_transaction_read_only` for `database`, from a connection to
-/// the server's main database (one to `database` itself would be read-only too), and
-/// ends every other session on `database` so that its clients connect anew.
-async fn read_only(database: &str, on: bool) -> TestResult {
-    let mut admin = sqlx::PgConnection::connect(&testkit::database_url()).await?;
-    let setting = if on {
-        "SET default_transaction_read_only = on"
-    } else {
-        "RESET default_transaction_read_only"
-    };
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{database}\" {setting}"
-    )))
-    .execute(&mut admin)
-    .await?;
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(database)
-        .execute(&mut admin)
-        .await?;
-    Ok(())
-}
-
 /// A database that turns read-only under a running relay (a failover to a standby
 /// not promoted yet looks the same) is named with its cause in the relay's log, and
 /// the relay goes on publishing once it takes writes again.
@@ -160,7 +138,7 @@ async fn a_running_relay_names_a_read_only_database_and_goes_on(pool: PgPool) ->
     let before = fill(&pool, 4, 10, "read-only").await?;
     sandbox.wait_for_all(&before, WAIT).await?;
 
-    read_only(&database, true).await?;
+    testkit::set_read_only(&database, true).await?;
     let named = format!(
         "PostgreSQL at {}",
         txoutbox::reach::server_of(&pool.connect_options())
@@ -171,7 +149,7 @@ async fn a_running_relay_names_a_read_only_database_and_goes_on(pool: PgPool) ->
     };
     testkit::wait_until(WAIT, "the relay names the read-only server", said).await?;
 
-    read_only(&database, false).await?;
+    testkit::set_read_only(&database, false).await?;
     let after = fill(&pool, 4, 10, "read-only").await?;
     sandbox.wait_for_all(&after, WAIT).await?;
     assert_eq!(relay.try_wait()?, None, "the relay ran on throughout");

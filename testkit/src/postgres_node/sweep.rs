@@ -5,24 +5,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::rabbit_node::host::{alive, kill_and_wait, read_pid, signal};
+use crate::rabbit_node::host::{alive, kill_and_wait, orphans, signal};
 
 use super::{DATA, OWNER_FILE};
 
 /// Stops the server of every node under `base` whose owner is gone (SIGQUIT, the
 /// immediate shutdown, then SIGKILL if it lingers), and removes its directory.
 pub(super) fn sweep(base: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for dir in entries.flatten().map(|entry| entry.path()) {
-        // No owner yet (another process is preparing it), or an owner that runs.
-        if read_pid(&dir.join(OWNER_FILE)).is_none_or(alive) {
-            continue;
-        }
+    for dir in orphans(base, OWNER_FILE) {
         if let Some(postmaster) = postmaster_of(&dir.join(DATA)) {
             signal(&postmaster.to_string(), "-QUIT");
             let deadline = Instant::now() + Duration::from_secs(5);

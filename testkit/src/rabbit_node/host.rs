@@ -44,24 +44,32 @@ pub(crate) fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
 /// a test timeout) left under `base`, and removes their directories. Linux only: it
 /// needs `/proc` to tell a live owner and our VM from a recycled pid.
 pub(super) fn sweep(base: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for dir in entries.flatten().map(|entry| entry.path()) {
-        // No owner yet (another process is preparing it), or detached (no process owns
-        // it, though none should be here), or an owner that runs.
-        if read_pid(&dir.join(OWNER_FILE)).is_none_or(alive) {
-            continue;
-        }
+    for dir in orphans(base, OWNER_FILE) {
         let node = format!("{}@{HOST}", dir.file_name().unwrap_or_default().display());
         if let Some(vm) = vm_of(&dir, &node) {
             kill_and_wait(vm);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The directories under `base` whose owner (the pid in their `owner_file`) is gone:
+/// what a test, a demo or a bench left running when it ended without cleaning up. A
+/// directory with no owner yet (another process is preparing it), or a detached one
+/// (no pid), or one whose owner runs, is not. Empty without `/proc`, where a recycled
+/// pid cannot be told from a live owner.
+pub(crate) fn orphans(base: &Path, owner_file: &str) -> Vec<std::path::PathBuf> {
+    if !Path::new("/proc/self").exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dir| read_pid(&dir.join(owner_file)).is_some_and(|owner| !alive(owner)))
+        .collect()
 }
 
 /// The pid of `node`'s VM when it runs: the pid in its pid file, if that process has
