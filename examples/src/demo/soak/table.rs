@@ -162,8 +162,8 @@ pub fn verdict(check: &Check) -> String {
                 })
                 .collect();
             let rule = format!(
-                "the peak of the last third of the samples from {} s on (at least {WINDOW}) \
-                 against the peak of the first third; more than {:.0}% (and, for counts, more \
+                "the upper quartile of the last third of the samples from {} s on (at least \
+                 {WINDOW}) against that of the first third; more than {:.0}% (and, for counts, more \
                  than 2) fails",
                 SETTLE.as_secs(),
                 LIMIT * 100.0
