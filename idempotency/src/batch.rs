@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::FutureExt;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
+use txoutbox::reach::Explainer;
 
 use crate::context::Context;
 use crate::decision::Failure;
@@ -81,6 +82,7 @@ pub(crate) enum Took {
 /// says what became of each, in order.
 pub(crate) async fn run(
     pool: &PgPool,
+    explainer: &Explainer,
     consumer: &str,
     batch: Vec<Prepared>,
 ) -> Vec<Result<Took, Failure>> {
@@ -99,7 +101,7 @@ pub(crate) async fn run(
         ended = transaction(pool, consumer, &batch, &others, &mut outcomes, true).await;
     }
     if let Err(error) = &ended
-        && let Some(unreachable) = txoutbox::reach::explain(pool, error).await
+        && let Some(unreachable) = explainer.explain(pool, error).await
     {
         tracing::warn!(%unreachable, %consumer, "the inbox's database cannot be used; the batch goes back to its queue");
     }

@@ -61,6 +61,8 @@ pub struct Consumer {
     routes: HashMap<String, Arc<dyn Route>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) dead_letters: Arc<DeadLetterLog>,
+    /// Names the database's cause when a batch finds it unusable, now and then.
+    explainer: txoutbox::reach::Explainer,
 }
 
 impl Consumer {
@@ -85,6 +87,7 @@ impl Consumer {
             routes: HashMap::new(),
             metrics,
             dead_letters,
+            explainer: txoutbox::reach::Explainer::new(),
         }
     }
 
@@ -192,7 +195,7 @@ impl Consumer {
         while !ready.is_empty() {
             let (now, later) = batch::split_repeats(ready);
             let (indexes, now): (Vec<usize>, Vec<Prepared>) = now.into_iter().unzip();
-            let done = batch::run(&self.pool, self.name(), now).await;
+            let done = batch::run(&self.pool, &self.explainer, self.name(), now).await;
             for (index, outcome) in indexes.into_iter().zip(done) {
                 outcomes[index] = Some(outcome);
             }

@@ -12,6 +12,10 @@ use sqlx::PgPool;
 use testkit::{RabbitCluster, RabbitNode, wait_until};
 use txoutbox_inbox::{BoxError, Consumer, ConsumerConfig, Context, QueueType};
 
+mod common;
+
+use common::{create_saga_effects, record_saga};
+
 /// The schema, after a check that the servers are up; it also captures the logs of
 /// what a test starts, shown when the test fails (`testkit::CheckedMigrator`).
 static MIGRATOR: testkit::CheckedMigrator =
@@ -55,14 +59,9 @@ async fn publish(channel: &Channel, queue: &str, sagas: std::ops::Range<usize>) 
 
 /// The effect: one row per message, after a little work, so that deliveries are in
 /// hand when a node goes away.
-async fn reserve(mut ctx: Context<'_>, _: serde_json::Value) -> Result<(), BoxError> {
+async fn reserve(ctx: Context<'_>, payload: serde_json::Value) -> Result<(), BoxError> {
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let saga_id = ctx.envelope().saga_id.clone();
-    sqlx::query("INSERT INTO effects (saga_id) VALUES ($1)")
-        .bind(saga_id)
-        .execute(ctx.db())
-        .await?;
-    Ok(())
+    record_saga(ctx, payload).await
 }
 
 /// Effects, and distinct sagas among them.
@@ -79,21 +78,30 @@ async fn wait_for_effects(pool: &PgPool, count: i64) -> TestResult {
     wait_until(WAIT, &what, async || Ok(effects(pool).await?.1 >= count)).await
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_lost_node_and_a_stopped_leader_cost_no_message_and_no_second_effect(
-    pool: PgPool,
+/// Runs `scenario` on a three-node cluster of the test's own, named `name`, and
+/// removes the cluster whatever the outcome. Skipped, with a note, where
+/// `rabbitmq-server` is not installed.
+async fn on_a_cluster(
+    pool: &PgPool,
+    name: &str,
+    scenario: impl AsyncFnOnce(&PgPool, &mut RabbitCluster) -> TestResult,
 ) -> TestResult {
     if !RabbitNode::installed() {
         eprintln!("skipped: rabbitmq-server is not installed, so no cluster can run here");
         return Ok(());
     }
-    sqlx::query("CREATE TABLE effects (saga_id text NOT NULL)")
-        .execute(&pool)
-        .await?;
-    let mut cluster = RabbitCluster::start("consumer-cluster", 3).await?;
-    let outcome = lose_nodes(&pool, &mut cluster).await;
+    create_saga_effects(pool).await?;
+    let mut cluster = RabbitCluster::start(name, 3).await?;
+    let outcome = scenario(pool, &mut cluster).await;
     cluster.remove().await?;
     outcome
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lost_node_and_a_stopped_leader_cost_no_message_and_no_second_effect(
+    pool: PgPool,
+) -> TestResult {
+    on_a_cluster(&pool, "consumer-cluster", lose_nodes).await
 }
 
 async fn lose_nodes(pool: &PgPool, cluster: &mut RabbitCluster) -> TestResult {
@@ -153,17 +161,7 @@ const FREEZE: Duration = Duration::from_secs(60);
 #[sqlx::test(migrator = "MIGRATOR")]
 #[ignore = "the cluster's partition handling after the thaw is not yet settled"]
 async fn a_frozen_leader_costs_no_message_and_no_second_effect(pool: PgPool) -> TestResult {
-    if !RabbitNode::installed() {
-        eprintln!("skipped: rabbitmq-server is not installed, so no cluster can run here");
-        return Ok(());
-    }
-    sqlx::query("CREATE TABLE effects (saga_id text NOT NULL)")
-        .execute(&pool)
-        .await?;
-    let mut cluster = RabbitCluster::start("consumer-frozen", 3).await?;
-    let outcome = freeze_the_leader(&pool, &mut cluster).await;
-    cluster.remove().await?;
-    outcome
+    on_a_cluster(&pool, "consumer-frozen", freeze_the_leader).await
 }
 
 async fn freeze_the_leader(pool: &PgPool, cluster: &mut RabbitCluster) -> TestResult {

@@ -2,7 +2,6 @@
 //! default, classic by config, a queue of another type refused by name, and failures
 //! retried and dead-lettered through queues of the configured type.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 use sqlx::PgPool;
-use testkit::{amqp_url, header_text, take_headers, wait_until};
+use testkit::{KeptLogs, amqp_url, header_text, take_headers, wait_until};
 use txoutbox::wire::{ATTEMPTS_HEADER, dead_queue, retry_queue};
 use txoutbox_inbox::{
     BoxError, Consumer, ConsumerConfig, ConsumerError, Context, DEAD_REASON_HEADER, DeclareError,
@@ -154,31 +153,6 @@ impl Broker {
     }
 }
 
-/// What the test's tracing subscriber writes (default level: info and above).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    /// Lines at `level` that mention `text`.
-    fn count(&self, level: &str, text: &str) -> usize {
-        let logs = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        logs.lines()
-            .filter(|line| line.contains(level) && line.contains(text))
-            .count()
-    }
-}
-
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
@@ -199,7 +173,7 @@ async fn succeeding(_: Context<'_>, _: serde_json::Value) -> Result<(), BoxError
 async fn failing(
     _: Context<'_>,
     _: serde_json::Value,
-    calls: Arc<std::sync::Mutex<Vec<Instant>>>,
+    calls: Arc<Mutex<Vec<Instant>>>,
 ) -> Result<(), BoxError> {
     calls.lock().unwrap().push(Instant::now());
     Err("card declined".into())
@@ -311,13 +285,8 @@ async fn a_queue_of_another_type_stops_the_consumer_with_an_error_naming_both(
     // A consumer stops by itself, at once (no reconnect loop), with the same error,
     // logged once at error level. The runtime has one thread: the subscriber set for
     // it sees the consumer's task.
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let logging = tracing::subscriber::set_default(subscriber);
+    let logs = KeptLogs::default();
+    let logging = logs.keep_on_this_thread();
     let started = Instant::now();
     let consumer = Consumer::new(pool.clone(), amqp_url(), "payments", quorum.clone())
         .on("Charge", succeeding)
@@ -394,7 +363,7 @@ async fn retried_then_dead_lettered(pool: PgPool, queue_type: QueueType) -> Test
     let broker = Broker::new(queue_type).await?;
     let channel = broker.channel().await?;
     broker.config.declare(&channel).await?;
-    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let calls = Arc::new(Mutex::new(Vec::new()));
     let consumer = Consumer::new(pool, amqp_url(), "payments", broker.config.clone())
         .on_with("Charge", Arc::clone(&calls), failing)
         .spawn()?;

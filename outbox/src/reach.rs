@@ -4,7 +4,8 @@
 //! waiting for a connection, ten seconds later, whatever the cause.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -140,6 +141,49 @@ pub async fn explain(pool: &PgPool, error: &sqlx::Error) -> Option<Unreachable> 
     reach(&pool.connect_options(), true, EXPLAIN_WITHIN)
         .await
         .err()
+}
+
+/// How long an [`Explainer`] stays quiet after it has named a cause.
+pub const EXPLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// [`explain`] for one running part (a relay, a consumer, an orchestrator), at most
+/// once every [`EXPLAIN_EVERY`] while the server stays unusable: during an outage
+/// every batch, heartbeat and sweep fails, and each would open a connection of its
+/// own to find the same cause and log it again.
+#[derive(Debug, Default)]
+pub struct Explainer {
+    /// When a cause was last named, or is being looked for.
+    named_at: Mutex<Option<Instant>>,
+}
+
+impl Explainer {
+    /// One that has named nothing yet: its first [`Explainer::explain`] looks at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`explain`], or `None` without a connection when a cause was named less than
+    /// [`EXPLAIN_EVERY`] ago (or another caller is looking for it now).
+    pub async fn explain(&self, pool: &PgPool, error: &sqlx::Error) -> Option<Unreachable> {
+        if !crate::postgres::is_transient(error) {
+            return None;
+        }
+        let before = {
+            let mut named_at = self.named_at.lock().expect("never poisoned");
+            let before = *named_at;
+            if before.is_some_and(|at| at.elapsed() < EXPLAIN_EVERY) {
+                return None;
+            }
+            *named_at = Some(Instant::now());
+            before
+        };
+        let unreachable = explain(pool, error).await;
+        if unreachable.is_none() {
+            // Nothing named: the next failure may look again at once.
+            *self.named_at.lock().expect("never poisoned") = before;
+        }
+        unreachable
+    }
 }
 
 /// The cause a connection attempt failed with.

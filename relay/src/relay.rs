@@ -65,6 +65,7 @@ impl Relay {
             config,
             metrics: Arc::new(Metrics::default()),
             leases,
+            explainer: txoutbox::reach::Explainer::new(),
         };
         Self {
             shared: Arc::new(shared),
@@ -146,7 +147,7 @@ impl Relay {
                 Ok(report) => return Ok(Some(report)),
                 Err(error) if error.is_transient() => {
                     if let Some(database) = error.database() {
-                        explain(&self.shared.pool, database).await;
+                        explain(&self.shared, database).await;
                     }
                     let pause = backoff.next().unwrap_or(RECONNECT_MAX);
                     tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "database unreachable at start");
@@ -187,7 +188,7 @@ impl Relay {
                     shared.metrics.failed(FailureReason::Database, 1);
                     shared.metrics.set_database_ok(false);
                 }
-                explain(&shared.pool, database).await;
+                explain(shared, database).await;
             }
             let pause = match connected_at {
                 Some(at) => rotation.session_ended(at.elapsed()),
@@ -291,7 +292,7 @@ async fn lease_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 shared.metrics.set_database_ok(false);
                 tracing::warn!(%error, "lease heartbeat failed; leases expire unless the next one succeeds");
                 if let Some(database) = error.database() {
-                    explain(&shared.pool, database).await;
+                    explain(&shared, database).await;
                 }
             }
         }
@@ -343,8 +344,8 @@ impl RelayHandle {
 /// Says which server cannot be used and why, when `error` tells only that the
 /// database could not be reached ("pool timed out"): the operator's next step
 /// depends on the cause (a server down, a password, a standby not promoted).
-async fn explain(pool: &PgPool, error: &sqlx::Error) {
-    if let Some(unreachable) = txoutbox::reach::explain(pool, error).await {
+async fn explain(shared: &Shared, error: &sqlx::Error) {
+    if let Some(unreachable) = shared.explainer.explain(&shared.pool, error).await {
         tracing::warn!(%unreachable, "the database cannot be used; the relay keeps trying");
     }
 }

@@ -15,4 +15,6 @@ pub(crate) struct Shared {
     pub(crate) config: RelayConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) leases: Leases,
+    /// Names the database's cause when it cannot be used, now and then.
+    pub(crate) explainer: txoutbox::reach::Explainer,
 }

@@ -212,6 +212,7 @@ async fn sweep(
     shutdown: CancellationToken,
 ) {
     let mut backoff = txoutbox::backoff::reconnect();
+    let explainer = txoutbox::reach::Explainer::new();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -232,7 +233,7 @@ async fn sweep(
                 let pause = backoff.next().unwrap_or(txoutbox::backoff::RECONNECT_MAX);
                 tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "saga sweep failed");
                 if let Some(database) = error.database()
-                    && let Some(unreachable) = txoutbox::reach::explain(&pool, database).await
+                    && let Some(unreachable) = explainer.explain(&pool, database).await
                 {
                     tracing::warn!(%unreachable, "the orchestrator's database cannot be used; the sweep keeps trying");
                 }

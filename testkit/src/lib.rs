@@ -28,6 +28,7 @@
 
 mod drained;
 mod http;
+mod kept_logs;
 mod logs;
 mod postgres_node;
 mod proxy;
@@ -44,6 +45,7 @@ mod wait;
 
 pub use drained::drain_headers;
 pub use http::{HTTP_TIMEOUT, body, http_get, http_post_form, http_request, serve_text};
+pub use kept_logs::KeptLogs;
 pub use logs::{capture_logs, forward_stderr};
 pub use postgres_node::{PostgresNode, Replication};
 pub use proxy::FaultyProxy;

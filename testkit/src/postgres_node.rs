@@ -261,18 +261,8 @@ impl PostgresNode {
     pub async fn stop_immediate(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.running, "{} is not running", self.name);
         let data = self.dir.join(DATA);
-        self.run(
-            "pg_ctl",
-            &[
-                "stop",
-                "-D",
-                &data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "-w",
-            ],
-        )
-        .await?;
+        self.run("pg_ctl", &stop_immediately(&data.to_string_lossy()))
+            .await?;
         self.running = false;
         Ok(())
     }
@@ -424,14 +414,8 @@ impl Drop for PostgresNode {
     fn drop(&mut self) {
         if self.running {
             let data = self.dir.join(DATA);
-            let args = [
-                "stop",
-                "-D",
-                &data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "-w",
-            ];
+            let data_text = data.to_string_lossy();
+            let args = stop_immediately(&data_text);
             if !self.programs.run_blocking(&self.dir, "pg_ctl", &args)
                 && let Some(postmaster) = postmaster_of(&data)
             {
@@ -442,6 +426,11 @@ impl Drop for PostgresNode {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `pg_ctl`'s arguments to stop the server of `data` at once and wait until it has.
+fn stop_immediately(data: &str) -> [&str; 6] {
+    ["stop", "-D", data, "-m", "immediate", "-w"]
 }
 
 /// Appends `text` to the file at `path` (the server's configuration).

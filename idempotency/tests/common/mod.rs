@@ -151,3 +151,25 @@ pub(crate) async fn effects(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
         .fetch_one(pool)
         .await?)
 }
+
+/// The `effects` table of the tests that count one row per saga: see [`record_saga`].
+pub(crate) async fn create_saga_effects(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::query("CREATE TABLE effects (saga_id text NOT NULL)")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A handler whose effect is one row naming the message's saga, in the inbox's
+/// transaction: a second effect of one message shows as a second row.
+pub(crate) async fn record_saga(
+    mut ctx: txoutbox_inbox::Context<'_>,
+    _: serde_json::Value,
+) -> Result<(), txoutbox_inbox::BoxError> {
+    let saga_id = ctx.envelope().saga_id.clone();
+    sqlx::query("INSERT INTO effects (saga_id) VALUES ($1)")
+        .bind(saga_id)
+        .execute(ctx.db())
+        .await?;
+    Ok(())
+}
