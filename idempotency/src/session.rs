@@ -15,6 +15,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
+use txoutbox::BrokerConnection;
 use txoutbox::nodes::{Node, Nodes, Rotation};
 
 use crate::ack_window::{AckWindow, Acks};
@@ -141,6 +142,9 @@ async fn session(
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| Ended::ConnectTimeout(CONNECT_TIMEOUT))??;
+    // Closed even when the task is aborted half-way through `open`: lapin alone would
+    // keep a consumer whose `basic_consume` was cancelled, with what it was sent.
+    let connection = BrokerConnection::new(connection);
     let opening = tokio::time::timeout(CONNECT_TIMEOUT, open(consumer, &connection))
         .await
         .map_err(|_| Ended::ConnectTimeout(CONNECT_TIMEOUT))
@@ -148,8 +152,9 @@ async fn session(
     let opened = match opening {
         Ok(opened) => opened,
         Err(error) => {
-            let goodbye = connection.close(200, "consumer could not set up".into());
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+            connection
+                .close("consumer could not set up", CLOSE_TIMEOUT)
+                .await;
             return Err(error);
         }
     };
@@ -220,8 +225,7 @@ async fn session(
         }
     })
     .await;
-    let goodbye = connection.close(200, "consumer stopping".into());
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+    connection.close("consumer stopping", CLOSE_TIMEOUT).await;
     result.map_err(Ended::from)
 }
 

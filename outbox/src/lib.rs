@@ -7,6 +7,8 @@
 //! CHECK constraints hold writers in other languages to the same rules.
 
 pub mod backoff;
+#[cfg(feature = "amqp")]
+mod broker_connection;
 mod enqueue;
 mod error;
 mod message;
@@ -23,6 +25,8 @@ pub mod trace;
 pub mod url;
 pub mod wire;
 
+#[cfg(feature = "amqp")]
+pub use broker_connection::BrokerConnection;
 pub use enqueue::{enqueue, enqueue_batch};
 pub use error::{Error, Result};
 pub use message::{Message, MessageBuilder};

@@ -250,6 +250,8 @@ impl Relay {
         let connection = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| Error::ConnectTimeout(timeout))??;
+        // Closed even if this task is aborted (an embedding service's `abort`).
+        let connection = txoutbox::BrokerConnection::new(connection);
         let result = async {
             let opening = Session::open(Arc::clone(shared), &connection);
             let session = tokio::time::timeout(timeout, opening)
@@ -263,8 +265,9 @@ impl Relay {
         .await;
         shared.metrics.set_broker_node(None);
         shared.metrics.broker_watch_ended();
-        let goodbye = connection.close(200, "outbox-relay session ended".into());
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+        connection
+            .close("outbox-relay session ended", CLOSE_TIMEOUT)
+            .await;
         result
     }
 }
