@@ -298,6 +298,23 @@ impl DemoBroker {
         Ok(total)
     }
 
+    /// Each queue of the run's vhost with its messages ready and unacknowledged and its
+    /// consumers, as `rabbitmqctl list_queues` prints them: where a message that never
+    /// took effect is (still queued, held by a consumer, or gone). `None` without a
+    /// vhost of the run's own.
+    pub async fn queues(&self) -> Option<anyhow::Result<String>> {
+        let vhost = self.vhost.as_deref()?;
+        let columns = [
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ];
+        let mut args = vec!["list_queues", "--vhost", vhost];
+        args.extend(columns);
+        Some(rabbitmqctl(&self.rabbit, &args).await)
+    }
+
     /// Removes what the run made: its node or cluster, or the vhost with everything
     /// in it, or, without any, the run's exchange and queues (retry queues included).
     pub async fn tear_down(self) -> anyhow::Result<()> {

@@ -189,6 +189,9 @@ async fn run_staged(
         elapsed: chaos.elapsed,
     };
     report.print();
+    if !report.passed() {
+        print_queues(broker).await;
+    }
     let grew = match sampler {
         Some(sampler) => soak_report(sampler, &stage.logs).await?,
         None => false,
@@ -201,6 +204,16 @@ async fn run_staged(
             1
         },
     )
+}
+
+/// Where the messages that did not take effect may be: every process is stopped by
+/// now, so a message a consumer held unacknowledged is back among the ready ones.
+async fn print_queues(broker: &DemoBroker) {
+    match broker.queues().await {
+        Some(Ok(queues)) => println!("queues of the run, once every process stopped:\n{queues}"),
+        Some(Err(error)) => println!("note: could not list the run's queues: {error:#}"),
+        None => {}
+    }
 }
 
 /// Writes the soak's series into the run's folder, prints its summary, and says
